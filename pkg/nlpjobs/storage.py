@@ -1,0 +1,270 @@
+"""One URI layer for ``file://`` and ``s3://``, with bounded retries and clear errors.
+
+S3 endpoint, region and credentials come from the standard AWS environment and config files
+(``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``, profiles...).
+Transient faults (connection refused, timeouts, 5xx) are retried with exponential backoff; after the
+last attempt a :class:`StorageError` names the endpoint and the operation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import fsspec
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRIES = int(os.environ.get("NLPJOBS_STORAGE_RETRIES", "5"))
+BACKOFF_S = float(os.environ.get("NLPJOBS_STORAGE_BACKOFF_S", "0.5"))
+
+
+class StorageError(RuntimeError):
+    """Object storage refused or could not be reached; the message says where and what to check."""
+
+
+def endpoint() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS default endpoint"
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    names = {cls.__name__ for cls in type(exc).__mro__}  # base classes count (e.g. botocore HTTPClientError)
+    text = str(exc)
+    transient_names = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+                       "ClientConnectorError", "ServerDisconnectedError", "ConnectionClosedError",
+                       "ClientOSError", "TimeoutError", "ConnectionError", "ConnectionRefusedError",
+                       "ConnectionResetError", "IncompleteReadError", "ResponseStreamingError",
+                       # what s3fs would have retried itself (it is told not to: see _filesystem)
+                       "HTTPClientError", "IncompleteRead", "ResponseParserError", "ClientPayloadError"}
+    if names & transient_names or isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    markers = ("Connect", "connect", "timed out", "503", "500 ", "502", "504", "SlowDown",
+               "InternalError", "ServiceUnavailable", "Could not connect")
+    return any(m in text for m in markers)
+
+
+def _explain(exc: BaseException, what: str, uri: str) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text \
+            or "SignatureDoesNotMatch" in text or "Forbidden" in text:
+        return (f"{what} {uri}: access denied by {endpoint()} ({text}). Check AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY (or the credentials Secret) and the bucket policy.")
+    if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
+        return f"{what} {uri}: the bucket does not exist on {endpoint()}. Create it or fix `storage:`."
+    return f"{what} {uri}: {text}"
+
+
+def retry(fn: Callable[[], T], what: str, uri: str, retries: int | None = None) -> T:
+    """Run ``fn`` with bounded retries and exponential backoff on transient faults."""
+    attempts = RETRIES if retries is None else retries
+    delay = BACKOFF_S
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not _is_transient(exc):
+                if isinstance(exc, FileNotFoundError) and "bucket" not in str(exc).lower():
+                    raise
+                raise StorageError(_explain(exc, what, uri)) from exc
+            if attempt == attempts:
+                raise StorageError(
+                    f"{what} {uri}: object store at {endpoint()} unreachable after {attempts} attempts "
+                    f"({type(exc).__name__}: {exc}). Check that the endpoint is up and reachable."
+                ) from exc
+            log.warning("%s %s failed (%s); retry %d/%d in %.1fs", what, uri, type(exc).__name__,
+                        attempt, attempts - 1, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+_FS_CACHE: dict[str, fsspec.AbstractFileSystem] = {}
+
+
+def _filesystem(scheme: str) -> fsspec.AbstractFileSystem:
+    if scheme not in _FS_CACHE:
+        if scheme == "s3":
+            import s3fs
+
+            # retry() above owns retries: s3fs's own loop (5 tries) and botocore's would multiply
+            # with it (up to 5 x 5 x 3 attempts), far beyond NLPJOBS_STORAGE_RETRIES.
+            _FS_CACHE[scheme] = s3fs.S3FileSystem(
+                skip_instance_cache=True,
+                use_listings_cache=False,
+                retries=1,
+                endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+                config_kwargs={"connect_timeout": 5, "read_timeout": 60,
+                               "retries": {"total_max_attempts": 2, "mode": "standard"}},
+            )
+        elif scheme == "file":
+            _FS_CACHE[scheme] = fsspec.filesystem("file", auto_mkdir=True)
+        else:
+            raise StorageError(f"unsupported storage scheme {scheme!r}: use file:// or s3://")
+    return _FS_CACHE[scheme]
+
+
+def reset() -> None:
+    """Forget cached filesystems (after changing AWS_* variables, e.g. in tests)."""
+    _FS_CACHE.clear()
+
+
+def resolve(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Split a URI into its filesystem and path. Relative file:// paths are made absolute."""
+    if "://" not in uri:
+        uri = "file://" + uri
+    scheme, path = uri.split("://", 1)
+    if scheme == "file":
+        path = str(Path(path).expanduser().resolve())
+    return _filesystem(scheme), path.rstrip("/")
+
+
+def normalize(uri: str) -> str:
+    fs, path = resolve(uri)
+    return ("s3://" + path) if uri.startswith("s3://") else ("file://" + path)
+
+
+def join(uri: str, *parts: str) -> str:
+    out = uri.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return retry(lambda: fs.exists(path), "checking", uri)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    return retry(lambda: fs.cat_file(path), "reading", uri)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    retry(lambda: fs.pipe_file(path, data), "writing", uri)
+
+
+def read_json(uri: str) -> Any:
+    raw = read_bytes(uri)
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise StorageError(f"{uri}: not valid JSON ({exc}); the file is corrupted") from exc
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+
+def listdir(uri: str) -> list[str]:
+    """Names (not paths) directly under ``uri``; empty when it does not exist."""
+    fs, path = resolve(uri)
+
+    def _ls() -> list[str]:
+        try:
+            entries = fs.ls(path, detail=False, refresh=True) if uri.startswith("s3://") else fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted({e.rstrip("/").rsplit("/", 1)[-1] for e in entries if e.rstrip("/") != path})
+
+    return retry(_ls, "listing", uri)
+
+
+def size(uri: str) -> int:
+    fs, path = resolve(uri)
+    return int(retry(lambda: fs.size(path), "stat", uri))
+
+
+def remove(uri: str) -> None:
+    """Delete a file or a whole prefix; missing is fine."""
+    fs, path = resolve(uri)
+    remote = uri.startswith("s3://")
+
+    def _rm() -> None:
+        try:
+            found = fs.find(path, withdirs=True) if remote else []
+            fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            return
+        if remote:
+            _remove_dir_entries(fs, path, found)
+
+    retry(_rm, "deleting", uri)
+
+
+def _remove_dir_entries(fs: fsspec.AbstractFileSystem, path: str, found: list[str]) -> None:
+    """Delete the directory entries left under a removed S3 prefix (deepest first).
+
+    Object stores with a real directory tree (SeaweedFS) keep the emptied directories and list them
+    as common prefixes, so ``exists``/``listdir`` would still see a removed prefix. Deleting the key
+    ``dir/`` removes such an entry (only when empty); on AWS it is a no-op. One request per 1000 dirs.
+    """
+    dirs: set[str] = set()
+    for entry in found:
+        parent = entry.rstrip("/")
+        while parent.startswith(path + "/"):
+            parent = parent.rsplit("/", 1)[0]
+            dirs.add(parent)
+    if not dirs:
+        return
+    bucket, _, _ = path.partition("/")
+    keys = [d.partition("/")[2] + "/" for d in sorted(dirs, key=lambda d: (-d.count("/"), d))]
+    keys = [k for k in keys if k != "/"]
+    for i in range(0, len(keys), 1000):
+        fs.call_s3("delete_objects", Bucket=bucket,
+                   Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]], "Quiet": True})
+
+
+def upload(local: str | Path, uri: str) -> None:
+    """Copy a local file or directory tree to ``uri`` (each file retried on its own)."""
+    local = Path(local)
+    fs, path = resolve(uri)
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.is_file())
+    for f in files:
+        target = path if local.is_file() else f"{path}/{f.relative_to(local).as_posix()}"
+        retry(lambda f=f, t=target: fs.put_file(str(f), t), "uploading to", "s3://" + target
+              if uri.startswith("s3://") else target)
+
+
+def download(uri: str, local: str | Path) -> Path:
+    """Copy a file or prefix from ``uri`` to the local path ``local``."""
+    fs, path = resolve(uri)
+    local = Path(local)
+
+    def _get() -> None:
+        if fs.isdir(path):
+            for src in fs.find(path):
+                dst = local / src[len(path):].lstrip("/")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(src, str(dst))
+        else:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(local))
+
+    retry(_get, "downloading", uri)
+    return local
+
+
+def copy_tree(src_uri: str, dst_uri: str) -> None:
+    """Copy every object under ``src_uri`` to ``dst_uri`` (server-side on S3)."""
+    fs, src = resolve(src_uri)
+    _, dst = resolve(dst_uri)
+    for f in retry(lambda: fs.find(src), "listing", src_uri):
+        target = dst + "/" + f[len(src):].lstrip("/")
+        retry(lambda f=f, t=target: fs.copy(f, t), "copying", src_uri)
+
+
+def cache_dir() -> Path:
+    """Local scratch/cache directory (NLPJOBS_CACHE, default ~/.cache/nlpjobs)."""
+    root = Path(os.environ.get("NLPJOBS_CACHE", Path.home() / ".cache" / "nlpjobs"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root

@@ -1,0 +1,126 @@
+"""The contract every task implements. A task owns only what is task-specific: column checks,
+tokenization, the collator, the model head, the metric, post-processing and the pipeline. The
+engine, storage, config, CLI and checkpointing are shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import datasets
+
+from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from nlpjobs.data.shards import Manifest
+
+
+class TaskDataError(ValueError):
+    """Raw data that does not fit the task (missing columns, bad labels, empty split)."""
+
+
+@dataclass
+class Prepared:
+    """Output of a task's preprocessing: tokenized splits plus facts for the manifest."""
+
+    splits: dict[str, datasets.Dataset]
+    """At least 'train' and 'eval' (model features); tasks may add e.g. 'eval_examples'."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """Task facts the later stages need (label names, truncation counts, skipped examples...)."""
+
+
+@dataclass
+class EvalContext:
+    """What a task's evaluation needs: the accelerator, the job, the dataset and its tokenizer."""
+
+    accelerator: Accelerator
+    job: JobConfig
+    manifest: Manifest
+    tokenizer: Any
+    show_progress: bool = True
+
+
+class Task:
+    """Base class of the registered tasks."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    preprocess_config: ClassVar[type[PreprocessConfig]] = PreprocessConfig
+    evaluate_config: ClassVar[type[EvaluateConfig]] = EvaluateConfig
+    required_columns: ClassVar[tuple[str, ...]] = ()
+    """Columns the raw data must have (after data.columns mapping)."""
+    model_columns: ClassVar[tuple[str, ...]] = ("input_ids", "attention_mask", "labels")
+    """Columns of the 'train'/'eval' splits fed to the model's forward()."""
+    pipeline_task: ClassVar[str] = ""
+    """The transformers pipeline used by `predict`."""
+    preprocess_version: ClassVar[str] = "1"
+    """Bump when the task's preprocessing output changes; it is part of the cache key."""
+    headline_metric: ClassVar[str] = ""
+    """The metric printed in summaries."""
+
+    # ---- configuration --------------------------------------------------------------------
+    def validate_job(self, job: JobConfig) -> None:
+        """Task-specific config checks (run before any compute)."""
+        if not job.data.source:
+            raise ConfigError("data.source: missing; e.g. 'hub:tomaarsen/conll2003' or 'offline:conll2003'")
+
+    # ---- preprocess -----------------------------------------------------------------------
+    def check_columns(self, raw: datasets.DatasetDict) -> None:
+        for split, ds in raw.items():
+            missing = [c for c in self.required_columns if c not in ds.column_names]
+            if missing:
+                raise TaskDataError(
+                    f"{self.name}: split {split!r} lacks required column(s) {missing}; it has {ds.column_names}. "
+                    "Map your columns with data.columns, e.g. --set data.columns.tokens=words"
+                )
+            if len(ds) == 0:
+                raise TaskDataError(f"{self.name}: split {split!r} is empty; check data.train_split/eval_split")
+
+    def load_tokenizer(self, job: JobConfig) -> Any:
+        from transformers import AutoTokenizer
+
+        from nlpjobs.models import resolve_model
+
+        tok = AutoTokenizer.from_pretrained(resolve_model(job.model.name), revision=job.model.revision)
+        if not tok.is_fast:
+            raise ConfigError(f"model.name: {job.model.name!r} has no fast (Rust) tokenizer; {self.name} needs "
+                              "word_ids/offset mappings. Pick a model with a tokenizer.json.")
+        return tok
+
+    def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
+        raise NotImplementedError
+
+    # ---- train / evaluate -----------------------------------------------------------------
+    def build_model(self, job: JobConfig, manifest: Manifest, tokenizer: Any) -> Any:
+        """A fresh model for training (pretrained body, task head)."""
+        raise NotImplementedError
+
+    def load_trained(self, model_dir: str) -> Any:
+        """The trained model saved by `train`."""
+        raise NotImplementedError
+
+    def collator(self, tokenizer: Any, model: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        from transformers import default_data_collator
+
+        return default_data_collator
+
+    def evaluate(self, ctx: EvalContext, model: Any, loader: DataLoader) -> dict[str, Any]:
+        """Metrics of ``model`` on the prepared 'eval' split (every process calls this)."""
+        raise NotImplementedError
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        """One line with the task's key numbers."""
+        value = metrics.get(self.headline_metric)
+        return f"{self.headline_metric}={value:.4f}" if isinstance(value, float) else str(metrics)
+
+    # ---- predict --------------------------------------------------------------------------
+    def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
+        from transformers import pipeline
+
+        pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=-1)
+        return [pipe(x) for x in inputs]

@@ -1,0 +1,176 @@
+"""Token classification (NER), SPEC §1: word-level inputs, B→I label alignment, seqeval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import numpy as np
+
+from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError
+
+
+@dataclass
+class NerPreprocessConfig(PreprocessConfig):
+    """Tokenization of pre-split words with label alignment."""
+
+    label_all_tokens: bool = True
+    """true: every sub-token gets its word's label (B-X continuation tokens become I-X);
+    false: only the first sub-token of each word is labelled, the rest get -100."""
+    max_length: int | None = None
+    """Truncate inputs to this many tokens (null: the model's limit); truncated examples are counted
+    in the manifest."""
+    label_names: list[str] = field(default_factory=list)
+    """Label names in id order, for data whose tags are plain integers without ClassLabel names."""
+
+
+def b_to_i_map(label_names: list[str]) -> np.ndarray:
+    """For each label id, the id a continuation sub-token gets: B-X → I-X, everything else unchanged."""
+    index = {name: i for i, name in enumerate(label_names)}
+    mapping = np.arange(len(label_names))
+    for i, name in enumerate(label_names):
+        if name.startswith("B-") and f"I-{name[2:]}" in index:
+            mapping[i] = index[f"I-{name[2:]}"]
+    return mapping
+
+
+def align_labels_with_tokens(labels: list[int], word_ids: list[int | None], b_to_i: np.ndarray,
+                             label_all_tokens: bool = True) -> list[int]:
+    """Token labels for one sentence (SPEC §1.3): -100 for special tokens; the word's label on its first
+    token; on continuation tokens the I- label (or -100 with ``label_all_tokens=False``)."""
+    out: list[int] = []
+    previous: int | None = None
+    for word_id in word_ids:
+        if word_id is None:
+            out.append(-100)
+        elif word_id != previous:
+            out.append(labels[word_id])
+        else:
+            out.append(int(b_to_i[labels[word_id]]) if label_all_tokens else -100)
+        previous = word_id
+    return out
+
+
+def label_names_of(ds: datasets.Dataset, configured: list[str]) -> list[str]:
+    feature = ds.features["ner_tags"]
+    inner = getattr(feature, "feature", None)
+    if isinstance(inner, datasets.ClassLabel):
+        names = list(inner.names)
+        if configured and configured != names:
+            raise ConfigError(f"preprocess.label_names: {configured} differs from the dataset's names {names}")
+        return names
+    if configured:
+        return list(configured)
+    raise TaskDataError("ner: the ner_tags column has no label names (not a ClassLabel sequence). "
+                        "Give them in id order with preprocess.label_names, e.g. ['O','B-PER','I-PER',...]")
+
+
+class NerTask(Task):
+    name = "ner"
+    description = "Token classification (NER) with seqeval; SPEC §1"
+    preprocess_config = NerPreprocessConfig
+    evaluate_config = EvaluateConfig
+    required_columns = ("tokens", "ner_tags")
+    pipeline_task = "token-classification"
+    preprocess_version = "1"
+    headline_metric = "overall_f1"
+
+    def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
+        cfg: NerPreprocessConfig = job.preprocess  # type: ignore[assignment]
+        self.check_columns(raw)
+        names = label_names_of(raw["train"], cfg.label_names)
+        for split, ds in raw.items():
+            flat = np.concatenate([np.asarray(t, dtype=np.int64) for t in ds["ner_tags"]] or [np.zeros(0)])
+            bad = flat[(flat < 0) | (flat >= len(names))]
+            if bad.size:
+                raise TaskDataError(f"ner: split {split!r} has {bad.size} tag(s) outside the label space "
+                                    f"0..{len(names) - 1} ({names}), e.g. {sorted(set(bad.tolist()))[:5]}. "
+                                    "Fix the data or preprocess.label_names.")
+            lengths = [(i, len(t), len(g)) for i, (t, g) in enumerate(zip(ds["tokens"], ds["ner_tags"]))
+                       if len(t) != len(g)]
+            if lengths:
+                i, nt, ng = lengths[0]
+                raise TaskDataError(f"ner: split {split!r} has {len(lengths)} row(s) whose tokens and ner_tags "
+                                    f"differ in length (row {i}: {nt} words, {ng} tags)")
+        b_to_i = b_to_i_map(names)
+        max_length = cfg.max_length or min(tokenizer.model_max_length, 100_000)
+
+        def tokenize_and_align(batch: dict[str, list]) -> dict[str, list]:
+            enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
+            labels, truncated = [], []
+            for i, tags in enumerate(batch["ner_tags"]):
+                word_ids = enc.word_ids(i)
+                labels.append(align_labels_with_tokens(tags, word_ids, b_to_i, cfg.label_all_tokens))
+                truncated.append(max((w for w in word_ids if w is not None), default=-1) + 1 < len(tags))
+            enc["labels"] = labels
+            enc["_truncated"] = truncated
+            return dict(enc)
+
+        splits, truncated = {}, {}
+        for split, ds in raw.items():
+            mapped = ds.map(tokenize_and_align, batched=True, batch_size=cfg.map_batch_size,
+                            num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
+                            remove_columns=ds.column_names, desc=f"tokenize {split}")
+            truncated[split] = int(sum(mapped["_truncated"]))
+            splits[split] = mapped.remove_columns("_truncated")
+        return Prepared(splits=splits, info={"label_names": names, "truncated_examples": truncated,
+                                             "max_length": max_length})
+
+    def build_model(self, job: JobConfig, manifest: Any, tokenizer: Any) -> Any:
+        from transformers import AutoModelForTokenClassification
+
+        from nlpjobs.models import resolve_model
+
+        names = manifest.info["label_names"]
+        model = AutoModelForTokenClassification.from_pretrained(
+            resolve_model(job.model.name), revision=job.model.revision, num_labels=len(names),
+            id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+        if model.config.num_labels != len(names):
+            raise TaskDataError(f"ner: model head has {model.config.num_labels} outputs but the dataset has "
+                                f"{len(names)} labels {names}")
+        return model
+
+    def load_trained(self, model_dir: str) -> Any:
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification.from_pretrained(model_dir)
+
+    def collator(self, tokenizer: Any, model: Any) -> Any:
+        from transformers import DataCollatorForTokenClassification
+
+        return DataCollatorForTokenClassification(tokenizer=tokenizer)
+
+    def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
+        from nlpjobs.metrics import load_metric
+        from nlpjobs.train.evalloop import collect
+
+        names = ctx.manifest.info["label_names"]
+
+        def step(batch: dict[str, Any], outputs: Any) -> dict[str, tuple[Any, int]]:
+            return {"pred": (outputs.logits.argmax(dim=-1), -100), "label": (batch["labels"], -100)}
+
+        rows = collect(ctx, model, loader, step)
+        predictions, references = [], []
+        for pred, label in zip(rows["pred"], rows["label"]):
+            keep = label != -100
+            predictions.append([names[p] for p in pred[keep]])
+            references.append([names[t] for t in label[keep]])
+        result = load_metric("seqeval").compute(predictions=predictions, references=references)
+        metrics: dict[str, Any] = {k: float(v) for k, v in result.items() if k.startswith("overall_")}
+        metrics["per_entity"] = {k: {m: float(x) for m, x in v.items()} for k, v in result.items()
+                                 if isinstance(v, dict)}
+        metrics["examples"] = len(predictions)
+        return metrics
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        keys = ("overall_precision", "overall_recall", "overall_f1", "overall_accuracy")
+        return "  ".join(f"{k.removeprefix('overall_')}={metrics[k]:.4f}" for k in keys if k in metrics)
+
+    def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
+        from transformers import pipeline
+
+        pipe = pipeline("token-classification", model=model_dir, tokenizer=model_dir,
+                        aggregation_strategy="simple", device=-1)
+        return [[{**e, "score": float(e["score"])} for e in pipe(str(x))] for x in inputs]

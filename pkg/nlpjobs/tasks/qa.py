@@ -1,0 +1,160 @@
+"""Extractive question answering, SPEC §6: sliding windows, span labels, n-best post-processing, SQuAD EM/F1."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import datasets
+import numpy as np
+
+from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
+from nlpjobs.tasks import qa_features
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError
+
+EXAMPLE_COLUMNS = ["id", "context", "question", "answers"]
+
+
+@dataclass
+class QaPreprocessConfig(PreprocessConfig):
+    """Sliding-window features over question + context."""
+
+    max_length: int = 384
+    """Tokens per feature (question + context window, padded to this length)."""
+    stride: int = 128
+    """Tokens of overlap between consecutive context windows."""
+    on_bad_answer: Literal["fail", "skip"] = "fail"
+    """Training examples whose answer_start does not point at the answer text: fail, or skip them (counted)."""
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if self.max_length < 16:
+            raise ConfigError(f"{prefix}.max_length: got {self.max_length}, must be >= 16")
+        if not 0 <= self.stride < self.max_length // 2:
+            raise ConfigError(f"{prefix}.stride: got {self.stride}, must be >= 0 and below max_length / 2")
+
+
+@dataclass
+class QaEvaluateConfig(EvaluateConfig):
+    """Post-processing of start/end logits into answer spans."""
+
+    n_best: int = 20
+    """Top start and end indices considered per feature."""
+    max_answer_length: int = 30
+    """Longest answer in tokens."""
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if self.n_best < 1 or self.max_answer_length < 1:
+            raise ConfigError(f"{prefix}.n_best/max_answer_length: must be >= 1")
+
+
+class QaTask(Task):
+    name = "qa"
+    description = "Extractive question answering with SQuAD v1.1 EM/F1; SPEC §6"
+    preprocess_config = QaPreprocessConfig
+    evaluate_config = QaEvaluateConfig
+    required_columns = tuple(EXAMPLE_COLUMNS)
+    model_columns = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
+    pipeline_task = "question-answering"
+    preprocess_version = "1"
+    headline_metric = "f1"
+
+    def validate_job(self, job: JobConfig) -> None:
+        super().validate_job(job)
+        for i, item in enumerate(job.predict.inputs):
+            if not (isinstance(item, dict) and {"question", "context"} <= set(item)):
+                raise ConfigError(f"predict.inputs[{i}]: qa needs a mapping with 'question' and 'context'")
+
+    def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
+        cfg: QaPreprocessConfig = job.preprocess  # type: ignore[assignment]
+        self.check_columns(raw)
+        if tokenizer.padding_side != "right":
+            raise ConfigError("model.name: qa assumes right padding with [CLS] first (XLNet-style left padding "
+                              "is not supported)")
+        train = raw["train"]
+        bad = qa_features.find_answer_mismatches(train["context"], train["answers"])
+        if bad:
+            example = train[bad[0]]
+            detail = (f"{len(bad)} of {len(train)} training examples have an answer_start that does not point at "
+                      f"the answer text (first: id {example['id']!r}, answer {example['answers']['text'][:1]})")
+            if cfg.on_bad_answer == "fail":
+                raise TaskDataError(f"qa: {detail}. Fix the data or set preprocess.on_bad_answer=skip.")
+            keep = sorted(set(range(len(train))) - set(bad))
+            if not keep:
+                raise TaskDataError(f"qa: {detail}; nothing left to train on.")
+            train = train.select(keep)
+
+        def train_features(batch: dict[str, list]) -> dict[str, list]:
+            return qa_features.prepare_train_features(batch["question"], batch["context"], batch["answers"],
+                                                      tokenizer, cfg.max_length, cfg.stride)
+
+        def eval_features(batch: dict[str, list]) -> dict[str, list]:
+            return qa_features.prepare_eval_features(batch["id"], batch["question"], batch["context"], tokenizer,
+                                                     cfg.max_length, cfg.stride)
+
+        num_proc = cfg.num_proc if cfg.num_proc > 1 else None
+        splits = {
+            "train": train.map(train_features, batched=True, batch_size=cfg.map_batch_size, num_proc=num_proc,
+                               remove_columns=train.column_names, desc="train features"),
+            "eval": raw["eval"].map(eval_features, batched=True, batch_size=cfg.map_batch_size, num_proc=num_proc,
+                                    remove_columns=raw["eval"].column_names, desc="eval features"),
+            "eval_examples": raw["eval"].select_columns(EXAMPLE_COLUMNS),
+        }
+        with_answer = int(np.count_nonzero(np.asarray(splits["train"]["start_positions"])))
+        return Prepared(splits=splits, info={"skipped_bad_answers": len(bad) if bad else 0,
+                                             "train_features_with_answer": with_answer,
+                                             "max_length": cfg.max_length, "stride": cfg.stride})
+
+    def build_model(self, job: JobConfig, manifest: Any, tokenizer: Any) -> Any:
+        from transformers import AutoModelForQuestionAnswering
+
+        from nlpjobs.models import resolve_model
+
+        return AutoModelForQuestionAnswering.from_pretrained(resolve_model(job.model.name),
+                                                             revision=job.model.revision)
+
+    def load_trained(self, model_dir: str) -> Any:
+        from transformers import AutoModelForQuestionAnswering
+
+        return AutoModelForQuestionAnswering.from_pretrained(model_dir)
+
+    def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
+        from nlpjobs.data.shards import load_split
+        from nlpjobs.metrics import load_metric
+        from nlpjobs.train.evalloop import collect
+
+        cfg: QaEvaluateConfig = ctx.job.evaluate  # type: ignore[assignment]
+
+        def step(batch: dict[str, Any], outputs: Any) -> dict[str, tuple[Any, int]]:
+            return {"start": (outputs.start_logits, -10_000), "end": (outputs.end_logits, -10_000)}
+
+        rows = collect(ctx, model, loader, step)
+        features = load_split(ctx.manifest, "eval")
+        examples = load_split(ctx.manifest, "eval_examples")
+        offsets = np.asarray(features.with_format("numpy")[:]["offset_mapping"])
+        if offsets.dtype == object:
+            offsets = np.stack([np.stack(list(row)) for row in offsets])
+        predictions = qa_features.postprocess_predictions(
+            np.stack(rows["start"]), np.stack(rows["end"]), features["example_id"], offsets,
+            {"id": examples["id"], "context": examples["context"]}, cfg.n_best, cfg.max_answer_length)
+        result = load_metric("squad").compute(
+            predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
+            references=[{"id": i, "answers": a} for i, a in zip(examples["id"], examples["answers"])])
+        return {"exact_match": float(result["exact_match"]), "f1": float(result["f1"]),
+                "examples": len(predictions), "features": len(features)}
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        return f"EM={metrics.get('exact_match', float('nan')):.2f}  F1={metrics.get('f1', float('nan')):.2f}"
+
+    def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
+        from transformers import pipeline
+
+        pipe = pipeline("question-answering", model=model_dir, tokenizer=model_dir, device=-1)
+        out = []
+        for i, item in enumerate(inputs):
+            if not (isinstance(item, dict) and {"question", "context"} <= set(item)):
+                raise ConfigError(f"predict input {i}: qa needs {{'question': ..., 'context': ...}}, got {item!r}")
+            res = pipe(question=item["question"], context=item["context"])
+            out.append({**res, "score": float(res["score"])})
+        return out

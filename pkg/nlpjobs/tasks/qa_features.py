@@ -1,0 +1,361 @@
+"""Extractive-QA feature building and answer post-processing (SPEC §6.3, §6.4, §6.6).
+
+Pure functions over lists and NumPy arrays; no model code. The vectorised functions reproduce the
+course's algorithms exactly (same labels, same predictions, same tie handling); the ``course_*``
+functions are straight transcriptions of the course's loops, kept as references for tests and
+benchmarks only.
+
+Offset convention for evaluation features: offsets of tokens outside the context (question,
+special tokens, padding) are stored as ``(-1, -1)`` instead of the course's ``None`` so the column
+is a plain integer list in Arrow; post-processing treats a negative start offset as "outside the
+context".
+
+Deviations from the course, all bug fixes:
+- an example without an answer (empty ``text``/``answer_start``, e.g. SQuAD v2) gets ``(0, 0)``
+  labels on every feature instead of an ``IndexError``;
+- the context span is found from a ``sequence_ids == 1`` mask, not by scanning from index 0, so it
+  also works with left padding;
+- ``find_answer_mismatches`` reports gold answers whose ``answer_start`` does not point at the text.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
+
+OUTSIDE = -1
+"""Offset value marking a token outside the context in evaluation features."""
+
+
+def find_answer_mismatches(contexts: Sequence[str], answers: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Indices of examples with no answer or whose first answer text is not at ``answer_start[0]``."""
+    if len(contexts) != len(answers):
+        raise ValueError(f"{len(contexts)} contexts but {len(answers)} answers")
+    bad = []
+    for i, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
+        texts, starts = answer.get("text") or [], answer.get("answer_start") or []
+        if not texts or not starts:
+            bad.append(i)
+            continue
+        start, text = int(starts[0]), texts[0]
+        if start < 0 or context[start : start + len(text)] != text:
+            bad.append(i)
+    return bad
+
+
+def _tokenize(
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+    stride: int,
+) -> BatchEncoding:
+    """The course's tokenizer call (SPEC §6.3), with questions stripped first."""
+    if len(questions) != len(contexts):
+        raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("extractive QA preprocessing needs a fast tokenizer (offsets, sequence_ids)")
+    return tokenizer(
+        [q.strip() for q in questions],
+        list(contexts),
+        max_length=max_length,
+        truncation="only_second",
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding="max_length",
+    )
+
+
+def _context_mask(inputs: BatchEncoding) -> np.ndarray:
+    """Boolean [F, L] mask of context tokens (``sequence_ids == 1``); None becomes NaN, so False."""
+    return np.array([enc.sequence_ids for enc in inputs.encodings], dtype=np.float64) == 1
+
+
+def _model_columns(inputs: BatchEncoding) -> dict[str, list]:
+    keys = ("input_ids", "attention_mask", "token_type_ids")
+    return {k: inputs[k] for k in keys if k in inputs}
+
+
+def _answer_chars(answers: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per example: start char, end char (exclusive) and whether it has an answer at all."""
+    n = len(answers)
+    start, end, has = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool)
+    for i, answer in enumerate(answers):
+        texts, starts = answer.get("text") or [], answer.get("answer_start") or []
+        if texts and starts:
+            start[i], end[i], has[i] = int(starts[0]), int(starts[0]) + len(texts[0]), True
+    return start, end, has
+
+
+def prepare_train_features(
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    answers: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = 384,
+    stride: int = 128,
+) -> dict[str, list]:
+    """Sliding-window training features with start/end token labels (SPEC §6.3), vectorised.
+
+    A feature whose window does not hold the whole answer is labelled ``(0, 0)``. Otherwise start is
+    the last context token with start offset <= start_char and end the first context token with
+    end offset >= end_char, exactly as the course's scans. ``example_index`` is the overflow
+    sample mapping.
+    """
+    if len(answers) != len(contexts):
+        raise ValueError(f"{len(contexts)} contexts but {len(answers)} answers")
+    inputs = _tokenize(questions, contexts, tokenizer, max_length, stride)
+    sample_map = np.asarray(inputs["overflow_to_sample_mapping"], dtype=np.int64)
+    offsets = np.asarray(inputs["offset_mapping"], dtype=np.int64).reshape(len(sample_map), -1, 2)
+    ctx = _context_mask(inputs)
+    n_feat, seq_len = ctx.shape
+    rows = np.arange(n_feat)
+
+    ex_start, ex_end, ex_has = _answer_chars(answers)
+    start_char, end_char = ex_start[sample_map], ex_end[sample_map]
+
+    has_ctx = ctx.any(axis=1)
+    ctx_start = ctx.argmax(axis=1)
+    ctx_end = seq_len - 1 - ctx[:, ::-1].argmax(axis=1)
+    inside = (
+        ex_has[sample_map]
+        & has_ctx
+        & (offsets[rows, ctx_start, 0] <= start_char)
+        & (offsets[rows, ctx_end, 1] >= end_char)
+    )
+    # start: the course scans right while offset[idx][0] <= start_char and takes idx - 1.
+    stop = ctx & (offsets[:, :, 0] > start_char[:, None])
+    start_pos = np.where(stop.any(axis=1), stop.argmax(axis=1), ctx_end + 1) - 1
+    # end: the course scans left while offset[idx][1] >= end_char and takes idx + 1.
+    stop = ctx & (offsets[:, :, 1] < end_char[:, None])
+    last_stop = seq_len - 1 - stop[:, ::-1].argmax(axis=1)
+    end_pos = np.where(stop.any(axis=1), last_stop, ctx_start - 1) + 1
+
+    out = _model_columns(inputs)
+    out["start_positions"] = np.where(inside, start_pos, 0).tolist()
+    out["end_positions"] = np.where(inside, end_pos, 0).tolist()
+    out["example_index"] = sample_map.tolist()
+    return out
+
+
+def course_train_labels(
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    answers: Sequence[Mapping[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = 384,
+    stride: int = 128,
+) -> tuple[list[int], list[int]]:
+    """Reference only: the course's per-feature label loop (L5243-5296), transcribed as is."""
+    inputs = _tokenize(questions, contexts, tokenizer, max_length, stride)
+    offset_mapping = inputs.pop("offset_mapping")
+    sample_map = inputs.pop("overflow_to_sample_mapping")
+    start_positions = []
+    end_positions = []
+
+    for i, offset in enumerate(offset_mapping):
+        sample_idx = sample_map[i]
+        answer = answers[sample_idx]
+        start_char = answer["answer_start"][0]
+        end_char = answer["answer_start"][0] + len(answer["text"][0])
+        sequence_ids = inputs.sequence_ids(i)
+
+        idx = 0
+        while sequence_ids[idx] != 1:
+            idx += 1
+        context_start = idx
+        while sequence_ids[idx] == 1:
+            idx += 1
+        context_end = idx - 1
+
+        if offset[context_start][0] > start_char or offset[context_end][1] < end_char:
+            start_positions.append(0)
+            end_positions.append(0)
+        else:
+            idx = context_start
+            while idx <= context_end and offset[idx][0] <= start_char:
+                idx += 1
+            start_positions.append(idx - 1)
+
+            idx = context_end
+            while idx >= context_start and offset[idx][1] >= end_char:
+                idx -= 1
+            end_positions.append(idx + 1)
+    return start_positions, end_positions
+
+
+def prepare_eval_features(
+    ids: Sequence[str],
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = 384,
+    stride: int = 128,
+) -> dict[str, list]:
+    """Sliding-window evaluation features (SPEC §6.4) with ``example_id`` and ``offset_mapping``.
+
+    Offsets of non-context tokens (question, special tokens, padding) are ``[-1, -1]`` rather than
+    ``None``. Drop ``example_id`` and ``offset_mapping`` before the forward pass.
+    """
+    if len(ids) != len(contexts):
+        raise ValueError(f"{len(ids)} ids but {len(contexts)} contexts")
+    inputs = _tokenize(questions, contexts, tokenizer, max_length, stride)
+    sample_map = np.asarray(inputs["overflow_to_sample_mapping"], dtype=np.int64)
+    offsets = np.asarray(inputs["offset_mapping"], dtype=np.int64).reshape(len(sample_map), -1, 2)
+    offsets[~_context_mask(inputs)] = OUTSIDE
+
+    out = _model_columns(inputs)
+    out["offset_mapping"] = offsets.tolist()
+    out["example_id"] = [ids[i] for i in sample_map.tolist()]
+    return out
+
+
+def _check_logits(start: np.ndarray, end: np.ndarray, offsets: np.ndarray, n_ids: int) -> None:
+    if start.ndim != 2 or start.shape != end.shape:
+        raise ValueError(f"start/end logits must both be [F, L]; got {start.shape} and {end.shape}")
+    if offsets.shape != (*start.shape, 2):
+        raise ValueError(f"offset_mapping must be {(*start.shape, 2)}; got {offsets.shape}")
+    if n_ids != start.shape[0]:
+        raise ValueError(f"{n_ids} feature example ids for {start.shape[0]} features")
+
+
+def _top_k_desc(x: np.ndarray, k: int) -> np.ndarray:
+    """Per row, ``np.argsort(row)[-1:-k-1:-1]`` exactly, via argpartition where that is unambiguous.
+
+    The top ``k`` set and its order are unique when the top ``k + 1`` values are distinct and not
+    NaN; other rows (ties, NaN) fall back to the full argsort, so tie order stays the course's.
+    """
+    n_rows, length = x.shape
+    if k + 1 >= length:
+        return np.argsort(x, axis=1)[:, -1 : -k - 1 : -1]
+    part = np.argpartition(x, length - k - 1, axis=1)[:, length - k - 1 :]
+    vals = np.take_along_axis(x, part, axis=1)
+    order = np.argsort(vals, axis=1)[:, ::-1]
+    top = np.take_along_axis(part, order, axis=1)[:, :k]
+    ranked = np.take_along_axis(vals, order, axis=1)
+    ambiguous = (ranked[:, :-1] == ranked[:, 1:]).any(axis=1)
+    if np.issubdtype(x.dtype, np.floating):
+        ambiguous |= np.isnan(ranked).any(axis=1)
+    if ambiguous.any():
+        top[ambiguous] = np.argsort(x[ambiguous], axis=1)[:, -1 : -k - 1 : -1]
+    return top
+
+
+def postprocess_predictions(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    feature_example_ids: Sequence[str],
+    offset_mapping: np.ndarray,
+    examples: Mapping[str, Sequence[str]],
+    n_best: int = 20,
+    max_answer_length: int = 30,
+) -> dict[str, str]:
+    """Best answer text per example id (SPEC §6.6), ``""`` when no valid span; vectorised.
+
+    Per feature: top-``n_best`` start and end indices (the course's argsort order), an
+    n_best x n_best score matrix ``start_logit[s] + end_logit[e]`` masked for out-of-context tokens
+    (offset < 0), ``e < s`` and ``e - s + 1 > max_answer_length``. The best candidate per example
+    across its features wins; ties go to the earliest feature, then start rank, then end rank,
+    exactly as the course's ``max`` over its candidate list.
+    """
+    start = np.asarray(start_logits)
+    end = np.asarray(end_logits)
+    offsets = np.asarray(offset_mapping)
+    _check_logits(start, end, offsets, len(feature_example_ids))
+    if n_best < 1 or max_answer_length < 1:
+        raise ValueError(f"n_best and max_answer_length must be >= 1; got {n_best}, {max_answer_length}")
+    ids, contexts = list(examples["id"]), examples["context"]
+    preds = dict.fromkeys(ids, "")
+    n_feat = start.shape[0]
+    if n_feat == 0 or not ids:
+        return preds
+
+    rows = np.arange(n_feat)[:, None]
+    k = min(n_best, start.shape[1])
+    s_idx = _top_k_desc(start, k)
+    e_idx = _top_k_desc(end, k)
+    span = e_idx[:, None, :] - s_idx[:, :, None]
+    valid = (
+        (offsets[rows, s_idx, 0] >= 0)[:, :, None]
+        & (offsets[rows, e_idx, 0] >= 0)[:, None, :]
+        & (span >= 0)
+        & (span < max_answer_length)
+    ).reshape(n_feat, k * k)
+    scores = (start[rows, s_idx][:, :, None] + end[rows, e_idx][:, None, :]).reshape(n_feat, k * k)
+    masked = np.where(valid, scores, -np.inf)
+    best = masked.argmax(axis=1)
+    feat_ok = valid.any(axis=1)
+    # Valid candidates all scoring -inf: the course keeps the first valid one.
+    fix = feat_ok & ~valid[rows[:, 0], best]
+    best[fix] = valid[fix].argmax(axis=1)
+    best_score = masked[rows[:, 0], best]
+
+    position = {eid: i for i, eid in enumerate(ids)}
+    ex_pos = np.array([position.get(eid, -1) for eid in feature_example_ids], dtype=np.int64)
+    feats = np.flatnonzero(ex_pos >= 0)
+    # Per example: valid features first, then highest score, then lowest feature index.
+    order = feats[np.lexsort((feats, -best_score[feats], ~feat_ok[feats], ex_pos[feats]))]
+    grouped = ex_pos[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = grouped[1:] != grouped[:-1]
+    win = order[first][feat_ok[order[first]]]
+    char_start = offsets[win, s_idx[win, best[win] // k], 0].tolist()
+    char_end = offsets[win, e_idx[win, best[win] % k], 1].tolist()
+    for ex, a, b in zip(ex_pos[win].tolist(), char_start, char_end, strict=True):
+        preds[ids[ex]] = contexts[ex][a:b]
+    return preds
+
+
+def course_postprocess(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    feature_example_ids: Sequence[str],
+    offset_mapping: np.ndarray,
+    examples: Mapping[str, Sequence[str]],
+    n_best: int = 20,
+    max_answer_length: int = 30,
+) -> dict[str, str]:
+    """Reference only: the course's per-feature, per-candidate loop (L5598-5645), transcribed.
+
+    Offsets come in as the ``-1`` representation and are turned back into the course's ``None``
+    per feature, as reading a feature row would.
+    """
+    example_to_features = collections.defaultdict(list)
+    for idx, example_id in enumerate(feature_example_ids):
+        example_to_features[example_id].append(idx)
+
+    predicted = {}
+    for example_id, context in zip(examples["id"], examples["context"], strict=True):
+        answers = []
+        for feature_index in example_to_features[example_id]:
+            start_logit = start_logits[feature_index]
+            end_logit = end_logits[feature_index]
+            offsets = [o if o[0] >= 0 else None for o in np.asarray(offset_mapping[feature_index]).tolist()]
+
+            start_indexes = np.argsort(start_logit)[-1 : -n_best - 1 : -1].tolist()
+            end_indexes = np.argsort(end_logit)[-1 : -n_best - 1 : -1].tolist()
+            for start_index in start_indexes:
+                for end_index in end_indexes:
+                    if offsets[start_index] is None or offsets[end_index] is None:
+                        continue
+                    if end_index < start_index or end_index - start_index + 1 > max_answer_length:
+                        continue
+                    answer = {
+                        "text": context[offsets[start_index][0] : offsets[end_index][1]],
+                        "logit_score": start_logit[start_index] + end_logit[end_index],
+                    }
+                    answers.append(answer)
+
+        if len(answers) > 0:
+            best_answer = max(answers, key=lambda x: x["logit_score"])
+            predicted[example_id] = best_answer["text"]
+        else:
+            predicted[example_id] = ""
+    return predicted

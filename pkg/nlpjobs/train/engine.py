@@ -1,0 +1,296 @@
+"""The shared Accelerate training loop used by every task.
+
+Gradient accumulation with the scheduler sized in optimizer steps, gradient clipping, weight-decay
+groups, warmup + linear/cosine schedules, step- or epoch-based evaluation, committed checkpoints
+with automatic resume (by optimizer-step index, never by replaying batches), and the final model in
+Hugging Face format under the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from nlpjobs import paths, storage
+from nlpjobs.config import ConfigError, JobConfig
+from nlpjobs.data.shards import Manifest, load_split, load_tokenizer, open_dataset
+from nlpjobs.tasks import get_task
+from nlpjobs.tasks.base import EvalContext, Task
+from nlpjobs.train.checkpoint import CheckpointStore
+
+log = logging.getLogger(__name__)
+RESUME_SECTIONS = ("data", "model", "preprocess", "train")
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def grouped_parameters(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups: decay for weight matrices, none for biases and norm weights (ndim < 2)."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def model_inputs(task: Task, ds: Any) -> Any:
+    keep = [c for c in task.model_columns if c in ds.column_names]
+    return ds.select_columns(keep)
+
+
+@dataclass
+class TrainResult:
+    run_uri: str
+    model_uri: str
+    steps: int
+    total_steps: int
+    resumed_from: int | None
+    seconds: float
+    final_eval: dict[str, Any]
+    history: dict[str, Any] = field(default_factory=dict)
+    already_done: bool = False
+
+
+def make_accelerator(job: JobConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    return Accelerator(mixed_precision=job.train.mixed_precision,
+                       dataloader_config=DataLoaderConfiguration(even_batches=True))
+
+
+def check_run(job: JobConfig, run_uri: str, is_main: bool) -> bool:
+    """Record the job in the run; refuse to resume a run whose recipe changed. True if finished."""
+    job_uri = storage.join(run_uri, "job.json")
+    fingerprint = {s: job.section_hash(s) for s in RESUME_SECTIONS}
+    if storage.exists(job_uri):
+        previous = storage.read_json(job_uri)
+        changed = [s for s in RESUME_SECTIONS if previous.get("fingerprint", {}).get(s) != fingerprint[s]]
+        if changed:
+            raise ConfigError(
+                f"name: run {job.name!r} already exists at {run_uri} with different {', '.join(changed)} "
+                "settings; resuming it would mix two recipes. Choose a new run name (--set name=...) or "
+                "delete the run.")
+    elif is_main:
+        storage.write_json(job_uri, {"fingerprint": fingerprint, "config": job.to_dict()})
+    return storage.exists(storage.join(paths.model_uri(job), "_SUCCESS"))
+
+
+def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.time()
+    task = get_task(job.task)
+    cfg = job.train
+    acc = make_accelerator(job)
+    manifest = open_dataset(paths.dataset_uri(job, task))
+    run_uri = paths.run_uri(job)
+    if check_run(job, run_uri, acc.is_main_process):
+        metrics = storage.read_json(storage.join(run_uri, "metrics.json"))
+        return TrainResult(run_uri, paths.model_uri(job), metrics["train"]["steps"], metrics["train"]["steps"],
+                           None, 0.0, metrics["train"].get("final_eval", {}), metrics["train"], True)
+    acc.wait_for_everyone()
+
+    tokenizer = load_tokenizer(manifest)
+    set_seed(cfg.seed)
+    model = task.build_model(job, manifest, tokenizer)
+    collate = task.collator(tokenizer, model)
+    train_ds = model_inputs(task, load_split(manifest, "train"))
+    eval_ds = model_inputs(task, load_split(manifest, "eval"))
+    sampler = EpochSampler(len(train_ds), cfg.seed)
+    train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
+                          num_workers=cfg.num_workers, drop_last=False)
+    eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=collate,
+                         num_workers=cfg.num_workers)
+    optimizer = torch.optim.AdamW(grouped_parameters(model, cfg.weight_decay), lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    model, optimizer, train_dl, eval_dl = acc.prepare(model, optimizer, train_dl, eval_dl)
+
+    # Sized after prepare(): the loader's length is per process.
+    micro_per_epoch = len(train_dl)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    scheduler = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
+    acc.register_for_checkpointing(scheduler)
+    eval_every = _interval(cfg.eval_every, steps_per_epoch)
+    save_every = _interval(cfg.save_every, steps_per_epoch)
+
+    scratch = storage.cache_dir() / "scratch" / job.name
+    scratch.mkdir(parents=True, exist_ok=True)
+    store = CheckpointStore(run_uri, scratch)
+    history: dict[str, Any] = {"train_loss": [], "eval": [], "steps_per_epoch": steps_per_epoch,
+                               "total_steps": total_steps, "processes": acc.num_processes,
+                               "effective_batch": cfg.batch_size * cfg.grad_accum * acc.num_processes}
+    step, resumed_from = 0, store.latest()
+    if resumed_from is not None:
+        state = store.load(acc, resumed_from)
+        step, history = state["step"], state["history"]
+        acc.print(f"resumed from committed checkpoint step {step} of {total_steps}")
+    ctx = EvalContext(acc, job, manifest, tokenizer, show_progress)
+
+    def run_eval(at: int) -> dict[str, Any]:
+        metrics = task.evaluate(ctx, model, eval_dl)
+        history["eval"].append({"step": at, **{k: v for k, v in metrics.items() if not isinstance(v, dict)}})
+        acc.print(f"step {at}/{total_steps} eval: {task.summary(metrics)}")
+        model.train()
+        return metrics
+
+    def checkpoint(at: int) -> None:
+        store.save(acc, at, {"step": at, "history": history}, cfg.keep_checkpoints)
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {job.task}", unit="step",
+               disable=not (show_progress and acc.is_main_process))
+    final_eval: dict[str, Any] = {}
+    loss_sum = torch.zeros((), device=acc.device)
+    loss_count = 0
+    while step < total_steps:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        sampler.set_epoch(epoch)
+        skip = done_in_epoch * cfg.grad_accum
+        loader = acc.skip_first_batches(train_dl, skip) if skip else train_dl
+        micro = skip
+        window = _window(micro, micro_per_epoch, cfg.grad_accum)
+        for batch in loader:
+            micro += 1
+            boundary = micro % cfg.grad_accum == 0 or micro == micro_per_epoch
+            sync = contextlib.nullcontext() if boundary else acc.no_sync(model)
+            with sync:
+                loss = model(**batch).loss
+                acc.backward(loss / window)
+            loss_sum += loss.detach()
+            loss_count += 1
+            if not boundary:
+                continue
+            if cfg.max_grad_norm is not None:
+                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            window = _window(micro, micro_per_epoch, cfg.grad_accum)
+            if step % cfg.log_every == 0 or step == total_steps:
+                mean = acc.reduce(loss_sum / max(loss_count, 1), reduction="mean").item()
+                history["train_loss"].append({"step": step, "loss": mean, "lr": scheduler.get_last_lr()[0]})
+                bar.set_postfix(loss=f"{mean:.4f}")
+                loss_sum.zero_()
+                loss_count = 0
+            if eval_every and (step % eval_every == 0 or step == total_steps):
+                final_eval = run_eval(step)
+            if (save_every and step % save_every == 0) or step == total_steps:
+                checkpoint(step)
+            if step >= total_steps:
+                break
+    bar.close()
+    if not final_eval and eval_every and history["eval"] and history["eval"][-1]["step"] == step:
+        final_eval = history["eval"][-1]
+    model_out = export_model(acc, model, tokenizer, job, scratch)
+    if acc.is_main_process:
+        record = {**history, "steps": step, "final_eval": final_eval, "seconds": time.time() - started}
+        write_train_report(run_uri, record, task)
+    acc.wait_for_everyone()
+    return TrainResult(run_uri, model_out, step, total_steps, resumed_from, time.time() - started,
+                       final_eval, history)
+
+
+def _interval(value: str, steps_per_epoch: int) -> int:
+    if value == "never":
+        return 0
+    return steps_per_epoch if value == "epoch" else int(value)
+
+
+def _window(micro_done: int, micro_per_epoch: int, grad_accum: int) -> int:
+    """Micro-batches in the accumulation window starting after ``micro_done`` (the last one may be short)."""
+    return min(grad_accum, micro_per_epoch - micro_done) or grad_accum
+
+
+def export_model(acc: Any, model: Any, tokenizer: Any, job: JobConfig, scratch: Path) -> str:
+    """Save the final model + tokenizer in Hugging Face format to <run>/model/ and mark it complete."""
+    target = paths.model_uri(job)
+    acc.wait_for_everyone()
+    unwrapped = acc.unwrap_model(model)
+    if acc.is_main_process:
+        local = scratch / f"model-{uuid.uuid4().hex[:8]}"
+        unwrapped.save_pretrained(str(local), save_function=acc.save)
+        tokenizer.save_pretrained(str(local))
+        storage.remove(target)
+        storage.upload(local, target)
+        storage.write_bytes(storage.join(target, "_SUCCESS"), b"")
+        shutil.rmtree(local, ignore_errors=True)
+    acc.wait_for_everyone()
+    return target
+
+
+def write_train_report(run_uri: str, record: dict[str, Any], task: Task) -> None:
+    from nlpjobs.report import loss_curve_png, update_metrics
+
+    update_metrics(run_uri, "train", record)
+    png = loss_curve_png(record, task.headline_metric)
+    if png:
+        storage.write_bytes(storage.join(run_uri, "loss_curve.png"), png)
+
+
+def evaluate_saved(job: JobConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate the trained model of the run on the eval split (distributed when launched so)."""
+    task = get_task(job.task)
+    acc = make_accelerator(job)
+    manifest: Manifest = open_dataset(paths.dataset_uri(job, task))
+    model_dir = fetch_model(job, download=acc.is_local_main_process)
+    acc.wait_for_everyone()
+    tokenizer = load_tokenizer(manifest)
+    model = task.load_trained(str(model_dir))
+    eval_ds = model_inputs(task, load_split(manifest, "eval"))
+    eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=task.collator(tokenizer, model))
+    model, eval_dl = acc.prepare(model, eval_dl)
+    metrics = task.evaluate(EvalContext(acc, job, manifest, tokenizer, show_progress), model, eval_dl)
+    if acc.is_main_process:
+        from nlpjobs.report import update_metrics
+
+        update_metrics(paths.run_uri(job), "evaluate", metrics)
+    return metrics
+
+
+def fetch_model(job: JobConfig, download: bool = True) -> Path:
+    """Local directory holding the run's trained model (downloaded when remote and ``download``)."""
+    uri = paths.model_uri(job)
+    if not storage.exists(storage.join(uri, "_SUCCESS")):
+        raise ConfigError(f"no trained model at {uri}: run `nlpjobs train` with the same config first")
+    if uri.startswith("file://"):
+        return Path(storage.resolve(uri)[1])
+    local = storage.cache_dir() / "models" / job.name
+    if download:
+        if local.exists():
+            shutil.rmtree(local)
+        storage.download(uri, local)
+    return local

@@ -1,0 +1,109 @@
+"""NER preprocessing (SPEC §1.3–1.4) on a cased WordPiece tokenizer, and label-space checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import pytest
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import BertTokenizerFast, DataCollatorForTokenClassification
+
+from nlpjobs.config import load_job
+from nlpjobs.tasks.base import TaskDataError
+from nlpjobs.tasks.ner import NerTask, align_labels_with_tokens, b_to_i_map
+
+ROOT = Path(__file__).resolve().parents[2]
+LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
+WORDS = ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
+TAGS = [3, 0, 7, 0, 0, 0, 7, 0, 0]
+
+
+@pytest.fixture(scope="module")
+def cased_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
+    """A cased WordPiece tokenizer whose vocabulary splits 'lamb' into 'la', '##mb' as bert-base-cased does."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "EU", "rejects", "German", "call", "to", "boycott",
+             "British", "la", "##mb", ".", "eu", "Peter", "Black", "##burn"]
+    model = models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]")
+    backend = Tokenizer(model)
+    backend.normalizer = normalizers.BertNormalizer(lowercase=False)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    backend.decoder = decoders.WordPiece()
+    folder = tmp_path_factory.mktemp("cased-wordpiece")
+    BertTokenizerFast(tokenizer_object=backend, do_lower_case=False).save_pretrained(folder)
+    tok = BertTokenizerFast.from_pretrained(folder)
+    assert len(tok) == len(vocab) and tok.is_fast
+    return tok
+
+
+def test_course_alignment_example(cased_tokenizer: BertTokenizerFast) -> None:
+    enc = cased_tokenizer(WORDS, is_split_into_words=True)
+    assert enc.tokens() == ["[CLS]", "EU", "rejects", "German", "call", "to", "boycott", "British", "la", "##mb",
+                            ".", "[SEP]"]
+    assert enc.word_ids() == [None, 0, 1, 2, 3, 4, 5, 6, 7, 7, 8, None]
+    labels = align_labels_with_tokens(TAGS, enc.word_ids(), b_to_i_map(LABELS))
+    assert labels == [-100, 3, 0, 7, 0, 0, 0, 7, 0, 0, 0, -100]
+
+
+def test_continuation_of_b_becomes_i_and_first_token_only_option(cased_tokenizer: BertTokenizerFast) -> None:
+    enc = cased_tokenizer(["Peter", "Blackburn"], is_split_into_words=True)
+    assert enc.word_ids() == [None, 0, 1, 1, None]
+    b_to_i = b_to_i_map(LABELS)
+    assert align_labels_with_tokens([1, 1], enc.word_ids(), b_to_i) == [-100, 1, 1, 2, -100]
+    assert align_labels_with_tokens([1, 1], enc.word_ids(), b_to_i, label_all_tokens=False) == [-100, 1, 1, -100, -100]
+
+
+def test_b_to_i_uses_names_not_id_parity() -> None:
+    names = ["O", "I-PER", "B-PER", "B-LOC", "I-LOC"]  # not the CoNLL ordering
+    assert b_to_i_map(names).tolist() == [0, 1, 1, 4, 4]
+
+
+def _raw(tags: list[list[int]], words: list[list[str]] | None = None) -> datasets.DatasetDict:
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=LABELS))})
+    words = words or [WORDS] * len(tags)
+    ds = datasets.Dataset.from_dict({"tokens": words, "ner_tags": tags}, features=features)
+    return datasets.DatasetDict({"train": ds, "eval": ds})
+
+
+def test_prepare_and_collate(cased_tokenizer: BertTokenizerFast) -> None:
+    job = load_job(ROOT / "jobs/local/ner.yaml")
+    raw = _raw([TAGS, [0, 0]], [WORDS, ["to", "EU"]])
+    prepared = NerTask().prepare(job, raw, cased_tokenizer)
+    assert prepared.info["label_names"] == LABELS
+    train = prepared.splits["train"]
+    assert train[0]["labels"] == [-100, 3, 0, 7, 0, 0, 0, 7, 0, 0, 0, -100]
+    batch = DataCollatorForTokenClassification(cased_tokenizer)([train[0], train[1]])
+    assert tuple(batch["input_ids"].shape) == (2, 12)
+    assert batch["labels"][1].tolist() == [-100, 0, 0, -100] + [-100] * 8
+
+
+def test_truncation_is_counted(cased_tokenizer: BertTokenizerFast) -> None:
+    job = load_job(ROOT / "jobs/local/ner.yaml", ["preprocess.max_length=6"])
+    prepared = NerTask().prepare(job, _raw([TAGS]), cased_tokenizer)
+    assert prepared.info["truncated_examples"] == {"train": 1, "eval": 1}
+    assert len(prepared.splits["train"][0]["input_ids"]) == 6
+
+
+def test_tag_outside_label_space_is_rejected(cased_tokenizer: BertTokenizerFast) -> None:
+    job = load_job(ROOT / "jobs/local/ner.yaml", ["preprocess.label_names=" + str(LABELS)])
+    ds = datasets.Dataset.from_dict({"tokens": [WORDS], "ner_tags": [[0, 0, 0, 0, 0, 0, 0, 0, 12]]})
+    with pytest.raises(TaskDataError, match=r"1 tag\(s\) outside the label space 0..8"):
+        NerTask().prepare(job, datasets.DatasetDict({"train": ds, "eval": ds}), cased_tokenizer)
+
+
+def test_missing_columns_listed(cased_tokenizer: BertTokenizerFast) -> None:
+    job = load_job(ROOT / "jobs/local/ner.yaml")
+    ds = datasets.Dataset.from_dict({"words": [WORDS], "ner_tags": [TAGS]})
+    with pytest.raises(TaskDataError) as exc:
+        NerTask().prepare(job, datasets.DatasetDict({"train": ds, "eval": ds}), cased_tokenizer)
+    assert "lacks required column(s) ['tokens']" in str(exc.value) and "'words'" in str(exc.value)
+
+
+def test_integer_tags_without_names_need_label_names(cased_tokenizer: BertTokenizerFast) -> None:
+    job = load_job(ROOT / "jobs/local/ner.yaml")
+    ds = datasets.Dataset.from_dict({"tokens": [WORDS], "ner_tags": [TAGS]})
+    with pytest.raises(TaskDataError, match="preprocess.label_names"):
+        NerTask().prepare(job, datasets.DatasetDict({"train": ds, "eval": ds}), cased_tokenizer)

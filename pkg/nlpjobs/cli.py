@@ -112,7 +112,7 @@ def _do_preprocess(job: Any) -> None:
     for split, info in m.splits.items():
         _echo(f"  {split:<14} {info['rows']:>8} rows  {info['tokens']:>10} tokens  {len(info['shards'])} shard(s)")
     trunc = m.info.get("truncated_examples")
-    if trunc:
+    if trunc and any(trunc.values()):
         _echo(f"  truncated examples (longer than max_length): {trunc}")
 
 

@@ -8,6 +8,7 @@ last attempt a :class:`StorageError` names the endpoint and the operation.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -46,9 +47,30 @@ def _is_transient(exc: BaseException) -> bool:
                        "HTTPClientError", "IncompleteRead", "ResponseParserError", "ClientPayloadError"}
     if names & transient_names or isinstance(exc, (ConnectionError, TimeoutError)):
         return True
+    # s3fs turns server errors into bare OSErrors whose text is only the server's message
+    # ("We encountered an internal error, please try again."): look at the botocore error it
+    # chains as __cause__, and at the errno s3fs picks for 5xx/throttling (EREMOTEIO, EBUSY).
+    cause: BaseException | None = exc
+    for _ in range(5):
+        if cause is None:
+            break
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict):
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0
+            code = str((response.get("Error") or {}).get("Code", ""))
+            if int(status) >= 500 or code in _TRANSIENT_CODES:
+                return True
+        cause = cause.__cause__
+    if type(exc) is OSError and exc.errno in (_EREMOTEIO, errno.EBUSY):
+        return True
     markers = ("Connect", "connect", "timed out", "503", "500 ", "502", "504", "SlowDown",
                "InternalError", "ServiceUnavailable", "Could not connect")
     return any(m in text for m in markers)
+
+
+_EREMOTEIO = getattr(errno, "EREMOTEIO", errno.EIO)
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "Throttling",
+                    "ThrottlingException", "RequestLimitExceeded", "500", "502", "503", "504"}
 
 
 def _explain(exc: BaseException, what: str, uri: str) -> str:
@@ -59,6 +81,9 @@ def _explain(exc: BaseException, what: str, uri: str) -> str:
                 "AWS_SECRET_ACCESS_KEY (or the credentials Secret) and the bucket policy.")
     if "NoSuchBucket" in text or "bucket does not exist" in text.lower():
         return f"{what} {uri}: the bucket does not exist on {endpoint()}. Create it or fix `storage:`."
+    if "internal error" in text.lower():
+        return (f"{what} {uri}: {endpoint()} reported an internal error ({text}); check the object store's "
+                "logs and free space.")
     return f"{what} {uri}: {text}"
 
 
@@ -96,14 +121,15 @@ def _filesystem(scheme: str) -> fsspec.AbstractFileSystem:
 
             # retry() above owns retries: s3fs's own loop (5 tries) and botocore's would multiply
             # with it (up to 5 x 5 x 3 attempts), far beyond NLPJOBS_STORAGE_RETRIES.
-            _FS_CACHE[scheme] = s3fs.S3FileSystem(
+            fs = s3fs.S3FileSystem(
                 skip_instance_cache=True,
                 use_listings_cache=False,
-                retries=1,
                 endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
                 config_kwargs={"connect_timeout": 5, "read_timeout": 60,
                                "retries": {"total_max_attempts": 2, "mode": "standard"}},
             )
+            fs.retries = 1  # a class attribute in s3fs (default 5), not a constructor argument
+            _FS_CACHE[scheme] = fs
         elif scheme == "file":
             _FS_CACHE[scheme] = fsspec.filesystem("file", auto_mkdir=True)
         else:
@@ -134,7 +160,8 @@ def normalize(uri: str) -> str:
 def join(uri: str, *parts: str) -> str:
     out = uri.rstrip("/")
     for part in parts:
-        out += "/" + part.strip("/")
+        if part.strip("/"):
+            out += "/" + part.strip("/")
     return out
 
 

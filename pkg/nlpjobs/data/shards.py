@@ -4,11 +4,12 @@ Layout (DESIGN §1)::
 
     <root>/datasets/<task>/<cache-key>/manifest.json
                                        _SUCCESS                       (written last)
-                                       tokenizer/...                  (the exact tokenizer used)
-                                       <split>/shard-00000-of-00002.arrow
+                                       attempt-<id>/tokenizer/...     (the exact tokenizer used)
+                                       attempt-<id>/<split>/shard-00000-of-00002.arrow
 
-Shards are Arrow IPC streams, the format ``datasets`` memory-maps. Writes go to a temporary prefix
-first and are copied into place only when complete; a prefix without ``_SUCCESS`` does not exist.
+Shards are Arrow IPC streams, the format ``datasets`` memory-maps. Each write goes to a fresh
+``attempt-<id>/`` prefix; it becomes the dataset only when manifest.json (naming that attempt) and
+then ``_SUCCESS`` are written. A prefix without ``_SUCCESS`` does not exist.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class Manifest:
 
     @property
     def tokenizer_uri(self) -> str:
-        return storage.join(self.uri, "tokenizer")
+        return storage.join(self.uri, self.data.get("attempt", ""), "tokenizer")
 
     def rows(self, split: str) -> int:
         return int(self.splits[split]["rows"])
@@ -120,20 +121,26 @@ def write_dataset(
                             "shards": shards}
     if tokenizer_dir is not None:
         shutil.copytree(tokenizer_dir, scratch / "tokenizer")
-    body = {**manifest, "format": FORMAT_VERSION, "code_version": __version__,
+    # Shards go to a fresh attempt prefix; nothing under it counts until manifest.json (which names
+    # the attempt) and then _SUCCESS are written at the top. No copy or rename is needed on S3.
+    attempt = f"attempt-{uuid.uuid4().hex[:12]}"
+    for info in split_info.values():
+        for shard in info["shards"]:
+            shard["file"] = f"{attempt}/{shard['file']}"
+    body = {**manifest, "format": FORMAT_VERSION, "code_version": __version__, "attempt": attempt,
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "splits": split_info}
 
-    parent, key = uri.rstrip("/").rsplit("/", 1)
-    tmp = storage.join(parent, "_tmp", f"{key}-{uuid.uuid4().hex[:8]}")
-    storage.upload(scratch, tmp)
-    storage.remove(uri)  # a previous attempt may have left an uncommitted prefix
-    storage.copy_tree(tmp, uri)
+    storage.remove(storage.join(uri, SUCCESS))  # never leave an old marker beside new shards
+    storage.upload(scratch, storage.join(uri, attempt))
+    result = Manifest(uri, body)
+    _verify(result)
     storage.write_json(storage.join(uri, MANIFEST), body)
-    _verify(Manifest(uri, body))
     storage.write_bytes(storage.join(uri, SUCCESS), b"")
-    storage.remove(tmp)
+    for name in storage.listdir(uri):  # earlier interrupted attempts
+        if name.startswith("attempt-") and name != attempt:
+            storage.remove(storage.join(uri, name))
     shutil.rmtree(scratch, ignore_errors=True)
-    return Manifest(uri, body)
+    return result
 
 
 def _verify(manifest: Manifest) -> None:

@@ -119,13 +119,24 @@ class NerTask(Task):
                                              "max_length": max_length})
 
     def build_model(self, job: JobConfig, manifest: Any, tokenizer: Any) -> Any:
-        from transformers import AutoModelForTokenClassification
+        from transformers import AutoConfig, AutoModelForTokenClassification
 
         from nlpjobs.models import resolve_model
 
         names = manifest.info["label_names"]
+        source = resolve_model(job.model.name)
+        existing = AutoConfig.from_pretrained(source, revision=job.model.revision)
+        trained_head = any(a.endswith("ForTokenClassification") for a in existing.architectures or [])
+        if trained_head and existing.num_labels != len(names):
+            raise TaskDataError(
+                f"ner: {job.model.name} already has a token-classification head with {existing.num_labels} labels "
+                f"({list(existing.id2label.values())}) but the dataset has {len(names)} ({names}). Start from the "
+                "base encoder, or use data whose label set matches the head.")
+        if trained_head and [existing.id2label[i] for i in range(len(names))] != names:
+            raise TaskDataError(f"ner: the head of {job.model.name} orders its labels {list(existing.id2label.values())}"
+                                f" but the dataset uses {names}; map the dataset's labels to the head's ids first.")
         model = AutoModelForTokenClassification.from_pretrained(
-            resolve_model(job.model.name), revision=job.model.revision, num_labels=len(names),
+            source, revision=job.model.revision, num_labels=len(names),
             id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
         if model.config.num_labels != len(names):
             raise TaskDataError(f"ner: model head has {model.config.num_labels} outputs but the dataset has "

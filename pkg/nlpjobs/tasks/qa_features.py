@@ -227,24 +227,30 @@ def _check_logits(start: np.ndarray, end: np.ndarray, offsets: np.ndarray, n_ids
 
 
 def _top_k_desc(x: np.ndarray, k: int) -> np.ndarray:
-    """Per row, ``np.argsort(row)[-1:-k-1:-1]`` exactly, via argpartition where that is unambiguous.
+    """Per row, ``np.argsort(row)[-1:-k-1:-1]`` exactly, without sorting whole rows where possible.
 
     The top ``k`` set and its order are unique when the top ``k + 1`` values are distinct and not
-    NaN; other rows (ties, NaN) fall back to the full argsort, so tie order stays the course's.
+    NaN: those rows go through a value partition and a sort of ``k + 1`` values. Other rows (ties,
+    NaN) fall back to the full argsort, so the tie order stays the course's.
     """
     n_rows, length = x.shape
     if k + 1 >= length:
         return np.argsort(x, axis=1)[:, -1 : -k - 1 : -1]
-    part = np.argpartition(x, length - k - 1, axis=1)[:, length - k - 1 :]
-    vals = np.take_along_axis(x, part, axis=1)
+    full, top = x, np.empty((n_rows, k), dtype=np.intp)
+    threshold = np.partition(x, length - k - 1, axis=1)[:, length - k - 1]
+    above = x >= threshold[:, None]
+    clean = above.sum(axis=1) == k + 1  # no tie at the threshold, no NaN
+    if not clean.all():
+        x, above = x[clean], above[clean]
+    cand = (np.flatnonzero(above) % length).reshape(-1, k + 1)
+    vals = np.take_along_axis(x, cand, axis=1)
     order = np.argsort(vals, axis=1)[:, ::-1]
-    top = np.take_along_axis(part, order, axis=1)[:, :k]
     ranked = np.take_along_axis(vals, order, axis=1)
-    ambiguous = (ranked[:, :-1] == ranked[:, 1:]).any(axis=1)
-    if np.issubdtype(x.dtype, np.floating):
-        ambiguous |= np.isnan(ranked).any(axis=1)
+    top[clean] = np.take_along_axis(cand, order, axis=1)[:, :k]
+    ambiguous = ~clean
+    ambiguous[clean] = (ranked[:, :-1] == ranked[:, 1:]).any(axis=1)
     if ambiguous.any():
-        top[ambiguous] = np.argsort(x[ambiguous], axis=1)[:, -1 : -k - 1 : -1]
+        top[ambiguous] = np.argsort(full[ambiguous], axis=1)[:, -1 : -k - 1 : -1]
     return top
 
 

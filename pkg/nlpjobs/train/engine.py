@@ -82,7 +82,8 @@ def make_accelerator(job: JobConfig) -> Any:
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
-    return Accelerator(mixed_precision=job.train.mixed_precision,
+    # cpu=True lets Accelerate pick gloo for torchrun-launched CPU processes (it ignores them otherwise).
+    return Accelerator(mixed_precision=job.train.mixed_precision, cpu=not torch.cuda.is_available(),
                        dataloader_config=DataLoaderConfiguration(even_batches=True))
 
 
@@ -127,8 +128,11 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     train_ds = model_inputs(task, load_split(manifest, "train"))
     eval_ds = model_inputs(task, load_split(manifest, "eval"))
     sampler = EpochSampler(len(train_ds), cfg.seed)
+    # A loader-owned generator: creating an iterator must not draw from the global RNG, or a run
+    # resumed mid-epoch would see different dropout masks than the uninterrupted run.
+    loader_rng = torch.Generator()
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=cfg.num_workers, drop_last=False)
+                          num_workers=cfg.num_workers, drop_last=False, generator=loader_rng)
     eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=collate,
                          num_workers=cfg.num_workers)
     optimizer = torch.optim.AdamW(grouped_parameters(model, cfg.weight_decay), lr=cfg.learning_rate,
@@ -177,6 +181,7 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     while step < total_steps:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
+        loader_rng.manual_seed(cfg.seed * 7919 + epoch)  # worker seeds depend on the epoch only
         skip = done_in_epoch * cfg.grad_accum
         loader = acc.skip_first_batches(train_dl, skip) if skip else train_dl
         micro = skip

@@ -1,0 +1,148 @@
+"""End to end through the CLI, as a user runs it: preprocess → train → evaluate → predict against the real
+SeaweedFS server with s3:// URIs, resume from a committed checkpoint, and a two-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from nlpjobs import storage
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.slow]
+
+
+def cli(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "nlpjobs", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"nlpjobs {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def job_file(tmp_path: Path, preset: str, storage_root: str, **sections: dict) -> Path:
+    job = yaml.safe_load((ROOT / preset).read_text())
+    job["storage"] = storage_root
+    for key, values in sections.items():
+        if isinstance(values, dict):
+            job.setdefault(key, {}).update(values)
+        else:
+            job[key] = values
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def local_copy(uri: str, dest: Path) -> Path:
+    return storage.download(uri, dest)
+
+
+NER_SMALL = {
+    "data": {"max_train_examples": 48, "max_eval_examples": 24},
+    "train": {"max_steps": 6, "batch_size": 8, "save_every": "2", "eval_every": "3", "log_every": 1,
+              "keep_checkpoints": 2, "learning_rate": 1e-4, "warmup_steps": 0},
+    "preprocess": {"num_shards": 2},
+}
+
+
+@pytest.mark.s3
+def test_ner_on_s3_end_to_end_with_exact_resume(s3_env: str, tmp_path: Path) -> None:
+    job = job_file(tmp_path, "jobs/local/ner.yaml", s3_env, name="ner-e2e", **NER_SMALL)
+    first = cli("preprocess", "-c", str(job))
+    assert "dataset written" in first.stdout
+    datasets_root = storage.join(s3_env, "datasets", "ner")
+    [key] = [n for n in storage.listdir(datasets_root) if not n.startswith("_")]
+    manifest = storage.read_json(storage.join(datasets_root, key, "manifest.json"))
+    assert manifest["splits"]["train"]["rows"] == 48 and len(manifest["splits"]["train"]["shards"]) == 2
+    assert manifest["info"]["label_names"][:3] == ["O", "B-PER", "I-PER"]
+    assert storage.exists(storage.join(datasets_root, key, "_SUCCESS"))
+    assert "dataset reused" in cli("preprocess", "-c", str(job)).stdout
+
+    out = cli("train", "-q", "-c", str(job)).stdout
+    assert "6/6 optimizer steps" in out
+    run = storage.join(s3_env, "runs", "ner-e2e")
+    ckpts = storage.join(run, "checkpoints")
+    assert [n for n in storage.listdir(ckpts) if n.startswith("step-")] == ["step-00000004", "step-00000006"]
+    assert storage.read_bytes(storage.join(ckpts, "latest")) == b"step-00000006"
+    reference = state_dict(local_copy(storage.join(run, "model"), tmp_path / "model-a"))
+    metrics = storage.read_json(storage.join(run, "metrics.json"))["train"]
+    assert [e["step"] for e in metrics["eval"]] == [3, 6]
+    assert storage.exists(storage.join(run, "loss_curve.png"))
+
+    # A crash after step 4 committed: the final model and step 6 are gone, and a half-written
+    # step-6 checkpoint (no _COMMITTED marker) is left behind. It must be ignored.
+    storage.remove(storage.join(run, "model"))
+    storage.remove(storage.join(ckpts, "step-00000006"))
+    partial = storage.download(storage.join(ckpts, "step-00000004"), tmp_path / "partial")
+    (partial / "_COMMITTED").unlink()
+    storage.upload(partial, storage.join(ckpts, "step-00000006"))
+    out = cli("train", "-q", "-c", str(job)).stdout
+    assert "resumed from step 4" in out
+    resumed = state_dict(local_copy(storage.join(run, "model"), tmp_path / "model-b"))
+    assert resumed.keys() == reference.keys()
+    different = [k for k in reference if not torch.equal(reference[k], resumed[k])]
+    assert different == [], f"resumed run diverged in {different[:5]}"
+
+    out = cli("evaluate", "-q", "-c", str(job)).stdout
+    assert "f1=" in out and "PER" in out
+    evaluated = storage.read_json(storage.join(run, "metrics.json"))["evaluate"]
+    assert evaluated["examples"] == 24 and 0.0 <= evaluated["overall_f1"] <= 1.0
+    assert evaluated["overall_f1"] == pytest.approx(metrics["final_eval"]["overall_f1"])
+
+    out = cli("predict", "-c", str(job), "--input", "Peter Blackburn flew to Brussels.").stdout
+    lines = storage.read_bytes(storage.join(run, "predictions.jsonl")).decode().splitlines()
+    assert len(lines) == 1 and isinstance(json.loads(lines[0])["output"], list)
+
+
+@pytest.mark.s3
+def test_qa_on_s3_end_to_end(s3_env: str, tmp_path: Path) -> None:
+    job = job_file(tmp_path, "jobs/local/qa.yaml", s3_env, name="qa-e2e",
+                   train={"max_steps": 2, "epochs": 1, "batch_size": 4, "eval_every": "never",
+                          "save_every": "1", "log_every": 1})
+    out = cli("run", "-q", "-c", str(job)).stdout
+    assert "EM=" in out and "F1=" in out
+    run = storage.join(s3_env, "runs", "qa-e2e")
+    metrics = storage.read_json(storage.join(run, "metrics.json"))
+    assert metrics["evaluate"]["examples"] == 5 and 0 <= metrics["evaluate"]["f1"] <= 100
+    preds = [json.loads(x) for x in storage.read_bytes(storage.join(run, "predictions.jsonl")).decode().splitlines()]
+    assert len(preds) == 2
+    for p in preds:  # the pipeline's answer is a span of the context it was given
+        assert p["input"]["context"][p["output"]["start"]:p["output"]["end"]] == p["output"]["answer"]
+
+
+def test_two_processes_train_and_distributed_eval_matches_single(tmp_path: Path) -> None:
+    root = f"file://{tmp_path / 'store'}"
+    job = job_file(tmp_path, "jobs/local/ner.yaml", root, name="ner-ddp",
+                   data={"max_train_examples": 40, "max_eval_examples": 25},
+                   train={"max_steps": 4, "batch_size": 4, "save_every": "2", "eval_every": "4", "log_every": 1})
+    cli("preprocess", "-c", str(job))
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "nlpjobs", "train", "-q", "-c", str(job)],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4/4 optimizer steps" in proc.stdout
+    run = storage.join(root, "runs", "ner-ddp")
+    train_metrics = storage.read_json(storage.join(run, "metrics.json"))["train"]
+    assert train_metrics["processes"] == 2 and train_metrics["effective_batch"] == 8
+    # 25 eval rows over 2 processes: Accelerate pads with duplicates; they must be dropped.
+    assert train_metrics["final_eval"]["examples"] == 25
+    single = cli("evaluate", "-q", "-c", str(job))
+    assert single.returncode == 0
+    evaluated = storage.read_json(storage.join(run, "metrics.json"))["evaluate"]
+    assert evaluated["examples"] == 25
+    for key in ("overall_f1", "overall_accuracy", "overall_precision", "overall_recall"):
+        assert evaluated[key] == pytest.approx(train_metrics["final_eval"][key], abs=1e-9)

@@ -16,6 +16,11 @@ def _load_files(location: str, split: str) -> datasets.Dataset:
     for ext, builder in ((".jsonl", "json"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv")):
         uri = storage.join(base, split + ext)
         if storage.exists(uri):
+            if storage.size(uri) == 0:
+                from nlpjobs.tasks.base import TaskDataError
+
+                raise TaskDataError(f"split {split!r}: {uri} is empty (0 bytes); nothing to train or evaluate on. "
+                                    "Check the file or point data.train_split/eval_split at another one.")
             if uri.startswith("file://"):
                 _, path = storage.resolve(uri)
                 return datasets.load_dataset(builder, data_files=path, split="train")

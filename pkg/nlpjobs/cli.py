@@ -131,6 +131,9 @@ def _do_train(job: Any, quiet: bool) -> Any:
     if losses:
         _echo(f"  train loss {losses[0]['loss']:.4f} (step {losses[0]['step']}) -> {losses[-1]['loss']:.4f} "
               f"(step {losses[-1]['step']})")
+    before = res.history.get("before_training")
+    if before:
+        _echo(f"  eval before training: {task.summary(before)}")
     if res.final_eval:
         _echo(f"  eval: {task.summary(res.final_eval)}")
     _echo(f"  model:   {res.model_uri}\n  metrics: {res.run_uri}/metrics.json   curve: {res.run_uri}/loss_curve.png")
@@ -293,8 +296,8 @@ def data_fetch(corpus: str, force: bool) -> None:
     """Fetch CORPUS (e.g. conll2003, squad-sample) into the local cache ($NLPJOBS_CACHE/corpora)."""
     from nlpjobs.data import offline
 
-    if corpus not in offline.CORPORA:
-        _fail(f"unknown corpus {corpus!r}; known: {', '.join(sorted(offline.CORPORA))}", 2)
+    if corpus not in offline.all_corpora():
+        _fail(f"unknown corpus {corpus!r}; known: {', '.join(sorted(offline.all_corpora()))}", 2)
     path = offline.fetch(corpus, force=force)
     click.secho(f"{corpus}: ready at {path}", fg="green")
 
@@ -304,7 +307,7 @@ def data_list() -> None:
     """List the offline corpora."""
     from nlpjobs.data import offline
 
-    for name, corpus in sorted(offline.CORPORA.items()):
+    for name, corpus in sorted(offline.all_corpora().items()):
         click.echo(f"{name:<14} {corpus.description}")
 
 

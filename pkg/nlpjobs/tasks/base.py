@@ -109,6 +109,10 @@ class Task:
 
         return default_data_collator
 
+    def loss(self, model: Any, batch: dict[str, Any]) -> Any:
+        """Training loss of one micro-batch; tasks with a custom objective override this."""
+        return model(**batch).loss
+
     def evaluate(self, ctx: EvalContext, model: Any, loader: DataLoader) -> dict[str, Any]:
         """Metrics of ``model`` on the prepared 'eval' split (every process calls this)."""
         raise NotImplementedError

@@ -172,6 +172,8 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     def checkpoint(at: int) -> None:
         store.save(acc, at, {"step": at, "history": history}, cfg.keep_checkpoints)
 
+    if cfg.eval_before_training and step == 0 and not any(e["step"] == 0 for e in history["eval"]):
+        history["before_training"] = run_eval(0)
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc=f"train {job.task}", unit="step",
                disable=not (show_progress and acc.is_main_process))
@@ -191,7 +193,7 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
             boundary = micro % cfg.grad_accum == 0 or micro == micro_per_epoch
             sync = contextlib.nullcontext() if boundary else acc.no_sync(model)
             with sync:
-                loss = model(**batch).loss
+                loss = task.loss(model, batch)
                 acc.backward(loss / window)
             loss_sum += loss.detach()
             loss_count += 1

@@ -1,0 +1,1 @@
+"""Offline corpora, one module each (registered in nlpjobs.data.offline.PLUGINS)."""

@@ -86,7 +86,8 @@ def _echo(text: str = "", **style: Any) -> None:
         click.secho(text, **style)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110,
+                              "show_default": True})
 @click.version_option(__version__, prog_name="nlpjobs")
 @click.option("--verbose", "-v", is_flag=True, help="Show INFO logs from the libraries too.")
 def main(verbose: bool) -> None:

@@ -29,6 +29,7 @@ def test_overrides_are_typed_and_nested() -> None:
                                                  "data.max_train_examples=10", "preprocess.label_all_tokens=false"])
     assert job.train.epochs == 1.0 and job.train.max_grad_norm is None
     assert job.data.max_train_examples == 10 and job.preprocess.label_all_tokens is False
+    assert load_job(ROOT / "jobs/local/ner.yaml", ["train.learning_rate=1e-3"]).train.learning_rate == 1e-3
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,73 @@
+"""The shared loop: scheduler sized in optimizer steps under accumulation, weight-decay groups, run checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, BertModel
+
+from nlpjobs.config import ConfigError, load_job
+from nlpjobs.models import resolve_model
+from nlpjobs.stages import preprocess
+from nlpjobs.train.engine import _window, grouped_parameters, train
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT with MiniLM's (uncased WordPiece) tokenizer: fast enough for loop tests."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)  # a base encoder: the head starts fresh
+    AutoTokenizer.from_pretrained(resolve_model("offline:minilm")).save_pretrained(folder)
+    return folder
+
+
+def small_job(tmp_path: Path, model: Path, *extra: str):  # noqa: ANN201
+    return load_job(ROOT / "jobs/local/ner.yaml", [
+        f"storage=file://{tmp_path}", f"model.name={model}", "data.max_train_examples=40",
+        "data.max_eval_examples=8", "train.batch_size=4", "train.log_every=1", "train.save_every=never",
+        "train.eval_every=never", "train.warmup_steps=0", *extra])
+
+
+def test_scheduler_counts_optimizer_steps_with_accumulation(tmp_path: Path, tiny_model: Path) -> None:
+    job = small_job(tmp_path, tiny_model, "train.grad_accum=3", "train.epochs=2", "name=ga")
+    preprocess(job)
+    result = train(job, show_progress=False)
+    # 40 rows / batch 4 = 10 micro-batches per epoch -> ceil(10 / 3) = 4 optimizer steps per epoch.
+    assert result.history["steps_per_epoch"] == 4 and result.total_steps == 8 and result.steps == 8
+    lrs = [p["lr"] for p in result.history["train_loss"]]
+    assert len(lrs) == 8
+    assert lrs[0] == pytest.approx(job.train.learning_rate * 7 / 8)
+    assert lrs[-1] == pytest.approx(0.0)  # linear decay reaches 0 exactly at the last optimizer step
+    assert result.history["effective_batch"] == 12
+
+
+def test_changed_recipe_is_not_resumed(tmp_path: Path, tiny_model: Path) -> None:
+    job = small_job(tmp_path, tiny_model, "train.max_steps=2", "name=same")
+    preprocess(job)
+    train(job, show_progress=False)
+    assert train(job, show_progress=False).already_done
+    changed = small_job(tmp_path, tiny_model, "train.max_steps=2", "train.learning_rate=1e-3", "name=same")
+    with pytest.raises(ConfigError, match="different train settings"):
+        train(changed, show_progress=False)
+
+
+def test_weight_decay_groups_exclude_biases_and_norms(tiny_model: Path) -> None:
+    model = BertForTokenClassification.from_pretrained(tiny_model)
+    decay, no_decay = grouped_parameters(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.01
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert "bert.embeddings.LayerNorm.weight" in skipped and "classifier.bias" in skipped
+    assert all(n.endswith(("bias", "LayerNorm.weight")) for n in skipped)
+    assert "classifier.weight" in {names[id(p)] for p in decay["params"]}
+
+
+def test_last_accumulation_window_may_be_short() -> None:
+    assert [_window(done, 10, 4) for done in (0, 4, 8)] == [4, 4, 2]

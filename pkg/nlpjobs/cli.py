@@ -182,11 +182,55 @@ def preprocess(config_path: str, overrides: tuple[str, ...], quiet: bool) -> Non
 
 @main.command()
 @job_options
+@click.option("--launch-from-env", is_flag=True,
+              help="Inside a pod of the chart's Indexed Job: read JOB_COMPLETION_INDEX, NLPJOBS_NNODES, "
+                   "NLPJOBS_NPROC_PER_NODE, NLPJOBS_MASTER_ADDR/PORT and exec a static-rendezvous torchrun "
+                   "of this command on the local workers.")
 @handle_errors
-def train(config_path: str, overrides: tuple[str, ...], quiet: bool) -> None:
+def train(config_path: str, overrides: tuple[str, ...], quiet: bool, launch_from_env: bool) -> None:
     """Train on the committed shards. Checkpoints are committed to <storage>/runs/<name>/checkpoints and a rerun
     resumes from the newest one. Launch with torchrun/accelerate for several processes."""
-    _do_train(_load(config_path, overrides), quiet)
+    job = _load(config_path, overrides)  # validate before launching anything
+    if launch_from_env:
+        from nlpjobs.train.launch import LaunchError, exec_torchrun, plan_from_env
+
+        command = ["train", "-c", config_path, *[a for o in overrides for a in ("--set", o)]]
+        try:
+            exec_torchrun(plan_from_env(), command + (["--quiet"] if quiet else []))
+        except LaunchError as exc:
+            _fail(f"launch: {exc}", 5)
+        return
+    _do_train(job, quiet)
+
+
+@main.command()
+@job_options
+@click.option("--for", "target", type=click.Choice(["dataset", "model"]), required=True,
+              help="dataset: the preprocessed dataset's _SUCCESS (before train); model: the run's model/_SUCCESS "
+                   "(before evaluate).")
+@click.option("--timeout", "timeout_s", type=int, default=6 * 3600, help="Give up after this many seconds.")
+@click.option("--interval", "interval_s", type=float, default=10.0, help="Seconds between checks.")
+@handle_errors
+def wait(config_path: str, overrides: tuple[str, ...], quiet: bool, target: str, timeout_s: int,
+         interval_s: float) -> None:
+    """Wait until the previous stage's _SUCCESS marker exists on object storage (chart init containers)."""
+    from nlpjobs import paths, storage
+    from nlpjobs.tasks import get_task
+
+    job = _load(config_path, overrides)
+    base = paths.dataset_uri(job, get_task(job.task)) if target == "dataset" else paths.model_uri(job)
+    marker = storage.join(base, "_SUCCESS")
+    started = time.monotonic()
+    checks = 0
+    while not storage.exists(marker):
+        waited = time.monotonic() - started
+        if waited >= timeout_s:
+            _fail(f"wait: {marker} did not appear within {timeout_s}s; did the previous stage fail?", 5)
+        if checks % 6 == 0:
+            _echo(f"wait: {target} not ready yet ({marker}); {waited:.0f}s of {timeout_s}s")
+        checks += 1
+        time.sleep(interval_s)
+    _echo(f"wait: {target} ready: {marker}", fg="green")
 
 
 @main.command()

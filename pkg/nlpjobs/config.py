@@ -142,6 +142,9 @@ class TrainConfig:
     """Mixed precision (GPU only; CPU trains in fp32)."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    collective_timeout_s: int = 1800
+    """Seconds a process waits in a collective (all-reduce, barrier) before failing: a dead rank fails the
+    whole job within this bound instead of leaving the others hanging."""
 
     def validate(self, prefix: str) -> None:
         _positive(f"{prefix}.epochs", self.epochs)
@@ -155,6 +158,7 @@ class TrainConfig:
         _positive(f"{prefix}.keep_checkpoints", self.keep_checkpoints)
         _positive(f"{prefix}.log_every", self.log_every)
         _positive(f"{prefix}.num_workers", self.num_workers, allow_zero=True)
+        _positive(f"{prefix}.collective_timeout_s", self.collective_timeout_s)
         for key in ("eval_every", "save_every"):
             value = getattr(self, key)
             if value not in ("epoch", "never") and not (value.isdigit() and int(value) > 0):

@@ -124,3 +124,34 @@ def test_two_processes_train_and_distributed_eval_matches_single(tmp_path: Path)
     assert evaluated["examples"] == 25
     for key in ("overall_f1", "overall_accuracy", "overall_precision", "overall_recall"):
         assert evaluated[key] == pytest.approx(train_metrics["final_eval"][key], abs=1e-9)
+
+
+def test_two_nodes_launch_from_env_static_rendezvous(tmp_path: Path) -> None:
+    """Two 'nodes' (processes with the Indexed Job's environment) rendezvous through the master address;
+    node 1 starts first and waits for the master's port."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = f"file://{tmp_path / 'store'}"
+    job = job_file(tmp_path, "jobs/local/ner.yaml", root, name="ner-nodes",
+                   data={"max_train_examples": 16, "max_eval_examples": 8},
+                   train={"max_steps": 2, "batch_size": 4, "save_every": "never", "eval_every": "never"})
+    cli("preprocess", "-c", str(job))
+    base = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "NLPJOBS_NNODES": "2", "NLPJOBS_NPROC_PER_NODE": "1",
+            "NLPJOBS_MASTER_ADDR": "127.0.0.1", "NLPJOBS_MASTER_PORT": str(port), "NLPJOBS_RDZV_TIMEOUT": "120"}
+    cmd = [sys.executable, "-m", "nlpjobs", "train", "-q", "--launch-from-env", "-c", str(job)]
+    node1 = subprocess.Popen(cmd, env={**base, "JOB_COMPLETION_INDEX": "1"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    import time
+
+    time.sleep(3)
+    node0 = subprocess.run(cmd, env={**base, "JOB_COMPLETION_INDEX": "0"}, capture_output=True, text=True,
+                           timeout=600)
+    out1, _ = node1.communicate(timeout=600)
+    assert node0.returncode == 0, node0.stdout + node0.stderr
+    assert node1.returncode == 0, out1
+    assert "waiting for master 127.0.0.1" in out1 and "is up" in out1
+    metrics = storage.read_json(storage.join(root, "runs", "ner-nodes", "metrics.json"))["train"]
+    assert metrics["processes"] == 2 and metrics["steps"] == 2

@@ -79,12 +79,15 @@ class TrainResult:
 
 
 def make_accelerator(job: JobConfig) -> Any:
+    from datetime import timedelta
+
     from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration
+    from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
     # cpu=True lets Accelerate pick gloo for torchrun-launched CPU processes (it ignores them otherwise).
     return Accelerator(mixed_precision=job.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                       dataloader_config=DataLoaderConfiguration(even_batches=True))
+                       dataloader_config=DataLoaderConfiguration(even_batches=True),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=job.train.collective_timeout_s))])
 
 
 def check_run(job: JobConfig, run_uri: str, is_main: bool) -> bool:

@@ -1,0 +1,101 @@
+"""Multi-node launch from the pod environment (DESIGN §2): a static-rendezvous torchrun.
+
+An Indexed Job gives each pod ``JOB_COMPLETION_INDEX``; the chart adds ``NLPJOBS_NNODES``,
+``NLPJOBS_NPROC_PER_NODE``, ``NLPJOBS_MASTER_ADDR`` (``<job>-0.<headless service>``) and
+``NLPJOBS_MASTER_PORT``. Ranks > 0 first wait, with a bounded timeout and a log line every few
+seconds, until the master's port answers; then this process is replaced by torchrun (``exec``), so
+SIGTERM reaches the agent, which forwards it to the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+
+class LaunchError(RuntimeError):
+    """The pod environment does not describe a launch, or the master never came up."""
+
+
+@dataclass
+class LaunchPlan:
+    nnodes: int
+    nproc_per_node: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+    rdzv_timeout_s: int
+
+    def torchrun_argv(self, command: list[str]) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run",
+                f"--nnodes={self.nnodes}", f"--nproc_per_node={self.nproc_per_node}",
+                f"--node_rank={self.node_rank}", f"--master_addr={self.master_addr}",
+                f"--master_port={self.master_port}", "--rdzv_backend=static", "--max_restarts=0",
+                "-m", "nlpjobs", *command]
+
+
+def _int_env(env: dict[str, str], name: str, default: int | None = None) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise LaunchError(f"{name} is not set; the chart sets it on training pods")
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise LaunchError(f"{name}={raw!r} is not an integer") from exc
+    if value < 0:
+        raise LaunchError(f"{name}={value} must be >= 0")
+    return value
+
+
+def plan_from_env(env: dict[str, str] | None = None) -> LaunchPlan:
+    env = dict(os.environ if env is None else env)
+    nnodes = _int_env(env, "NLPJOBS_NNODES", 1)
+    nproc = _int_env(env, "NLPJOBS_NPROC_PER_NODE", 1)
+    rank = _int_env(env, "JOB_COMPLETION_INDEX", 0)
+    if nnodes < 1 or nproc < 1:
+        raise LaunchError(f"NLPJOBS_NNODES={nnodes} and NLPJOBS_NPROC_PER_NODE={nproc} must be >= 1")
+    if rank >= nnodes:
+        raise LaunchError(f"JOB_COMPLETION_INDEX={rank} but NLPJOBS_NNODES={nnodes}: the index must be below it")
+    master = env.get("NLPJOBS_MASTER_ADDR") or ("127.0.0.1" if nnodes == 1 else "")
+    if not master:
+        raise LaunchError("NLPJOBS_MASTER_ADDR is not set: with several nodes it must name rank 0's pod "
+                          "(<job>-0.<headless service>)")
+    return LaunchPlan(nnodes, nproc, rank, master, _int_env(env, "NLPJOBS_MASTER_PORT", 29500),
+                      _int_env(env, "NLPJOBS_RDZV_TIMEOUT", 600))
+
+
+def wait_for_master(plan: LaunchPlan, log=print, interval_s: float = 5.0) -> None:  # noqa: ANN001
+    """Block until rank 0's rendezvous port accepts connections, or raise after the timeout."""
+    deadline = time.monotonic() + plan.rdzv_timeout_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with socket.create_connection((plan.master_addr, plan.master_port), timeout=3):
+                log(f"[launch] node {plan.node_rank}: master {plan.master_addr}:{plan.master_port} is up")
+                return
+        except OSError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LaunchError(
+                    f"node {plan.node_rank}: master {plan.master_addr}:{plan.master_port} did not answer within "
+                    f"{plan.rdzv_timeout_s}s ({exc}); check that pod 0 of the training Job is running and the "
+                    "headless Service resolves") from exc
+            if attempt == 1 or attempt % 6 == 0:
+                log(f"[launch] node {plan.node_rank}: waiting for master {plan.master_addr}:{plan.master_port} "
+                    f"({type(exc).__name__}; {left:.0f}s left)")
+            time.sleep(min(interval_s, max(left, 0.1)))
+
+
+def exec_torchrun(plan: LaunchPlan, command: list[str]) -> None:
+    """Replace this process with torchrun running ``nlpjobs <command>`` on every local worker."""
+    if plan.node_rank > 0:
+        wait_for_master(plan)
+    argv = plan.torchrun_argv(command)
+    print(f"[launch] node {plan.node_rank}/{plan.nnodes}: {' '.join(argv[1:])}", flush=True)
+    os.execv(sys.executable, argv)

@@ -50,6 +50,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         from nlpjobs.data.shards import DatasetError
         from nlpjobs.storage import StorageError
         from nlpjobs.tasks.base import TaskDataError
+        from nlpjobs.train.engine import TrainingInterrupted
 
         try:
             return fn(*args, **kwargs)
@@ -59,6 +60,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"bad data: {exc}", 3)
         except StorageError as exc:
             _fail(f"storage: {exc}", 4)
+        except TrainingInterrupted as exc:
+            _fail(str(exc), 143)
 
     return wrapper
 

@@ -155,3 +155,43 @@ def test_two_nodes_launch_from_env_static_rendezvous(tmp_path: Path) -> None:
     assert "waiting for master 127.0.0.1" in out1 and "is up" in out1
     metrics = storage.read_json(storage.join(root, "runs", "ner-nodes", "metrics.json"))["train"]
     assert metrics["processes"] == 2 and metrics["steps"] == 2
+
+
+def test_sigterm_commits_a_checkpoint_and_resume_matches(tmp_path: Path) -> None:
+    """SIGTERM mid-run: a committed checkpoint at the next optimizer step, exit 143; the rerun resumes and
+    ends with the same weights as an uninterrupted run."""
+    import signal
+    import time
+
+    from safetensors.torch import load_file
+
+    def make(name: str) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        return job_file(d, "jobs/local/ner.yaml", f"file://{tmp_path / 'store'}", name=name,
+                        data={"max_train_examples": 32, "max_eval_examples": 8},
+                        train={"max_steps": 8, "batch_size": 4, "save_every": "never", "eval_every": "never",
+                               "log_every": 1, "learning_rate": 1e-4})
+
+    straight, interrupted = make("straight"), make("stopped")
+    cli("preprocess", "-c", str(straight))
+    cli("train", "-q", "-c", str(straight))
+    proc = subprocess.Popen([sys.executable, "-m", "nlpjobs", "train", "-c", str(interrupted)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    ckpts = tmp_path / "store/runs/stopped/checkpoints"
+    seen = b""
+    deadline = time.monotonic() + 300
+    while b"| 3/8" not in seen and proc.poll() is None and time.monotonic() < deadline:
+        seen += os.read(proc.stdout.fileno(), 4096)  # the progress bar: stop it mid-run
+    proc.send_signal(signal.SIGTERM)
+    out = (seen + proc.communicate(timeout=300)[0]).decode(errors="replace")
+    assert proc.returncode == 143, out
+    assert "stopped by SIGTERM at optimizer step" in out
+    committed = [p.parent.name for p in ckpts.glob("step-*/_COMMITTED")]
+    assert len(committed) == 1 and committed[0] != "step-00000008"
+    resumed = cli("train", "-q", "-c", str(interrupted)).stdout
+    assert "resumed from step" in resumed
+    a = load_file(str(tmp_path / "store/runs/straight/model/model.safetensors"))
+    b = load_file(str(tmp_path / "store/runs/stopped/model/model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

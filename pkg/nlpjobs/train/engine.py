@@ -51,6 +51,52 @@ class EpochSampler(Sampler[int]):
         return self.length
 
 
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM after committing a checkpoint; rerunning resumes from it."""
+
+    def __init__(self, step: int, checkpoint_uri: str) -> None:
+        super().__init__(f"stopped by SIGTERM at optimizer step {step}; checkpoint committed at {checkpoint_uri}. "
+                         "Rerun the same command to resume.")
+        self.step, self.checkpoint_uri = step, checkpoint_uri
+
+
+class StopRequest:
+    """SIGTERM (preemption, pod deletion) asks for a checkpoint at the next optimizer step, then an exit.
+
+    Every process must agree before a collective checkpoint: with several processes the flag is
+    all-reduced together with the loss every ``log_every`` steps (no extra per-step synchronisation),
+    so the grace period must cover ``log_every`` steps plus one checkpoint.
+    """
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.requested:
+            log.warning("SIGTERM received: checkpointing at the next optimizer step, then exiting")
+        self.requested = True
+
+    def agreed(self, acc: Any, boundary: bool) -> bool:
+        if acc.num_processes == 1:
+            return self.requested
+        if not boundary:
+            return False
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=acc.device)
+        return bool(acc.reduce(flag, reduction="sum").item() > 0)
+
+    def restore(self) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 def grouped_parameters(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Two AdamW groups: decay for weight matrices, none for biases and norm weights (ndim < 2)."""
     decay, no_decay = [], []
@@ -177,6 +223,7 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
 
     if cfg.eval_before_training and step == 0 and not any(e["step"] == 0 for e in history["eval"]):
         history["before_training"] = run_eval(0)
+    stop = StopRequest()
     model.train()
     bar = tqdm(total=total_steps, initial=step, desc=f"train {job.task}", unit="step",
                disable=not (show_progress and acc.is_main_process))
@@ -218,11 +265,17 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
                 loss_count = 0
             if eval_every and (step % eval_every == 0 or step == total_steps):
                 final_eval = run_eval(step)
-            if (save_every and step % save_every == 0) or step == total_steps:
+            stopping = step < total_steps and stop.agreed(acc, step % cfg.log_every == 0)
+            if (save_every and step % save_every == 0) or step == total_steps or stopping:
                 checkpoint(step)
+            if stopping:
+                bar.close()
+                stop.restore()
+                raise TrainingInterrupted(step, storage.join(store.uri, f"step-{step:08d}"))
             if step >= total_steps:
                 break
     bar.close()
+    stop.restore()
     if not final_eval and eval_every and history["eval"] and history["eval"][-1]["step"] == step:
         final_eval = history["eval"][-1]
     model_out = export_model(acc, model, tokenizer, job, scratch)

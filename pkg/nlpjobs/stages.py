@@ -34,6 +34,8 @@ def preprocess(job: JobConfig) -> PreprocessResult:
     tokenizer = task.load_tokenizer(job)
     raw = sources.load_raw(job.data, job.train.seed)
     prepared = task.prepare(job, raw, tokenizer)
+    if prepared.tokenizer is not None:  # trained on the raw data by prepare()
+        tokenizer = prepared.tokenizer
     tok_dir = storage.cache_dir() / "staging" / f"tokenizer-{uuid.uuid4().hex[:8]}"
     tokenizer.save_pretrained(str(tok_dir))
     manifest = {

@@ -58,10 +58,13 @@ def wheel_corpus(package: str, convert: Callable[[zipfile.ZipFile], Rows]) -> Ca
 
 
 def _corpus(name: str) -> Corpus:
-    corpora = all_corpora()
-    if name not in corpora:
-        raise ValueError(f"unknown offline corpus {name!r}; known: {', '.join(sorted(corpora))}")
-    return corpora[name]
+    if name in PLUGINS and name not in CORPORA:
+        import importlib
+
+        CORPORA[name] = importlib.import_module(PLUGINS[name]).CORPUS
+    if name not in CORPORA:
+        raise ValueError(f"unknown offline corpus {name!r}; known: {', '.join(sorted({*CORPORA, *PLUGINS}))}")
+    return CORPORA[name]
 
 
 def download_wheel(package: str, dest: Path) -> Path:
@@ -151,15 +154,17 @@ CORPORA: dict[str, Corpus] = {
                            wheel_corpus("allennlp==0.9.0", _convert_squad), _squad_features),
 }
 # Corpora defined in their own modules (nlpjobs/data/corpora/<module>.py, attribute CORPUS).
-PLUGINS: dict[str, str] = {}
+PLUGINS: dict[str, str] = {
+    "imdb": "nlpjobs.data.corpora.imdb",
+    "kde4-en-fr": "nlpjobs.data.corpora.kde4",
+    "debian-descriptions": "nlpjobs.data.corpora.debian_descriptions",
+    "codeparrot-local": "nlpjobs.data.corpora.codeparrot",
+}
 
 
 def all_corpora() -> dict[str, Corpus]:
-    import importlib
-
-    for name, module in PLUGINS.items():
-        if name not in CORPORA:
-            CORPORA[name] = importlib.import_module(module).CORPUS
+    for name in PLUGINS:
+        _corpus(name)
     return CORPORA
 
 

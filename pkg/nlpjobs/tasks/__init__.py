@@ -11,6 +11,10 @@ from nlpjobs.tasks.base import Task
 _MODULES = {
     "ner": "nlpjobs.tasks.ner:NerTask",
     "qa": "nlpjobs.tasks.qa:QaTask",
+    "mlm": "nlpjobs.tasks.mlm:MlmTask",
+    "translation": "nlpjobs.tasks.translation:TranslationTask",
+    "summarization": "nlpjobs.tasks.summarization:SummarizationTask",
+    "clm": "nlpjobs.tasks.clm:ClmTask",
 }
 
 

@@ -32,6 +32,9 @@ class Prepared:
     """At least 'train' and 'eval' (model features); tasks may add e.g. 'eval_examples'."""
     info: dict[str, Any] = field(default_factory=dict)
     """Task facts the later stages need (label names, truncation counts, skipped examples...)."""
+    tokenizer: Any = None
+    """A tokenizer trained by prepare() on the raw data (e.g. SentencePiece); when set, it replaces the one
+    from load_tokenizer() and is the one stored with the dataset."""
 
 
 @dataclass

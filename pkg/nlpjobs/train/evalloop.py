@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -45,3 +46,12 @@ def collect(ctx: EvalContext, model: Any, loader: Any, step: StepFn,
 
 def _forward_keys(batch: dict[str, Any]) -> set[str]:
     return set(batch) - {"example_id", "offset_mapping", "example_index"}
+
+
+def perplexity(mean_loss: float) -> float:
+    """exp(mean cross-entropy); inf when it overflows (math.exp raises OverflowError, torch.exp gives inf)."""
+    try:
+        value = math.exp(mean_loss)
+    except OverflowError:
+        return float("inf")
+    return value if math.isfinite(value) else float("inf")

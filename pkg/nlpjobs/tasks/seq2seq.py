@@ -1,0 +1,386 @@
+"""Shared base of the sequence-to-sequence tasks (translation SPEC §3, summarization SPEC §4).
+
+What both tasks share: source/target tokenization with ``text_target`` and per-side max lengths
+(truncations counted), ``DataCollatorForSeq2Seq(model=...)`` (labels padded with -100,
+``decoder_input_ids`` from the model's own shift), generation-based evaluation with the unwrapped
+model's ``generate`` (generated tokens padded across processes with the pad id, labels with -100,
+gathered, truncated to the eval set, -100 → pad before decoding), a token-weighted eval loss, and
+models built from a config with a SentencePiece tokenizer trained by preprocess (``scratch:<arch>``).
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import datasets
+import numpy as np
+
+from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
+from nlpjobs.tasks.base import EvalContext, Task, TaskDataError
+
+SCRATCH_PREFIX = "scratch:"
+
+#: Model sizes built from a config (random weights) for offline runs: arch → size → config overrides.
+SCRATCH_SIZES: dict[str, dict[str, dict[str, Any]]] = {
+    "marian": {
+        "tiny": {"d_model": 256, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
+                 "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
+                 "max_position_embeddings": 512},
+        "small": {"d_model": 512, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 8,
+                  "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048,
+                  "max_position_embeddings": 512},
+    },
+    "mt5": {
+        "tiny": {"d_model": 256, "d_kv": 32, "d_ff": 512, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4},
+        "small": {"d_model": 512, "d_kv": 64, "d_ff": 1024, "num_layers": 4, "num_decoder_layers": 4,
+                  "num_heads": 6},
+    },
+}
+
+
+@dataclass
+class Seq2SeqPreprocessConfig(PreprocessConfig):
+    """Source/target tokenization for encoder-decoder models."""
+
+    max_source_length: int = 128
+    """Source tokens per example (longer inputs are truncated and counted in the manifest)."""
+    max_target_length: int = 128
+    """Target (label) tokens per example (longer targets are truncated and counted)."""
+    source_prefix: str = ""
+    """Text prepended to every source, e.g. 'translate English to French: ' for T5; empty for Marian/mT5."""
+    vocab_size: int = 8000
+    """scratch: models only: SentencePiece vocabulary size to train (per side for Marian)."""
+    tokenizer_max_sentences: int = 200_000
+    """scratch: models only: at most this many training texts (per side) feed SentencePiece training."""
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        for key in ("max_source_length", "max_target_length"):
+            if getattr(self, key) < 2:
+                raise ConfigError(f"{prefix}.{key}: got {getattr(self, key)}, must be >= 2 (room for EOS)")
+        if self.vocab_size < 100:
+            raise ConfigError(f"{prefix}.vocab_size: got {self.vocab_size}, must be >= 100")
+        if self.tokenizer_max_sentences < 1:
+            raise ConfigError(f"{prefix}.tokenizer_max_sentences: must be >= 1")
+
+
+@dataclass
+class Seq2SeqEvaluateConfig(EvaluateConfig):
+    """Generation used by evaluation (and stored in the model's generation config for predict)."""
+
+    generation_max_length: int | None = 128
+    """max_length passed to generate(); null keeps the model's generation config."""
+    num_beams: int | None = None
+    """Beam search width; null keeps the model's generation config (opus-mt: 4, models from config: 1)."""
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if self.generation_max_length is not None and self.generation_max_length < 2:
+            raise ConfigError(f"{prefix}.generation_max_length: got {self.generation_max_length}, must be >= 2")
+        if self.num_beams is not None and self.num_beams < 1:
+            raise ConfigError(f"{prefix}.num_beams: got {self.num_beams}, must be >= 1")
+
+
+def scratch_spec(name: str, allowed: tuple[str, ...]) -> tuple[str, str] | None:
+    """(arch, size) for 'scratch:<arch>-<size>' model names; None for pretrained models."""
+    if not name.startswith(SCRATCH_PREFIX):
+        return None
+    arch, _, size = name[len(SCRATCH_PREFIX):].partition("-")
+    known = [f"{SCRATCH_PREFIX}{a}-{s}" for a in allowed for s in SCRATCH_SIZES[a]]
+    if arch not in allowed or size not in SCRATCH_SIZES.get(arch, {}):
+        raise ConfigError(f"model.name: unknown model {name!r} for this task; models built from a config: "
+                          f"{', '.join(known)} (or a Hub id / local directory)")
+    return arch, size
+
+
+# ---- tokenizers trained by preprocess ------------------------------------------------------
+
+
+def train_sentencepiece(texts: Iterable[str], vocab_size: int, **options: Any) -> bytes:
+    """A unigram SentencePiece model trained in memory (vocab_size is a soft limit on small data)."""
+    import sentencepiece as spm
+
+    texts = [t for t in texts if t and t.strip()]
+    if not texts:
+        raise TaskDataError("cannot train a SentencePiece tokenizer: no non-empty training texts")
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, vocab_size=vocab_size,
+                                   model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
+                                   input_sentence_size=0, minloglevel=2, num_threads=2, **options)
+    return buf.getvalue()
+
+
+def _pieces(model: bytes) -> list[str]:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    return [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))]
+
+
+def marian_tokenizer(sources: list[str], targets: list[str], vocab_size: int, max_length: int) -> Any:
+    """A MarianTokenizer with one SentencePiece model per side (source.spm on the source language,
+    target.spm on the target language) and the shared vocab.json Marian uses: </s>=0, <unk>=1, the
+    pieces of both models, <pad> last (pad = decoder start, as in opus-mt)."""
+    import json
+
+    from transformers import AutoTokenizer, MarianTokenizer
+
+    source_model = train_sentencepiece(sources, vocab_size)
+    target_model = train_sentencepiece(targets, vocab_size)
+    vocab: dict[str, int] = {"</s>": 0, "<unk>": 1}
+    for piece in _pieces(source_model) + _pieces(target_model):
+        vocab.setdefault(piece, len(vocab))
+    vocab["<pad>"] = len(vocab)
+    with tempfile.TemporaryDirectory(prefix="nlpjobs-marian-") as tmp:
+        d = Path(tmp)
+        (d / "source.spm").write_bytes(source_model)
+        (d / "target.spm").write_bytes(target_model)
+        (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+        MarianTokenizer(source_spm=str(d / "source.spm"), target_spm=str(d / "target.spm"),
+                        vocab=str(d / "vocab.json"), model_max_length=max_length).save_pretrained(str(d / "tok"))
+        tokenizer = AutoTokenizer.from_pretrained(str(d / "tok"))  # reload: what later stages will see
+    check_tokenizer_size(tokenizer, len(vocab), "MarianTokenizer")
+    return tokenizer
+
+
+def t5_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
+    """A fast T5 tokenizer (pad=0, </s>=1, <unk>=2, no sentinel tokens) on a SentencePiece unigram model
+    trained on ``texts``; saved to a folder and reloaded with from_pretrained (DESIGN §3)."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer, T5Tokenizer, T5TokenizerFast
+
+    model = train_sentencepiece(texts, vocab_size, pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
+    size = spm.SentencePieceProcessor(model_proto=model).get_piece_size()
+    # The files must outlive this function: saving copies spiece.model from the tokenizer's vocab_file, and
+    # the saved T5 config makes a reload convert from spiece.model. They go when the tokenizer does.
+    files = tempfile.TemporaryDirectory(prefix="nlpjobs-t5tok-")
+    d = Path(files.name)
+    (d / "spiece.model").write_bytes(model)
+    T5Tokenizer(vocab_file=str(d / "spiece.model"), extra_ids=0, legacy=False,
+                model_max_length=max_length).save_pretrained(str(d / "slow"))
+    T5TokenizerFast.from_pretrained(str(d / "slow"), legacy=False).save_pretrained(str(d / "fast"))
+    tokenizer = AutoTokenizer.from_pretrained(str(d / "fast"))
+    tokenizer._nlpjobs_files = files
+    check_tokenizer_size(tokenizer, size, "T5TokenizerFast")
+    return tokenizer
+
+
+def check_tokenizer_size(tokenizer: Any, expected: int, what: str) -> None:
+    if len(tokenizer) != expected:
+        raise ConfigError(f"{what} reloaded with {len(tokenizer)} tokens but its vocabulary has {expected}; the "
+                          "saved tokenizer files are inconsistent (see DESIGN §3 on from_pretrained(folder))")
+
+
+def check_model_vocab(tokenizer: Any, model: Any, exact: bool) -> None:
+    """The model's embedding must cover every token id (exactly, for models built from a config).
+
+    Hub checkpoints may pad their embedding (mt5-small: 250,112 rows for 250,100 tokens), so only a
+    tokenizer larger than the embedding is an error for them.
+    """
+    n_tok, n_model = len(tokenizer), int(model.config.vocab_size)
+    if n_tok > n_model or (exact and n_tok != n_model):
+        raise ConfigError(f"model.name: the tokenizer has {n_tok} tokens but the model's vocabulary has {n_model}; "
+                          "token ids would index outside the embedding. Use the tokenizer that belongs to the "
+                          "model (rerun preprocess with the same model.name).")
+    pad = tokenizer.pad_token_id
+    if pad is None or pad != model.config.pad_token_id:
+        raise ConfigError(f"model.name: tokenizer pad id {pad} differs from the model's pad_token_id "
+                          f"{model.config.pad_token_id}; labels would be shifted with the wrong token")
+
+
+# ---- tokenization -------------------------------------------------------------------------
+
+
+def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: str, cfg: Seq2SeqPreprocessConfig,
+                   desc: str) -> tuple[datasets.Dataset, dict[str, int]]:
+    """input_ids/attention_mask from ``sources``, labels from ``targets`` through the target side
+    (``text_target``), each truncated to its own max length; returns (dataset, truncation counts)."""
+    ls, lt = cfg.max_source_length, cfg.max_target_length
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        src = [cfg.source_prefix + s for s in batch[sources]]
+        # one token over the limit reveals truncation without tokenizing twice
+        enc = tokenizer(src, max_length=ls + 1, truncation=True)
+        lab = tokenizer(text_target=batch[targets], max_length=lt + 1, truncation=True)["input_ids"]
+        src_cut = [len(x) > ls for x in enc["input_ids"]]
+        tgt_cut = [len(x) > lt for x in lab]
+        if any(src_cut):
+            idx = [i for i, c in enumerate(src_cut) if c]
+            again = tokenizer([src[i] for i in idx], max_length=ls, truncation=True)
+            for j, i in enumerate(idx):
+                enc["input_ids"][i] = again["input_ids"][j]
+                enc["attention_mask"][i] = again["attention_mask"][j]
+        if any(tgt_cut):
+            idx = [i for i, c in enumerate(tgt_cut) if c]
+            again = tokenizer(text_target=[batch[targets][i] for i in idx], max_length=lt, truncation=True)
+            for j, i in enumerate(idx):
+                lab[i] = again["input_ids"][j]
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": lab,
+                "_src_cut": src_cut, "_tgt_cut": tgt_cut}
+
+    mapped = ds.map(encode, batched=True, batch_size=cfg.map_batch_size,
+                    num_proc=cfg.num_proc if cfg.num_proc > 1 else None, remove_columns=ds.column_names, desc=desc)
+    src_cut = np.asarray(mapped["_src_cut"], dtype=bool)
+    tgt_cut = np.asarray(mapped["_tgt_cut"], dtype=bool)
+    counts = {"source": int(src_cut.sum()), "target": int(tgt_cut.sum()), "examples": int((src_cut | tgt_cut).sum())}
+    return mapped.remove_columns(["_src_cut", "_tgt_cut"]), counts
+
+
+def decode_pairs(tokenizer: Any, preds: list[np.ndarray], labels: list[np.ndarray]) -> tuple[list[str], list[str]]:
+    """Decoded (stripped) predictions and references: -100 → pad id before decoding (SPEC §3.5)."""
+    pad = tokenizer.pad_token_id
+    labels = [np.where(row != -100, row, pad) for row in labels]
+    decoded_preds = tokenizer.batch_decode([row.tolist() for row in preds], skip_special_tokens=True)
+    decoded_labels = tokenizer.batch_decode([row.tolist() for row in labels], skip_special_tokens=True)
+    return [p.strip() for p in decoded_preds], [r.strip() for r in decoded_labels]
+
+
+# ---- the task base ----------------------------------------------------------------------------
+
+
+class Seq2SeqTask(Task):
+    """Shared behaviour of translation and summarization; subclasses add data handling and the metric."""
+
+    preprocess_config: ClassVar[type[PreprocessConfig]] = Seq2SeqPreprocessConfig
+    evaluate_config: ClassVar[type[EvaluateConfig]] = Seq2SeqEvaluateConfig
+    scratch_archs: ClassVar[tuple[str, ...]] = ()
+    """Architectures this task can build from a config ('scratch:<arch>-<size>')."""
+
+    def validate_job(self, job: JobConfig) -> None:
+        super().validate_job(job)
+        scratch_spec(job.model.name, self.scratch_archs)
+        for i, item in enumerate(job.predict.inputs):
+            if not isinstance(item, str):
+                raise ConfigError(f"predict.inputs[{i}]: {self.name} takes plain text, got {item!r}")
+
+    def is_scratch(self, job: JobConfig) -> bool:
+        return scratch_spec(job.model.name, self.scratch_archs) is not None
+
+    def load_tokenizer(self, job: JobConfig) -> Any:
+        """The checkpoint's tokenizer; None for scratch: models, whose tokenizer prepare() trains."""
+        if self.is_scratch(job):
+            return None
+        from transformers import AutoTokenizer
+
+        from nlpjobs.models import resolve_model
+
+        return AutoTokenizer.from_pretrained(resolve_model(job.model.name), revision=job.model.revision)
+
+    def train_tokenizer(self, job: JobConfig, train: datasets.Dataset) -> Any:
+        """Train the tokenizer of a scratch: model on the training split (subclasses)."""
+        raise NotImplementedError
+
+    # ---- model -----------------------------------------------------------------------------
+    def build_model(self, job: JobConfig, manifest: Any, tokenizer: Any) -> Any:
+        spec = scratch_spec(job.model.name, self.scratch_archs)
+        if spec is None:
+            from transformers import AutoModelForSeq2SeqLM
+
+            from nlpjobs.models import resolve_model
+
+            model = AutoModelForSeq2SeqLM.from_pretrained(resolve_model(job.model.name), revision=job.model.revision)
+        else:
+            model = self.scratch_model(spec[0], SCRATCH_SIZES[spec[0]][spec[1]], tokenizer, manifest)
+        check_model_vocab(tokenizer, model, exact=spec is not None)
+        if model.config.decoder_start_token_id is None and model.generation_config.decoder_start_token_id is None:
+            raise ConfigError(f"model.name: {job.model.name} defines no decoder_start_token_id; "
+                              "DataCollatorForSeq2Seq cannot build decoder_input_ids")
+        cfg: Seq2SeqEvaluateConfig = job.evaluate  # type: ignore[assignment]
+        # stored with the model, so predict generates like evaluation does
+        if cfg.generation_max_length is not None:
+            model.generation_config.max_length = cfg.generation_max_length
+        if cfg.num_beams is not None:
+            model.generation_config.num_beams = cfg.num_beams
+        return model
+
+    def scratch_model(self, arch: str, sizes: dict[str, Any], tokenizer: Any, manifest: Any) -> Any:
+        from transformers import GenerationConfig
+
+        vocab = len(tokenizer)
+        pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+        if arch == "marian":
+            from transformers import MarianConfig, MarianMTModel
+
+            config = MarianConfig(vocab_size=vocab, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
+                                  forced_eos_token_id=eos, **sizes)
+            model = MarianMTModel(config)
+            # as opus-mt: never generate <pad> (it is the decoder start token)
+            model.generation_config = GenerationConfig(decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos,
+                                                       forced_eos_token_id=eos, bad_words_ids=[[pad]],
+                                                       max_length=sizes["max_position_embeddings"], num_beams=1)
+            return model
+        if arch == "mt5":
+            from transformers import MT5Config, MT5ForConditionalGeneration
+
+            # tied embeddings rescale the decoder output by d_model**-0.5: a sane initial loss from random
+            # weights (an untied T5 head starts near loss 30)
+            config = MT5Config(vocab_size=vocab, pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad,
+                               tie_word_embeddings=True, **sizes)
+            model = MT5ForConditionalGeneration(config)
+            model.generation_config = GenerationConfig(decoder_start_token_id=pad, pad_token_id=pad, eos_token_id=eos,
+                                                       max_length=64, num_beams=1)
+            return model
+        raise ConfigError(f"model.name: cannot build architecture {arch!r} from a config")
+
+    def load_trained(self, model_dir: str) -> Any:
+        from transformers import AutoModelForSeq2SeqLM
+
+        return AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+
+    def collator(self, tokenizer: Any, model: Any) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        from transformers import DataCollatorForSeq2Seq
+
+        return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def generate_and_score(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
+        """Generate for the whole eval split; decoded predictions/references plus loss and lengths.
+
+        Every process gets the same gathered rows in dataset order (duplicates from uneven batches dropped).
+        """
+        import torch
+
+        from nlpjobs.train.evalloop import collect
+
+        cfg: Seq2SeqEvaluateConfig = ctx.job.evaluate  # type: ignore[assignment]
+        acc, tokenizer = ctx.accelerator, ctx.tokenizer
+        pad = tokenizer.pad_token_id
+        gen_kwargs: dict[str, Any] = {}
+        if cfg.generation_max_length is not None:
+            gen_kwargs["max_length"] = cfg.generation_max_length
+        if cfg.num_beams is not None:
+            gen_kwargs["num_beams"] = cfg.num_beams
+
+        def forward(wrapped: Any, batch: dict[str, Any]) -> dict[str, Any]:
+            # generate() lives on the unwrapped model only (SPEC §3.7)
+            generated = acc.unwrap_model(wrapped).generate(input_ids=batch["input_ids"],
+                                                           attention_mask=batch["attention_mask"], **gen_kwargs)
+            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels", "decoder_input_ids") if k in batch}
+            logits = wrapped(**inputs).logits
+            labels = batch["labels"]
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+            return {"generated": generated, "loss_sum": nll.sum(dim=1), "tokens": (labels != -100).sum(dim=1)}
+
+        def step(batch: dict[str, Any], out: dict[str, Any]) -> dict[str, tuple[Any, int]]:
+            return {"pred": (out["generated"], pad), "label": (batch["labels"], -100),
+                    "loss_sum": (out["loss_sum"], 0), "tokens": (out["tokens"], 0)}
+
+        rows = collect(ctx, model, loader, step, forward=forward)
+        preds, refs = decode_pairs(tokenizer, rows["pred"], rows["label"])
+        tokens = float(np.sum(rows["tokens"]))
+        special = set(tokenizer.all_special_ids)
+        gen_len = float(np.mean([sum(1 for t in row.tolist() if t not in special) for row in rows["pred"]]))
+        return {"predictions": preds, "references": refs,
+                "eval_loss": float(np.sum(rows["loss_sum"]) / tokens) if tokens else float("nan"),
+                "gen_len": gen_len, "examples": len(preds)}
+
+    def check_inputs(self, inputs: list[Any]) -> list[str]:
+        for i, item in enumerate(inputs):
+            if not isinstance(item, str) or not item.strip():
+                raise ConfigError(f"predict input {i}: {self.name} takes non-empty text, got {item!r}")
+        return list(inputs)

@@ -1,0 +1,240 @@
+"""Bilingual (English + Spanish) summarization, SPEC §4: body → short title, mT5, ROUGE beside lead-3."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+
+from nlpjobs.config import ConfigError, JobConfig
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError
+from nlpjobs.tasks.seq2seq import (
+    Seq2SeqEvaluateConfig,
+    Seq2SeqPreprocessConfig,
+    Seq2SeqTask,
+    decode_pairs,
+    t5_tokenizer,
+    tokenize_pairs,
+)
+from nlpjobs.text.sentences import SUPPORTED, lead_n, sentences_newline
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+@dataclass
+class SummarizationPreprocessConfig(Seq2SeqPreprocessConfig):
+    """Body → title pairs, short-title filter, bilingual mix, lead-3 baseline."""
+
+    max_source_length: int = 512
+    """Body tokens per example (SPEC §4.3: 512); longer bodies are truncated and counted."""
+    max_target_length: int = 30
+    """Title tokens per example (SPEC §4.3: 30)."""
+    min_target_words: int = 3
+    """Keep examples whose title has at least this many whitespace-separated words (the course keeps
+    len(title.split()) > 2, since 1-2 word titles teach the model to emit 1-2 words); 0 keeps all."""
+    languages: list[str] = field(default_factory=lambda: ["en", "es"])
+    """Languages kept (rows are matched on the 'language' column; en and es have sentence splitters)."""
+    default_language: str = "en"
+    """Language of data without a 'language' column."""
+    language_configs: dict[str, str] = field(default_factory=dict)
+    """Hub sources with one configuration per language, e.g. {en: english, es: spanish}: data.config_name
+    is loaded by the stage, the other configurations here are loaded the same way (columns mapping and
+    data.max_*_examples apply per language) and concatenated with a 'language' column."""
+    shuffle_seed: int = 42
+    """Seed of the shuffle after concatenating the languages (the course: .shuffle(seed=42))."""
+    eval_sample: int | None = None
+    """Keep the first N eval examples after filtering and the bilingual shuffle (data.max_eval_examples
+    cuts before, in source order, which may drop a whole language)."""
+    lead_sentences: int = 3
+    """Sentences of the lead-N baseline (lead-3)."""
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        unsupported = [x for x in [*self.languages, self.default_language] if x not in SUPPORTED]
+        if unsupported:
+            raise ConfigError(f"{prefix}.languages/default_language: {unsupported} not supported; sentence "
+                              f"splitting (ROUGE-Lsum, lead-3) exists for {list(SUPPORTED)}")
+        if not self.languages:
+            raise ConfigError(f"{prefix}.languages: must name at least one language")
+        if self.min_target_words < 0 or self.lead_sentences < 1:
+            raise ConfigError(f"{prefix}.min_target_words must be >= 0 and lead_sentences >= 1")
+        if self.eval_sample is not None and self.eval_sample < 1:
+            raise ConfigError(f"{prefix}.eval_sample: must be >= 1 or null")
+
+
+@dataclass
+class SummarizationEvaluateConfig(Seq2SeqEvaluateConfig):
+    """Generation for summaries (titles are short)."""
+
+    generation_max_length: int | None = 30
+    """max_length passed to generate() (the target length, 30)."""
+
+
+def keep_long_titles(ds: datasets.Dataset, min_words: int) -> datasets.Dataset:
+    """Rows whose body is non-empty and whose title has at least ``min_words`` words (SPEC §4.1)."""
+    def ok(batch: dict[str, list]) -> list[bool]:
+        return [isinstance(b, str) and bool(b.strip()) and isinstance(t, str) and len(t.split()) >= min_words
+                for b, t in zip(batch["body"], batch["title"])]
+
+    return ds.filter(ok, batched=True, desc="title filter")
+
+
+def rouge_scores(predictions: list[str], references: list[str], languages: list[str]) -> dict[str, float]:
+    """ROUGE-1/2/L/Lsum F-measure × 100 (4 decimals), stemmed, one sentence per line (SPEC §4.5)."""
+    from nlpjobs.metrics import load_metric
+
+    preds = [sentences_newline(p, lang) for p, lang in zip(predictions, languages)]
+    refs = [sentences_newline(r, lang) for r, lang in zip(references, languages)]
+    result = load_metric("rouge").compute(predictions=preds, references=refs, use_stemmer=True)
+    return {k: round(float(result[k]) * 100, 4) for k in ROUGE_KEYS}
+
+
+def lead_baseline(bodies: list[str], references: list[str], languages: list[str], n: int = 3) -> dict[str, float]:
+    """Lead-n ROUGE: the first n sentences of each body scored against the references."""
+    return rouge_scores([lead_n(b, n, lang) for b, lang in zip(bodies, languages)], references, languages)
+
+
+def baseline_gate(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, bool]:
+    """Per ROUGE variant: does the model reach the baseline? (SPEC §4.8 note: check each, not only rouge1)."""
+    return {k: float(model[k]) >= float(baseline[k]) for k in ROUGE_KEYS if k in model and k in baseline}
+
+
+class SummarizationTask(Seq2SeqTask):
+    name = "summarization"
+    description = "Bilingual en+es summarization with mT5, ROUGE beside lead-3; SPEC §4"
+    preprocess_config = SummarizationPreprocessConfig
+    evaluate_config = SummarizationEvaluateConfig
+    required_columns = ("body", "title")
+    pipeline_task = "summarization"
+    preprocess_version = "1"
+    headline_metric = "rouge1"
+    scratch_archs = ("mt5",)
+
+    def validate_job(self, job: JobConfig) -> None:
+        super().validate_job(job)
+        cfg: SummarizationPreprocessConfig = job.preprocess  # type: ignore[assignment]
+        if cfg.language_configs and not job.data.source.startswith("hub:"):
+            raise ConfigError("preprocess.language_configs: only for hub: sources (one configuration per "
+                              "language); offline and files: data carry a 'language' column instead")
+        if cfg.language_configs and job.data.config_name not in cfg.language_configs.values():
+            raise ConfigError(f"data.config_name: {job.data.config_name!r} must be one of the configurations in "
+                              f"preprocess.language_configs {cfg.language_configs}")
+
+    def _with_languages(self, job: JobConfig, raw: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
+        cfg: SummarizationPreprocessConfig = job.preprocess  # type: ignore[assignment]
+        if not cfg.language_configs:
+            out = {}
+            for split, ds in raw.items():
+                if "language" not in ds.column_names:
+                    ds = ds.add_column("language", [cfg.default_language] * len(ds))
+                out[split] = ds
+            return out
+        from nlpjobs.data import sources
+
+        parts: dict[str, list[datasets.Dataset]] = {split: [] for split in raw}
+        for lang, config_name in cfg.language_configs.items():
+            if config_name == job.data.config_name:
+                loaded = raw
+            else:
+                loaded = sources.load_raw(dataclasses.replace(job.data, config_name=config_name), job.train.seed)
+            for split, ds in loaded.items():
+                ds = ds.remove_columns("language") if "language" in ds.column_names else ds
+                parts[split].append(ds.add_column("language", [lang] * len(ds)))
+        return {split: datasets.concatenate_datasets(dss) for split, dss in parts.items()}
+
+    def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
+        cfg: SummarizationPreprocessConfig = job.preprocess  # type: ignore[assignment]
+        self.check_columns(raw)
+        mixed, kept, short = {}, {}, {}
+        for split, ds in self._with_languages(job, raw).items():
+            ds = ds.filter(lambda b: [x in cfg.languages for x in b["language"]], batched=True, desc="languages")
+            if len(ds) == 0:
+                raise TaskDataError(f"summarization: split {split!r} has no rows in languages {cfg.languages}; "
+                                    "check preprocess.languages and the data's 'language' column")
+            before = len(ds)
+            ds = keep_long_titles(ds, cfg.min_target_words)
+            short[split] = before - len(ds)
+            if len(ds) == 0:
+                raise TaskDataError(f"summarization: every title of split {split!r} has fewer than "
+                                    f"{cfg.min_target_words} words; lower preprocess.min_target_words")
+            ds = ds.shuffle(seed=cfg.shuffle_seed)  # mix the languages (SPEC §4.1)
+            if split == "eval" and cfg.eval_sample and cfg.eval_sample < len(ds):
+                ds = ds.select(range(cfg.eval_sample))
+            mixed[split] = ds.flatten_indices().select_columns(["body", "title", "language"])
+            kept[split] = {lang: int(n) for lang, n in zip(*_count(mixed[split]["language"]))}
+        trained = None
+        if tokenizer is None:  # scratch: mT5: one SentencePiece unigram model on bodies and titles of train
+            n = cfg.tokenizer_max_sentences
+            trained = t5_tokenizer(mixed["train"]["body"][:n] + mixed["train"]["title"][:n], cfg.vocab_size,
+                                   max(cfg.max_source_length, cfg.max_target_length))
+            tokenizer = trained
+        splits, truncated, detail = {}, {}, {}
+        for split, ds in mixed.items():
+            tokenized, counts = tokenize_pairs(ds, tokenizer, "body", "title", cfg, f"tokenize {split}")
+            splits[split] = tokenized.add_column("language", ds["language"])
+            truncated[split], detail[split] = counts["examples"], counts
+        # lead-3 on the same eval rows and the same (decoded, truncated) references the model is scored on
+        eval_ds = mixed["eval"]
+        _, references = decode_pairs(tokenizer, [], [_array(x) for x in splits["eval"]["labels"]])
+        lead = lead_baseline(eval_ds["body"], references, eval_ds["language"], cfg.lead_sentences)
+        info = {"languages": kept, "short_titles_removed": short, "min_target_words": cfg.min_target_words,
+                "truncated_examples": truncated, "truncated_by_side": detail,
+                "max_source_length": cfg.max_source_length, "max_target_length": cfg.max_target_length,
+                "default_language": cfg.default_language, "lead_baseline": {"sentences": cfg.lead_sentences, **lead}, "tokenizer_trained": trained is not None}
+        return Prepared(splits=splits, info=info, tokenizer=trained)
+
+    def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
+        from nlpjobs.data.shards import load_split
+
+        out = self.generate_and_score(ctx, model, loader)
+        eval_split = load_split(ctx.manifest, "eval")
+        languages = (eval_split["language"] if "language" in eval_split.column_names
+                     else [ctx.manifest.info.get("default_language", "en")] * out["examples"])
+        metrics: dict[str, Any] = rouge_scores(out["predictions"], out["references"], languages)
+        lead = {k: v for k, v in ctx.manifest.info.get("lead_baseline", {}).items() if k in ROUGE_KEYS}
+        gate = baseline_gate(metrics, lead)
+        metrics.update({"eval_loss": out["eval_loss"], "gen_len": out["gen_len"], "examples": out["examples"],
+                        "lead3": lead, "beats_lead3": gate,
+                        "beats_lead3_all": bool(gate) and all(gate.values()),
+                        "samples": {str(i): {"prediction": p, "reference": r} for i, (p, r) in
+                                    enumerate(zip(out["predictions"][:3], out["references"][:3]))}})
+        return metrics
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        lead = metrics.get("lead3") or {}
+        parts = []
+        for key in ROUGE_KEYS:
+            if key not in metrics:
+                continue
+            text = f"{key}={metrics[key]:.2f}"
+            if key in lead:
+                text += f" (lead-3 {lead[key]:.2f}, {metrics[key] - lead[key]:+.2f})"
+            parts.append(text)
+        gate = metrics.get("beats_lead3")
+        if isinstance(gate, dict) and gate:
+            below = [k for k, ok in gate.items() if not ok]
+            parts.append("gate: beats lead-3 on every ROUGE variant" if not below
+                         else f"gate: FAILS, below lead-3 on {', '.join(below)}")
+        if isinstance(metrics.get("gen_len"), float):
+            parts.append(f"gen_len={metrics['gen_len']:.1f}")
+        return "  ".join(parts) or str(metrics)
+
+    def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
+        from transformers import pipeline
+
+        texts = self.check_inputs(inputs)
+        pipe = pipeline("summarization", model=model_dir, tokenizer=model_dir, device=-1)
+        return [pipe(text, truncation=True)[0] for text in texts]
+
+
+def _count(values: list[str]) -> tuple[list[str], list[int]]:
+    names = sorted(set(values))
+    return names, [values.count(n) for n in names]
+
+
+def _array(row: list[int]) -> Any:
+    import numpy as np
+
+    return np.asarray(row, dtype=np.int64)

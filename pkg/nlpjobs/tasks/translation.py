@@ -1,0 +1,144 @@
+"""Translation (English → French by default), SPEC §3: KDE4-shaped pairs, Marian, sacreBLEU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+
+from nlpjobs.config import ConfigError, JobConfig
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError
+from nlpjobs.tasks.seq2seq import Seq2SeqPreprocessConfig, Seq2SeqTask, marian_tokenizer, tokenize_pairs
+
+SRC, TGT = "_source", "_target"
+
+
+@dataclass
+class TranslationPreprocessConfig(Seq2SeqPreprocessConfig):
+    """Pairs from a `translation` column {<source_lang>: ..., <target_lang>: ...} (the Hub's kde4 shape)."""
+
+    source_lang: str = "en"
+    """Key of the source text inside the translation column."""
+    target_lang: str = "fr"
+    """Key of the target text inside the translation column."""
+    split_train_size: float | None = None
+    """Carve the eval split out of the training split with train_test_split(train_size=<this>,
+    seed=split_seed), as the course does for kde4 (train only): 0.9. Requires data.eval_split equal to
+    data.train_split; data.max_eval_examples then caps the carved split. null: use data.eval_split as is."""
+    split_seed: int = 20
+    """Seed of the train/eval carve (the course uses 20)."""
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if self.split_train_size is not None and not 0 < self.split_train_size < 1:
+            raise ConfigError(f"{prefix}.split_train_size: got {self.split_train_size}, must be in (0, 1)")
+        if not self.source_lang or not self.target_lang or self.source_lang == self.target_lang:
+            raise ConfigError(f"{prefix}.source_lang/target_lang: must be two different language keys, "
+                              f"got {self.source_lang!r} → {self.target_lang!r}")
+
+
+def extract_pairs(ds: datasets.Dataset, source_lang: str, target_lang: str, split: str) -> tuple[datasets.Dataset, int]:
+    """Flat (_source, _target) string columns from the translation dicts; rows with a missing side are
+    dropped and counted. A language key absent from every row is a TaskDataError."""
+    feature = ds.features.get("translation")
+    keys = set(getattr(feature, "languages", None) or (feature.keys() if isinstance(feature, dict) else []))
+    if keys and not {source_lang, target_lang} <= keys:
+        raise TaskDataError(f"translation: split {split!r} has languages {sorted(keys)} in its translation column, "
+                            f"not {source_lang!r} and {target_lang!r}; set preprocess.source_lang/target_lang")
+
+    def flatten(batch: dict[str, list]) -> dict[str, list]:
+        src, tgt = [], []
+        for pair in batch["translation"]:
+            pair = pair or {}
+            src.append(pair.get(source_lang))
+            tgt.append(pair.get(target_lang))
+        return {SRC: src, TGT: tgt}
+
+    flat = ds.map(flatten, batched=True, remove_columns=ds.column_names, desc=f"pairs {split}")
+    keep = [i for i, (s, t) in enumerate(zip(flat[SRC], flat[TGT])) if isinstance(s, str) and isinstance(t, str)]
+    if not keep:
+        raise TaskDataError(f"translation: split {split!r} has no row with both {source_lang!r} and {target_lang!r} "
+                            "texts; check preprocess.source_lang/target_lang")
+    dropped = len(flat) - len(keep)
+    return (flat.select(keep) if dropped else flat), dropped
+
+
+def bleu(predictions: list[str], references: list[str]) -> dict[str, Any]:
+    """sacreBLEU with one reference per prediction, passed as a list of references each (SPEC §3.5)."""
+    from nlpjobs.metrics import load_metric
+
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return load_metric("sacrebleu").compute(predictions=predictions, references=[[r] for r in references])
+
+
+class TranslationTask(Seq2SeqTask):
+    name = "translation"
+    description = "Translation (en→fr) with Marian and sacreBLEU; SPEC §3"
+    preprocess_config = TranslationPreprocessConfig
+    required_columns = ("translation",)
+    pipeline_task = "translation"
+    preprocess_version = "1"
+    headline_metric = "bleu"
+    scratch_archs = ("marian",)
+
+    def validate_job(self, job: JobConfig) -> None:
+        super().validate_job(job)
+        cfg: TranslationPreprocessConfig = job.preprocess  # type: ignore[assignment]
+        if cfg.split_train_size is not None and job.data.eval_split != job.data.train_split:
+            raise ConfigError(f"data.eval_split: preprocess.split_train_size carves the eval split out of "
+                              f"{job.data.train_split!r}; set data.eval_split: {job.data.train_split} too "
+                              f"(got {job.data.eval_split!r}), or drop split_train_size to use that split")
+
+    def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
+        cfg: TranslationPreprocessConfig = job.preprocess  # type: ignore[assignment]
+        self.check_columns(raw)
+        train, eval_ = raw["train"], raw["eval"]
+        if cfg.split_train_size is not None:
+            # SPEC §3.1: split = raw["train"].train_test_split(train_size=0.9, seed=20); "test" → validation
+            carved = train.train_test_split(train_size=cfg.split_train_size, seed=cfg.split_seed)
+            train, eval_ = carved["train"], carved["test"]
+            if job.data.max_eval_examples and job.data.max_eval_examples < len(eval_):
+                eval_ = eval_.select(range(job.data.max_eval_examples))
+        pairs, dropped = {}, {}
+        for split, ds in (("train", train), ("eval", eval_)):
+            pairs[split], dropped[split] = extract_pairs(ds, cfg.source_lang, cfg.target_lang, split)
+        trained = None
+        if tokenizer is None:  # scratch: model: SentencePiece per side, trained on the training pairs only
+            n = cfg.tokenizer_max_sentences
+            trained = marian_tokenizer(pairs["train"][SRC][:n], pairs["train"][TGT][:n], cfg.vocab_size,
+                                       max(cfg.max_source_length, cfg.max_target_length))
+            tokenizer = trained
+        splits, truncated, detail = {}, {}, {}
+        for split, ds in pairs.items():
+            splits[split], counts = tokenize_pairs(ds, tokenizer, SRC, TGT, cfg, f"tokenize {split}")
+            truncated[split], detail[split] = counts["examples"], counts
+        info = {"source_lang": cfg.source_lang, "target_lang": cfg.target_lang,
+                "max_source_length": cfg.max_source_length, "max_target_length": cfg.max_target_length,
+                "truncated_examples": truncated, "truncated_by_side": detail, "dropped_incomplete_pairs": dropped,
+                "split_train_size": cfg.split_train_size, "tokenizer_trained": trained is not None}
+        return Prepared(splits=splits, info=info, tokenizer=trained)
+
+    def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
+        out = self.generate_and_score(ctx, model, loader)
+        result = bleu(out["predictions"], out["references"])
+        return {"bleu": float(result["score"]), "eval_loss": out["eval_loss"], "gen_len": out["gen_len"],
+                "examples": out["examples"],
+                "samples": {str(i): {"prediction": p, "reference": r} for i, (p, r) in
+                            enumerate(zip(out["predictions"][:3], out["references"][:3]))}}
+
+    def summary(self, metrics: dict[str, Any]) -> str:
+        parts = [f"BLEU={metrics['bleu']:.2f}"] if "bleu" in metrics else []
+        if isinstance(metrics.get("eval_loss"), float):
+            parts.append(f"eval_loss={metrics['eval_loss']:.4f}")
+        if isinstance(metrics.get("gen_len"), float):
+            parts.append(f"gen_len={metrics['gen_len']:.1f}")
+        return "  ".join(parts) or str(metrics)
+
+    def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
+        from transformers import pipeline
+
+        texts = self.check_inputs(inputs)
+        pipe = pipeline("translation", model=model_dir, tokenizer=model_dir, device=-1)
+        return [pipe(text, truncation=True)[0] for text in texts]

@@ -29,9 +29,9 @@ venv: $(STAMP) ## Create .venv with everything (CPU torch, pinned boto3/s3fs set
 run: $(STAMP) ## Run every stage of TASK offline on this machine (PRESET=jobs/local/$(TASK).yaml, SET="k=v ...").
 	$(BIN)/nlpjobs run --config $(PRESET) $(foreach s,$(SET),--set $(s))
 
-fetch: $(STAMP) ## Fetch the offline corpora into the local cache.
-	$(BIN)/nlpjobs data fetch conll2003
-	$(BIN)/nlpjobs data fetch squad-sample
+CORPORA ?= conll2003 squad-sample imdb kde4-en-fr debian-descriptions codeparrot-local
+fetch: $(STAMP) ## Fetch the offline corpora into the local cache (CORPORA="conll2003 ...").
+	for c in $(CORPORA); do $(BIN)/nlpjobs data fetch $$c || exit 1; done
 
 lint: $(STAMP) ## ruff over the package and tests.
 	$(BIN)/ruff check pkg tests

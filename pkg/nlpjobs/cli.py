@@ -356,7 +356,7 @@ def data_list() -> None:
     from nlpjobs.data import offline
 
     for name, corpus in sorted(offline.all_corpora().items()):
-        click.echo(f"{name:<14} {corpus.description}")
+        click.echo(f"{name:<20} {corpus.description}")
 
 
 if __name__ == "__main__":

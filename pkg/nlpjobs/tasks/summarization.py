@@ -221,13 +221,6 @@ class SummarizationTask(Seq2SeqTask):
             parts.append(f"gen_len={metrics['gen_len']:.1f}")
         return "  ".join(parts) or str(metrics)
 
-    def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
-        from transformers import pipeline
-
-        texts = self.check_inputs(inputs)
-        pipe = pipeline("summarization", model=model_dir, tokenizer=model_dir, device=-1)
-        return [pipe(text, truncation=True)[0] for text in texts]
-
 
 def _count(values: list[str]) -> tuple[list[str], list[int]]:
     names = sorted(set(values))

@@ -135,10 +135,3 @@ class TranslationTask(Seq2SeqTask):
         if isinstance(metrics.get("gen_len"), float):
             parts.append(f"gen_len={metrics['gen_len']:.1f}")
         return "  ".join(parts) or str(metrics)
-
-    def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
-        from transformers import pipeline
-
-        texts = self.check_inputs(inputs)
-        pipe = pipeline("translation", model=model_dir, tokenizer=model_dir, device=-1)
-        return [pipe(text, truncation=True)[0] for text in texts]

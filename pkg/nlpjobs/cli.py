@@ -48,6 +48,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from nlpjobs.config import ConfigError
         from nlpjobs.data.shards import DatasetError
+        from nlpjobs.k8s.cluster import ClusterError
+        from nlpjobs.k8s.helm import HelmError
         from nlpjobs.storage import StorageError
         from nlpjobs.tasks.base import TaskDataError
         from nlpjobs.train.engine import TrainingInterrupted
@@ -60,6 +62,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"bad data: {exc}", 3)
         except StorageError as exc:
             _fail(f"storage: {exc}", 4)
+        except (ClusterError, HelmError) as exc:
+            _fail(f"cluster: {exc}", 6)
         except TrainingInterrupted as exc:
             _fail(str(exc), 143)
 
@@ -70,7 +74,7 @@ def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars (logs only).")(fn)
     fn = click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(fn)
     fn = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), required=True,
-                      help=CONFIG_HELP)(fn)
+                      envvar="NLPJOBS_CONFIG", show_envvar=True, help=CONFIG_HELP)(fn)
     return fn
 
 
@@ -102,6 +106,12 @@ def main(verbose: bool) -> None:
       nlpjobs run -c jobs/local/ner.yaml                 all stages, in order
       nlpjobs train -c jobs/ner.yaml --set train.epochs=1
       torchrun --nproc_per_node 2 -m nlpjobs train -c jobs/local/ner.yaml
+      nlpjobs submit clm --nodes 2 --gpus 8 -f my-values.yaml   the chart on your cluster
+      nlpjobs status nlpjobs-clm                          stages, progress, failures
+
+    \b
+    Exit codes: 0 ok, 2 invalid configuration, 3 bad data, 4 object storage, 5 launch/wait timeout,
+    6 cluster/helm, 143 stopped by SIGTERM after a checkpoint (rerun to resume).
     """
     _setup_logging(verbose)
 
@@ -350,6 +360,20 @@ def data_fetch(corpus: str, force: bool) -> None:
     click.secho(f"{corpus}: ready at {path}", fg="green")
 
 
+@data.command("prefetch")
+@job_options
+@handle_errors
+def data_prefetch(config_path: str, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Fetch everything the job needs offline (its offline corpus, GPT-2's BPE) into $NLPJOBS_CACHE.
+
+    Images bake the result in (NLPJOBS_PREFETCHED) so offline presets run in pods with no downloads.
+    """
+    from nlpjobs.data import offline
+
+    for path in offline.prefetch_job(_load(config_path, overrides)):
+        click.echo(f"ready: {path}")
+
+
 @data.command("list")
 def data_list() -> None:
     """List the offline corpora."""
@@ -357,6 +381,120 @@ def data_list() -> None:
 
     for name, corpus in sorted(offline.all_corpora().items()):
         click.echo(f"{name:<20} {corpus.description}")
+
+
+CLUSTER_HELP = "kube context to use (default: the current one)."
+
+
+def _cluster_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--context", default=None, help=CLUSTER_HELP)(fn)
+    fn = click.option("--namespace", "-n", default="default", help="Namespace of the release.")(fn)
+    return fn
+
+
+@main.command()
+@click.argument("task")
+@click.option("--release", "-r", default=None, help="Helm release name [default: nlpjobs-<task>].")
+@_cluster_options
+@click.option("--preset", type=click.Choice(["course", "local"]), default=None,
+              help="Job file baked into the image: course recipe (Hub data, GPU) or local (offline, CPU) "
+                   "[chart default: course].")
+@click.option("--nodes", type=click.IntRange(min=1), default=None, help="Training nodes (pods of the Indexed Job).")
+@click.option("--gpus", type=click.IntRange(min=0), default=None,
+              help="GPUs per training node (= processes per node); 0 trains on CPU.")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Training processes per node (CPU runs; --gpus sets it for GPU runs).")
+@click.option("--image", default=None, help="Image repository, e.g. registry.example.com/nlpjobs-clm.")
+@click.option("--tag", default=None, help="Image tag [chart default: <appVersion>-cpu or -cuda].")
+@click.option("--run-name", default=None, help="Run id on storage (same id = resume) [default: the release].")
+@click.option("--values", "-f", "values_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Helm values file (storage endpoint/bucket/Secret, node pools, resources...); repeatable.")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Job-config override passed to every stage, e.g. --set train.epochs=1; repeatable.")
+@click.option("--helm-set", "helm_sets", multiple=True, metavar="KEY=VALUE",
+              help="Raw Helm value, e.g. --helm-set storage.bucket=mybucket; repeatable.")
+@click.option("--chart", default=None, type=click.Path(file_okay=False),
+              help="Chart directory [default: charts/nlpjobs of this checkout, or $NLPJOBS_CHART].")
+@click.option("--dry-run", is_flag=True, help="Print the manifests (helm template) instead of installing; "
+                                              "needs no cluster.")
+@handle_errors
+def submit(task: str, release: str | None, namespace: str, context: str | None, preset: str | None,
+           nodes: int | None, gpus: int | None, processes: int | None, image: str | None, tag: str | None,
+           run_name: str | None, values_files: tuple[str, ...], overrides: tuple[str, ...],
+           helm_sets: tuple[str, ...], chart: str | None, dry_run: bool) -> None:
+    """Install or upgrade TASK's release on the cluster (helm upgrade --install): preprocess, train, evaluate.
+
+    Installing again with the same release and run name resumes the run from its last checkpoint.
+    """
+    from nlpjobs.k8s import cluster
+    from nlpjobs.k8s.submit import Submission, install, manifests
+    from nlpjobs.tasks import task_names
+
+    if task not in task_names():
+        _fail(f"unknown task {task!r}; expected one of: {', '.join(task_names())}", 2)
+    sub = Submission(task=task, release=release or f"nlpjobs-{task}", namespace=namespace, preset=preset,
+                     nodes=nodes, gpus=gpus, processes=processes, image=image, tag=tag, run_name=run_name,
+                     values_files=list(values_files), overrides=list(overrides), helm_sets=list(helm_sets),
+                     context=context, chart=chart)
+    if dry_run:
+        click.echo(manifests(sub), nl=False)
+        return
+    manifests(sub)  # schema and templates checked before touching the cluster
+    cluster.connect(context)
+    click.echo(install(sub))
+    click.secho(f"submitted {sub.release}: follow it with `nlpjobs status {sub.release} -n {namespace}` "
+                f"and `nlpjobs logs {sub.release} --stage train -n {namespace}`", fg="green")
+
+
+@main.command()
+@click.argument("release")
+@_cluster_options
+@handle_errors
+def status(release: str, namespace: str, context: str | None) -> None:
+    """Stages of RELEASE (Jobs and pods): state, progress of the running stage, and failures in plain words."""
+    from nlpjobs.k8s import cluster
+
+    api = cluster.connect(context)
+    click.echo(cluster.format_status(release, namespace, cluster.release_status(api, release, namespace)))
+
+
+@main.command()
+@click.argument("release")
+@_cluster_options
+@click.option("--stage", type=click.Choice(["preprocess", "train", "evaluate"]), default="train",
+              help="Stage whose logs to show.")
+@click.option("--node", type=click.IntRange(min=0), default=0, help="Training node (completion index).")
+@click.option("--tail", type=click.IntRange(min=1), default=200, help="Lines from the end.")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
+@click.option("--wait-container", is_flag=True, help="Show the init container that waits for the previous "
+                                                     "stage instead of the stage itself.")
+@handle_errors
+def logs(release: str, namespace: str, context: str | None, stage: str, node: int, tail: int, follow: bool,
+         wait_container: bool) -> None:
+    """Logs of one stage's pod of RELEASE (the newest pod: retries replace failed ones)."""
+    from kubernetes import client
+
+    from nlpjobs.k8s import cluster
+
+    api = cluster.connect(context)
+    pods = cluster.stage_pods(api, release, namespace, stage, node if stage == "train" else None)
+    if not pods:
+        _fail(f"no {stage} pod of release {release!r} in namespace {namespace!r} (see `nlpjobs status {release}`)", 6)
+    pod = pods[-1]
+    container = {"preprocess": None, "train": "dataset", "evaluate": "model"}[stage] if wait_container else stage
+    if container is None:
+        _fail("the preprocess stage has no wait container", 2)
+    if wait_container:
+        container = f"wait-for-{container}"
+    core = client.CoreV1Api(api)
+    if follow:
+        resp = core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container, tail_lines=tail,
+                                            follow=True, _preload_content=False)
+        for chunk in resp.stream():
+            click.echo(chunk.decode(errors="replace"), nl=False)
+        return
+    click.echo(core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container, tail_lines=tail),
+               nl=False)
 
 
 if __name__ == "__main__":

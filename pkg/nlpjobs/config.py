@@ -168,6 +168,29 @@ class TrainConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    """DeepSpeed ZeRO through Accelerate (train stage only; evaluate and predict load the exported model)."""
+
+    enabled: bool = False
+    """Train with DeepSpeed (needs the `deepspeed` package; CPU runs use gloo)."""
+    zero_stage: int = 2
+    """ZeRO stage: 0 (plain data parallel), 1 (optimizer states), 2 (+ gradients), 3 (+ parameters)."""
+    offload_optimizer: bool = False
+    """Keep optimizer states in CPU memory (ZeRO 1-3)."""
+    offload_params: bool = False
+    """Keep parameters in CPU memory (ZeRO 3 only)."""
+
+    def validate(self, prefix: str) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"{prefix}.zero_stage: got {self.zero_stage}; expected 0, 1, 2 or 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError(f"{prefix}.offload_optimizer: needs zero_stage 1, 2 or 3 (got 0)")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError(f"{prefix}.offload_params: needs zero_stage 3 (got {self.zero_stage}); "
+                              "use offload_optimizer with stages 1-2")
+
+
+@dataclass
 class EvaluateConfig:
     """Evaluation of the trained model; tasks extend this with their own parameters."""
 
@@ -200,6 +223,7 @@ class JobConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 

@@ -295,3 +295,16 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("NLPJOBS_CACHE", Path.home() / ".cache" / "nlpjobs"))
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def prefetched(*parts: str) -> Path | None:
+    """A complete read-only copy of ``<cache>/<parts>`` baked into an image, if any.
+
+    ``NLPJOBS_PREFETCHED`` lists directories (``:``-separated) laid out like the cache; an entry counts
+    only with its ``_SUCCESS`` marker. Task images set it so offline presets run without any download.
+    """
+    for root in filter(None, os.environ.get("NLPJOBS_PREFETCHED", "").split(":")):
+        candidate = Path(root).joinpath(*parts)
+        if (candidate / "_SUCCESS").exists():
+            return candidate
+    return None

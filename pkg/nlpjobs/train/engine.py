@@ -31,7 +31,9 @@ from nlpjobs.tasks.base import EvalContext, Task
 from nlpjobs.train.checkpoint import CheckpointStore
 
 log = logging.getLogger(__name__)
-RESUME_SECTIONS = ("data", "model", "preprocess", "train")
+if not torch.cuda.is_available():  # DeepSpeed (imported by Accelerate) otherwise warns that it fell back to CPU
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+RESUME_SECTIONS = ("data", "model", "preprocess", "train", "deepspeed")
 
 
 class EpochSampler(Sampler[int]):
@@ -124,16 +126,58 @@ class TrainResult:
     already_done: bool = False
 
 
-def make_accelerator(job: JobConfig) -> Any:
+def make_accelerator(job: JobConfig, training: bool = True) -> Any:
+    """The Accelerator of a stage: DDP/gloo on CPU, NCCL on GPUs, DeepSpeed when ``deepspeed.enabled``.
+
+    Only training uses DeepSpeed; evaluation loads the exported Hugging Face model.
+    """
     from datetime import timedelta
 
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
+    timeout = timedelta(seconds=job.train.collective_timeout_s)
+    loader_config = DataLoaderConfiguration(even_batches=True)
+    if training and job.deepspeed.enabled:
+        return Accelerator(mixed_precision=job.train.mixed_precision, dataloader_config=loader_config,
+                           deepspeed_plugin=deepspeed_plugin(job),
+                           kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout, backend=_deepspeed_backend())])
     # cpu=True lets Accelerate pick gloo for torchrun-launched CPU processes (it ignores them otherwise).
     return Accelerator(mixed_precision=job.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                       dataloader_config=DataLoaderConfiguration(even_batches=True),
-                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=job.train.collective_timeout_s))])
+                       dataloader_config=loader_config, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+
+
+def deepspeed_plugin(job: JobConfig) -> Any:
+    """Accelerate's DeepSpeed plugin for the job's ZeRO settings (the loop owns optimizer and schedule)."""
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as err:
+        raise ConfigError("deepspeed.enabled: the `deepspeed` package is not installed in this environment "
+                          f"({err}); install it (`pip install deepspeed`) or set deepspeed.enabled=false") from err
+    from accelerate.utils import DeepSpeedPlugin
+
+    ds = job.deepspeed
+    if "LOCAL_RANK" not in os.environ:  # DeepSpeed always initialises torch.distributed: a world of one
+        os.environ.update(LOCAL_RANK="0", RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
+    return DeepSpeedPlugin(zero_stage=ds.zero_stage, gradient_accumulation_steps=job.train.grad_accum,
+                           gradient_clipping=job.train.max_grad_norm or 0.0,
+                           offload_optimizer_device="cpu" if ds.offload_optimizer else "none",
+                           offload_param_device="cpu" if ds.offload_params else "none",
+                           zero3_save_16bit_model=ds.zero_stage == 3)
+
+
+def _deepspeed_backend() -> str | None:
+    """gloo on CPU (Accelerate would otherwise skip DeepSpeed's initialisation); DeepSpeed's default on GPUs."""
+    return None if torch.cuda.is_available() else "gloo"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def check_run(job: JobConfig, run_uri: str, is_main: bool) -> bool:
@@ -162,6 +206,7 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     task = get_task(job.task)
     cfg = job.train
     acc = make_accelerator(job)
+    deepspeed = job.deepspeed.enabled
     manifest = open_dataset(paths.dataset_uri(job, task))
     run_uri = paths.run_uri(job)
     if check_run(job, run_uri, acc.is_main_process):
@@ -208,6 +253,10 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     if resumed_from is not None:
         state = store.load(acc, resumed_from)
         step, history = state["step"], state["history"]
+        # DeepSpeed's ZeRO optimizer restores its states but not the groups' learning rates: take them
+        # from the restored schedule (a no-op without DeepSpeed, where they already agree).
+        for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
+            group["lr"] = lr
         acc.print(f"resumed from committed checkpoint step {step} of {total_steps}")
     ctx = EvalContext(acc, job, manifest, tokenizer, show_progress)
 
@@ -244,12 +293,18 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
             sync = contextlib.nullcontext() if boundary else acc.no_sync(model)
             with sync:
                 loss = task.loss(model, batch)
-                acc.backward(loss / window)
+                if deepspeed:
+                    # DeepSpeed steps (and clips) inside backward at the boundary we tell it, and divides
+                    # the loss by grad_accum itself: rescale for a short last window of the epoch.
+                    acc.gradient_state._set_sync_gradients(boundary)
+                    acc.backward(loss * cfg.grad_accum / window)
+                else:
+                    acc.backward(loss / window)
             loss_sum += loss.detach()
             loss_count += 1
             if not boundary:
                 continue
-            if cfg.max_grad_norm is not None:
+            if cfg.max_grad_norm is not None and not deepspeed:
                 acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -303,9 +358,10 @@ def export_model(acc: Any, model: Any, tokenizer: Any, job: JobConfig, scratch: 
     target = paths.model_uri(job)
     acc.wait_for_everyone()
     unwrapped = acc.unwrap_model(model)
+    state_dict = acc.get_state_dict(model)  # collective: gathers ZeRO-3 partitions
     if acc.is_main_process:
         local = scratch / f"model-{uuid.uuid4().hex[:8]}"
-        unwrapped.save_pretrained(str(local), save_function=acc.save)
+        unwrapped.save_pretrained(str(local), state_dict=state_dict, save_function=acc.save)
         tokenizer.save_pretrained(str(local))
         storage.remove(target)
         storage.upload(local, target)
@@ -327,7 +383,7 @@ def write_train_report(run_uri: str, record: dict[str, Any], task: Task) -> None
 def evaluate_saved(job: JobConfig, show_progress: bool = True) -> dict[str, Any]:
     """Evaluate the trained model of the run on the eval split (distributed when launched so)."""
     task = get_task(job.task)
-    acc = make_accelerator(job)
+    acc = make_accelerator(job, training=False)
     manifest: Manifest = open_dataset(paths.dataset_uri(job, task))
     model_dir = fetch_model(job, download=acc.is_local_main_process)
     acc.wait_for_everyone()

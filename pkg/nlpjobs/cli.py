@@ -53,6 +53,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         from nlpjobs.storage import StorageError
         from nlpjobs.tasks.base import TaskDataError
         from nlpjobs.train.engine import TrainingInterrupted
+        from nlpjobs.train.sentinel import NonFiniteError
 
         try:
             return fn(*args, **kwargs)
@@ -66,6 +67,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             _fail(f"cluster: {exc}", 6)
         except TrainingInterrupted as exc:
             _fail(str(exc), 143)
+        except NonFiniteError as exc:
+            _fail(str(exc), 8)
 
     return wrapper
 
@@ -111,7 +114,7 @@ def main(verbose: bool) -> None:
 
     \b
     Exit codes: 0 ok, 2 invalid configuration, 3 bad data, 4 object storage, 5 launch/wait timeout,
-    6 cluster/helm, 143 stopped by SIGTERM after a checkpoint (rerun to resume).
+    6 cluster/helm, 7 --overfit-batch failed, 8 non-finite loss/gradient, 143 stopped by SIGTERM after a checkpoint (rerun to resume).
     """
     _setup_logging(verbose)
 
@@ -145,6 +148,11 @@ def _do_train(job: Any, quiet: bool) -> Any:
     if losses:
         _echo(f"  train loss {losses[0]['loss']:.4f} (step {losses[0]['step']}) -> {losses[-1]['loss']:.4f} "
               f"(step {losses[-1]['step']})")
+    initial = res.history.get("initial_loss")
+    if initial:
+        _echo(f"  first loss {initial['loss']:.4f} vs random guess {initial['random_guess']:.4f} "
+              f"({initial['ratio']:.2f}x)" + (f"  WARNING: {initial['warning']}" if initial["warning"] else ""),
+              fg="yellow" if initial["warning"] else None)
     before = res.history.get("before_training")
     if before:
         _echo(f"  eval before training: {task.summary(before)}")
@@ -199,11 +207,33 @@ def preprocess(config_path: str, overrides: tuple[str, ...], quiet: bool) -> Non
               help="Inside a pod of the chart's Indexed Job: read JOB_COMPLETION_INDEX, NLPJOBS_NNODES, "
                    "NLPJOBS_NPROC_PER_NODE, NLPJOBS_MASTER_ADDR/PORT and exec a static-rendezvous torchrun "
                    "of this command on the local workers.")
+@click.option("--overfit-batch", "overfit_steps", type=click.IntRange(min=2), default=None, metavar="STEPS",
+              help="Smoke test instead of training: fresh weights, the first training batch, STEPS optimizer "
+                   "steps; passes (exit 0) if the loss falls to --overfit-ratio of its first value, else exit 7. "
+                   "Prints the loss curve; writes nothing.")
+@click.option("--overfit-ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              help="Loss ratio (last / first) --overfit-batch must reach.")
+@click.option("--overfit-lr", type=click.FloatRange(0, min_open=True), default=None,
+              help="Learning rate of --overfit-batch [default: train.learning_rate].")
 @handle_errors
-def train(config_path: str, overrides: tuple[str, ...], quiet: bool, launch_from_env: bool) -> None:
+def train(config_path: str, overrides: tuple[str, ...], quiet: bool, launch_from_env: bool,
+          overfit_steps: int | None, overfit_ratio: float, overfit_lr: float | None) -> None:
     """Train on the committed shards. Checkpoints are committed to <storage>/runs/<name>/checkpoints and a rerun
     resumes from the newest one. Launch with torchrun/accelerate for several processes."""
     job = _load(config_path, overrides)  # validate before launching anything
+    if overfit_steps is not None:
+        from nlpjobs.train.smoke import overfit_batch
+
+        result = overfit_batch(job, overfit_steps, overfit_ratio, overfit_lr)
+        first, last = result.losses[0], result.losses[-1]
+        _echo(result.curve())
+        verdict = "PASSED" if result.passed else "FAILED"
+        _echo(f"overfit-batch {verdict}: loss {first:.4f} -> {last:.4f} ({last / first:.2f}x, needed <= "
+              f"{overfit_ratio}) in {overfit_steps} steps, {result.seconds:.1f}s", fg="green" if result.passed else "red")
+        if not result.passed:
+            _fail("the model cannot fit a single batch: check the labels, the collator and the learning rate "
+                  "(--overfit-lr), or allow more steps", 7)
+        return
     if launch_from_env:
         from nlpjobs.train.launch import LaunchError, exec_torchrun, plan_from_env
 
@@ -290,6 +320,43 @@ def run(config_path: str, overrides: tuple[str, ...], quiet: bool) -> None:
 
     _echo(f"\nrun {job.name!r} ({job.task}) done in {time.time() - started:.0f}s: "
           f"{get_task(job.task).summary(metrics)}", bold=True)
+
+
+@main.command()
+@click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), default=None, envvar="NLPJOBS_CONFIG",
+              help="Also check this job: its storage, dataset, model, one batch and one training step.")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+@click.option("--storage", "storage_root", default=None,
+              help="Object-storage root to probe (write/read/delete) [default: the job's storage].")
+@handle_errors
+def doctor(config_path: str | None, overrides: tuple[str, ...], storage_root: str | None) -> None:
+    """Report the environment (versions, GPUs, processes, memory, disk) and check a job before spending compute.
+    Exits 1 when a check fails."""
+    from nlpjobs import doctor as doc
+
+    click.secho("environment", bold=True)
+    for key, value in doc.environment():
+        click.echo(f"  {key:<13} {value}")
+    job = _load(config_path, overrides) if config_path else None
+    checks = []
+    root = storage_root or (job.storage if job else None)
+    if root:
+        checks.append(doc.storage_check(root))
+    if job is not None:
+        click.secho(f"checks ({config_path})", bold=True)
+        if checks:
+            click.echo(checks[0].line())
+        for check in doc.job_checks(job):
+            checks.append(check)
+            click.echo(check.line())
+    elif checks:
+        click.secho("checks", bold=True)
+        click.echo(checks[0].line())
+    failed = [c.name for c in checks if c.ok is False]
+    if failed:
+        _fail(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}", 1)
+    click.secho("doctor: no problems found" if checks else "doctor: environment only (pass -c JOB to check a job)",
+                fg="green")
 
 
 @main.group()

@@ -79,3 +79,27 @@ def test_submit_without_a_cluster_fails_clearly(tmp_path: Path, helm_env: dict[s
             proc = _nlpjobs(*args, env=env)
             assert proc.returncode == 6, (args, proc.stdout, proc.stderr)
             assert expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("task", ["ner", "clm"])
+def test_rendered_stage_args_are_accepted_by_the_cli_config(task: str, tmp_path: Path) -> None:
+    """The contract between chart and CLI: every stage's args load as a valid job (DeepSpeed keys included)."""
+    from nlpjobs.config import load_job
+    from nlpjobs.k8s.helm import render
+
+    root = Path(__file__).resolve().parents[2]
+    text = render([], {"task": task, "deepspeed.enabled": True, "deepspeed.zeroStage": 3,
+                       "deepspeed.offloadParams": True, "overrides": "{train.max_steps=7}"})
+    jobs = [d for d in yaml.safe_load_all(text) if d and d["kind"] == "Job"]
+    assert len(jobs) == 3
+    for job in jobs:
+        pod = job["spec"]["template"]["spec"]
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            args = container["args"]
+            config = args[args.index("-c") + 1]
+            assert config == f"/app/jobs/{task}.yaml"
+            overrides = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+            loaded = load_job(root / "jobs" / f"{task}.yaml", overrides)
+            assert loaded.train.max_steps == 7
+            if container["name"] == "train":
+                assert (loaded.deepspeed.enabled, loaded.deepspeed.zero_stage, loaded.deepspeed.offload_params) == (True, 3, True)

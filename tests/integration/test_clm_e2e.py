@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,38 @@ def test_clm_on_s3_end_to_end(s3_env: str, tmp_path: Path) -> None:
         assert chunking["documents"] == {"train": 30, "eval": 4}[split] and chunking["dropped_tails"] > 0
     eval_rows = manifest["splits"]["eval"]["rows"]
 
+    # Preflight and the one-batch smoke test (SPEC §8): both read the committed dataset, neither writes a run.
+    doctor = cli("doctor", "-c", str(job)).stdout
+    for check in ("object storage", "dataset", "model", "one batch", "forward/backward"):
+        assert f"[  ok] {check}:" in doctor, doctor
+    assert "input_ids (4, 64)" in doctor and "vs random guess 6.9078" in doctor  # ln(1000)
+    overfit = cli("train", "-c", str(job), "--overfit-batch", "25", "--overfit-lr", "1e-2").stdout
+    assert "overfit-batch PASSED" in overfit and "steps 1..25" in overfit
+    stuck = cli("train", "-c", str(job), "--overfit-batch", "3", "--overfit-lr", "1e-9", check=False)
+    assert stuck.returncode == 7 and "overfit-batch FAILED" in stuck.stdout and "cannot fit a single batch" in stuck.stderr
+    assert "clm-e2e" not in storage.listdir(storage.join(s3_env, "runs"))
+
+    # The NaN sentinel: an absurd learning rate overflows the weights; training stops at the first
+    # non-finite loss, saves the batch and its per-row losses, and commits no checkpoint of that step.
+    nan = cli("train", "-q", "-c", str(job), "--set", "name=clm-nan", "--set", "train.learning_rate=1e30",
+              "--set", "train.save_every=never", check=False)
+    assert nan.returncode == 8, nan.stdout + nan.stderr
+    found = re.search(r"non-finite loss \((nan|inf)\) at optimizer step (\d+)", nan.stderr)
+    assert found and int(found.group(2)) >= 2 and "train row" in nan.stderr, nan.stderr  # step 1 is still finite
+    [report_name] = storage.listdir(storage.join(s3_env, "runs", "clm-nan", "nonfinite"))
+    report = storage.read_json(storage.join(s3_env, "runs", "clm-nan", "nonfinite", report_name))
+    assert report_name == f"step-{int(found.group(2)):08d}-rank-0.json" and report["what"] == "loss"
+    assert len(report["rows"]) == 4 and report["nonfinite_rows"] == [0, 1, 2, 3]
+    assert all(len(r["input_ids"]) == 64 and r["train_row"] is not None for r in report["rows"])
+    assert not storage.exists(storage.join(s3_env, "runs", "clm-nan", "model", "_SUCCESS"))
+
     out = cli("train", "-q", "-c", str(job)).stdout
     assert "3/3 optimizer steps" in out
     run = storage.join(s3_env, "runs", "clm-e2e")
     metrics = storage.read_json(storage.join(run, "metrics.json"))["train"]
+    initial = metrics["initial_loss"]  # the initial-loss sanity check: random init starts near ln(vocab)
+    assert initial["random_guess"] == pytest.approx(math.log(1000)) and 0.8 < initial["ratio"] < 1.2
+    assert initial["warning"] == ""
     before = metrics["before_training"]
     assert abs(before["eval_loss"] - math.log(1000)) < 0.5  # untrained: ~ln(vocab), as the course's 10.93
     assert before["examples"] == eval_rows and before["tokens"] == eval_rows * 63

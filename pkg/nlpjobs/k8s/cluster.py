@@ -21,6 +21,9 @@ EXIT_MEANINGS = {
     3: "bad data",
     4: "object storage unreachable or refused",
     5: "launch/rendezvous or wait timed out",
+    6: "cluster or Helm error",
+    7: "--overfit-batch smoke test failed",
+    8: "non-finite loss or gradient (see <run>/nonfinite/)",
     137: "killed (SIGKILL: out of memory or deadline)",
     143: "stopped by SIGTERM after committing a checkpoint (preempted or deleted); a rerun resumes",
 }

@@ -116,6 +116,14 @@ class Task:
         """Training loss of one micro-batch; tasks with a custom objective override this."""
         return model(**batch).loss
 
+    def random_guess_loss(self, model: Any, batch: dict[str, Any]) -> float | None:
+        """Cross-entropy of a uniform guess over the classes the loss ranges over (SPEC §8 item 18):
+        ln(vocabulary) for language-model heads; tasks with other heads override this."""
+        import math
+
+        vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+        return math.log(vocab) if vocab else None
+
     def evaluate(self, ctx: EvalContext, model: Any, loader: DataLoader) -> dict[str, Any]:
         """Metrics of ``model`` on the prepared 'eval' split (every process calls this)."""
         raise NotImplementedError

@@ -143,6 +143,11 @@ class NerTask(Task):
                                 f"{len(names)} labels {names}")
         return model
 
+    def random_guess_loss(self, model: Any, batch: dict[str, Any]) -> float | None:
+        import math
+
+        return math.log(model.config.num_labels)
+
     def load_trained(self, model_dir: str) -> Any:
         from transformers import AutoModelForTokenClassification
 

@@ -114,6 +114,11 @@ class QaTask(Task):
         return AutoModelForQuestionAnswering.from_pretrained(resolve_model(job.model.name),
                                                              revision=job.model.revision)
 
+    def random_guess_loss(self, model: Any, batch: dict[str, Any]) -> float | None:
+        import math
+
+        return math.log(batch["input_ids"].shape[1])  # start/end positions over the window
+
     def load_trained(self, model_dir: str) -> Any:
         from transformers import AutoModelForQuestionAnswering
 

@@ -293,6 +293,9 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
             sync = contextlib.nullcontext() if boundary else acc.no_sync(model)
             with sync:
                 loss = task.loss(model, batch)
+                if not bool(torch.isfinite(loss.detach())):  # free on CPU; one scalar copy per micro-batch on GPU
+                    raise _nonfinite("loss", float(loss.detach()), task, model, batch, acc, run_uri, step, micro,
+                                     sampler, cfg.batch_size, epoch)
                 if deepspeed:
                     # DeepSpeed steps (and clips) inside backward at the boundary we tell it, and divides
                     # the loss by grad_accum itself: rescale for a short last window of the epoch.
@@ -302,10 +305,18 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
                     acc.backward(loss / window)
             loss_sum += loss.detach()
             loss_count += 1
+            if step == 0 and micro == 1 and "initial_loss" not in history:  # one host sync, once per run
+                from nlpjobs.train.smoke import initial_loss_check
+
+                history["initial_loss"] = initial_loss_check(task, acc.unwrap_model(model), batch, loss.item(),
+                                                             random_init=job.model.name.startswith("scratch:"))
             if not boundary:
                 continue
             if cfg.max_grad_norm is not None and not deepspeed:
-                acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                norm = acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                if norm is not None and not bool(torch.isfinite(norm)):
+                    raise _nonfinite("gradient norm", float(norm), task, model, batch, acc, run_uri, step, micro,
+                                     sampler, cfg.batch_size, epoch)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -340,6 +351,18 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     acc.wait_for_everyone()
     return TrainResult(run_uri, model_out, step, total_steps, resumed_from, time.time() - started,
                        final_eval, history)
+
+
+def _nonfinite(what: str, value: float, task: Task, model: Any, batch: Any, acc: Any, run_uri: str, step: int,
+               micro: int, sampler: EpochSampler, batch_size: int, epoch: int) -> Exception:
+    """The sentinel's error, with the offending batch's rows traced back to training rows."""
+    from nlpjobs.train.sentinel import stop
+
+    order = list(iter(sampler)) if sampler.epoch == epoch else []
+    batch_index = (micro - 1) * acc.num_processes + acc.process_index  # Accelerate deals batches round-robin
+    rows = order[batch_index * batch_size:(batch_index + 1) * batch_size] or None
+    return stop(what=what, value=value, task=task, model=acc.unwrap_model(model), batch=batch, run_uri=run_uri,
+                step=step, micro=micro, rank=acc.process_index, example_rows=rows)
 
 
 def _interval(value: str, steps_per_epoch: int) -> int:

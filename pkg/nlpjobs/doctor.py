@@ -1,0 +1,153 @@
+"""`nlpjobs doctor`: what this environment can do, and whether a job can start, before any compute is spent.
+
+The environment report covers versions, accelerators, processes, memory and disk; the storage check
+writes, reads and deletes a probe object; with a job, the task checks load the committed dataset,
+compare label space and lengths with the model, collate one batch and take one forward/backward step
+(SPEC §8 items 11, 13, 14, 16, 18, 23).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("torch", "transformers", "datasets", "accelerate", "evaluate", "deepspeed", "tokenizers", "s3fs", "boto3")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool | None  # None = not applicable / skipped
+    detail: str
+
+    def line(self) -> str:
+        mark = {True: "ok", False: "FAIL", None: "--"}[self.ok]
+        return f"  [{mark:>4}] {self.name}: {self.detail}"
+
+
+def environment() -> list[tuple[str, str]]:
+    import torch
+
+    rows = [("python", f"{platform.python_version()} ({platform.machine()}, {platform.system()})")]
+    versions = []
+    for name in PACKAGES:
+        try:
+            versions.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{name} -")
+    rows.append(("packages", " · ".join(versions)))
+    if torch.cuda.is_available():
+        gpus = []
+        for i in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(i)
+            gpus.append(f"{torch.cuda.get_device_name(i)} ({free / 2**30:.1f}/{total / 2**30:.1f} GiB free)")
+        bf16 = "bf16 yes" if torch.cuda.is_bf16_supported() else "bf16 no"
+        rows.append(("accelerator", f"CUDA {torch.version.cuda}, {len(gpus)} GPU(s): {'; '.join(gpus)}; {bf16}; "
+                                    f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}"))
+    else:
+        rows.append(("accelerator", f"none: CPU only ({os.cpu_count()} cores, {torch.get_num_threads()} torch "
+                                    "threads); train in fp32"))
+    world = os.environ.get("WORLD_SIZE", "1")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    rows.append(("processes", f"WORLD_SIZE={world} RANK={os.environ.get('RANK', '0')} "
+                              f"LOCAL_RANK={os.environ.get('LOCAL_RANK', '0')} (backend {backend})"))
+    mem = _meminfo()
+    if mem:
+        rows.append(("memory", f"{mem[0] / 2**30:.1f} GiB total, {mem[1] / 2**30:.1f} GiB available"))
+    from nlpjobs.storage import cache_dir
+
+    for label, path in (("disk (cache)", cache_dir()), ("disk (tmp)", Path(os.environ.get("TMPDIR", "/tmp")))):
+        usage = shutil.disk_usage(path)
+        rows.append((label, f"{path}: {usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB"))
+    return rows
+
+
+def _meminfo() -> tuple[int, int] | None:
+    try:
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def storage_check(root: str) -> Check:
+    """Write, read back and delete a probe object under ``root``."""
+    from nlpjobs import storage
+
+    probe = storage.join(root, f".doctor-{uuid.uuid4().hex[:8]}")
+    started = time.time()
+    try:
+        storage.write_bytes(probe, b"nlpjobs doctor")
+        ok = storage.read_bytes(probe) == b"nlpjobs doctor"
+        storage.remove(probe)
+    except Exception as exc:  # StorageError and anything the filesystem raises
+        return Check("object storage", False, f"{root}: {exc}")
+    return Check("object storage", ok, f"{root}: write/read/delete in {time.time() - started:.2f}s")
+
+
+def job_checks(job: Any) -> Iterator[Check]:
+    """Task checks of ``job``; stops at the first failure that makes the next checks meaningless."""
+    import torch
+
+    from nlpjobs import paths
+    from nlpjobs.data.shards import load_split, load_tokenizer, open_dataset
+    from nlpjobs.tasks import get_task
+    from nlpjobs.train.engine import model_inputs
+    from nlpjobs.train.smoke import initial_loss_check
+
+    task = get_task(job.task)
+    yield Check("config", True, f"task {job.task}, run {job.name!r}, storage {job.storage}")
+    uri = paths.dataset_uri(job, task)
+    try:
+        manifest = open_dataset(uri)
+    except Exception as exc:
+        yield Check("dataset", None, f"not usable yet ({exc}); run `nlpjobs preprocess` first")
+        return
+    rows = {s: manifest.rows(s) for s in manifest.splits}
+    yield Check("dataset", True, f"committed at {uri}: " + ", ".join(f"{s} {n} rows" for s, n in rows.items()))
+    truncated = manifest.info.get("truncated")
+    if truncated:
+        yield Check("lengths", True, f"truncated at preprocessing (stated in the manifest): {truncated}")
+    tokenizer = load_tokenizer(manifest)
+    try:
+        model = task.build_model(job, manifest, tokenizer)
+    except Exception as exc:
+        yield Check("model", False, str(exc))
+        return
+    n_params = sum(p.numel() for p in model.parameters())
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    yield Check("model", True, f"{type(model).__name__}, {n_params / 1e6:.1f}M parameters"
+                + (f", {limit} positions" if limit else ""))
+    train = model_inputs(task, load_split(manifest, "train"))
+    missing = [c for c in ("input_ids",) if c not in train.column_names]
+    yield Check("columns", not missing, ", ".join(train.column_names) + (f"; missing {missing}" if missing else ""))
+    if missing:
+        return
+    batch = task.collator(tokenizer, model)([train[i] for i in range(min(job.train.batch_size, len(train)))])
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items() if hasattr(v, "shape"))
+    seq = batch["input_ids"].shape[-1]
+    too_long = limit is not None and seq > limit
+    yield Check("one batch", not too_long, shapes + (f"; sequence {seq} > model limit {limit}" if too_long else ""))
+    if too_long:
+        return
+    model.train()
+    loss = task.loss(model, batch)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    finite = bool(torch.isfinite(loss)) and all(bool(torch.isfinite(g).all()) for g in grads)
+    sanity = initial_loss_check(task, model, batch, float(loss.detach()), job.model.name.startswith("scratch:"))
+    detail = f"loss {float(loss.detach()):.4f}"
+    if sanity:
+        detail += f" vs random guess {sanity['random_guess']:.4f} ({sanity['ratio']:.2f}x)"
+        if sanity["warning"]:
+            detail += f"; WARNING {sanity['warning']}"
+    detail += f"; {len(grads)} gradients " + ("finite" if finite else "NOT finite")
+    yield Check("forward/backward", finite, detail)

@@ -24,6 +24,8 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("nlpjobs").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not os.path.exists("/dev/nvidiactl"):  # else DeepSpeed (imported by Accelerate) warns it fell back to CPU
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:
         import datasets
         import transformers

@@ -285,6 +285,10 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
         loader_rng.manual_seed(cfg.seed * 7919 + epoch)  # worker seeds depend on the epoch only
         skip = done_in_epoch * cfg.grad_accum
         loader = acc.skip_first_batches(train_dl, skip) if skip else train_dl
+        # Accelerate's loaders call set_epoch(<their own iteration count>) on the sampler at every __iter__:
+        # a loader first iterated after a resume would replay epoch 0's order. Tell it the real epoch.
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
         micro = skip
         window = _window(micro, micro_per_epoch, cfg.grad_accum)
         for batch in loader:

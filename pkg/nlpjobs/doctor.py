@@ -101,7 +101,7 @@ def job_checks(job: Any) -> Iterator[Check]:
     from nlpjobs.data.shards import load_split, load_tokenizer, open_dataset
     from nlpjobs.tasks import get_task
     from nlpjobs.train.engine import model_inputs
-    from nlpjobs.train.smoke import initial_loss_check
+    from nlpjobs.train.smoke import first_train_batch, initial_loss_check
 
     task = get_task(job.task)
     yield Check("config", True, f"task {job.task}, run {job.name!r}, storage {job.storage}")
@@ -127,11 +127,12 @@ def job_checks(job: Any) -> Iterator[Check]:
     yield Check("model", True, f"{type(model).__name__}, {n_params / 1e6:.1f}M parameters"
                 + (f", {limit} positions" if limit else ""))
     train = model_inputs(task, load_split(manifest, "train"))
-    missing = [c for c in ("input_ids",) if c not in train.column_names]
-    yield Check("columns", not missing, ", ".join(train.column_names) + (f"; missing {missing}" if missing else ""))
-    if missing:
+    columns = train.column_names
+    yield Check("columns", "input_ids" in columns, ", ".join(columns) + ("" if "input_ids" in columns else
+                                                                          "; missing input_ids"))
+    if "input_ids" not in columns:
         return
-    batch = task.collator(tokenizer, model)([train[i] for i in range(min(job.train.batch_size, len(train)))])
+    batch = first_train_batch(task, train, tokenizer, model, job.train.batch_size)
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in batch.items() if hasattr(v, "shape"))
     seq = batch["input_ids"].shape[-1]
     too_long = limit is not None and seq > limit

@@ -31,8 +31,6 @@ from nlpjobs.tasks.base import EvalContext, Task
 from nlpjobs.train.checkpoint import CheckpointStore
 
 log = logging.getLogger(__name__)
-if not torch.cuda.is_available():  # DeepSpeed (imported by Accelerate) otherwise warns that it fell back to CPU
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
 RESUME_SECTIONS = ("data", "model", "preprocess", "train", "deepspeed")
 
 
@@ -253,10 +251,6 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     if resumed_from is not None:
         state = store.load(acc, resumed_from)
         step, history = state["step"], state["history"]
-        # DeepSpeed's ZeRO optimizer restores its states but not the groups' learning rates: take them
-        # from the restored schedule (a no-op without DeepSpeed, where they already agree).
-        for group, lr in zip(scheduler.optimizer.param_groups, scheduler.get_last_lr()):
-            group["lr"] = lr
         acc.print(f"resumed from committed checkpoint step {step} of {total_steps}")
     ctx = EvalContext(acc, job, manifest, tokenizer, show_progress)
 

@@ -72,6 +72,11 @@ class OverfitResult:
         return "\n".join(rows)
 
 
+def first_train_batch(task: Task, train_ds: Any, tokenizer: Any, model: Any, size: int) -> dict[str, Any]:
+    """The first ``size`` rows of the (model-input) training split, collated as the engine collates them."""
+    return task.collator(tokenizer, model)([train_ds[i] for i in range(min(size, len(train_ds)))])
+
+
 def overfit_batch(job: JobConfig, steps: int, ratio: float = 0.5, learning_rate: float | None = None,
                   batch_size: int | None = None) -> OverfitResult:
     """Train fresh weights on the first training batch for ``steps`` steps; nothing is written anywhere.
@@ -88,8 +93,7 @@ def overfit_batch(job: JobConfig, steps: int, ratio: float = 0.5, learning_rate:
     set_seed(job.train.seed)
     model = task.build_model(job, manifest, tokenizer)
     train_ds = model_inputs(task, load_split(manifest, "train"))
-    size = min(batch_size or job.train.batch_size, len(train_ds))
-    batch = task.collator(tokenizer, model)([train_ds[i] for i in range(size)])
+    batch = first_train_batch(task, train_ds, tokenizer, model, batch_size or job.train.batch_size)
     optimizer = torch.optim.AdamW(grouped_parameters(model, 0.0), lr=learning_rate or job.train.learning_rate)
     model.train()
     result = OverfitResult(ratio_needed=ratio)

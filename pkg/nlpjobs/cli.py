@@ -48,29 +48,34 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from nlpjobs.config import ConfigError
-        from nlpjobs.data.shards import DatasetError
-        from nlpjobs.k8s.cluster import ClusterError
-        from nlpjobs.k8s.helm import HelmError
-        from nlpjobs.storage import StorageError
-        from nlpjobs.tasks.base import TaskDataError
-        from nlpjobs.train.engine import TrainingInterrupted
-        from nlpjobs.train.sentinel import NonFiniteError
-
         try:
             return fn(*args, **kwargs)
-        except ConfigError as exc:
-            _fail(f"invalid configuration: {exc}", 2)
-        except (TaskDataError, DatasetError) as exc:
-            _fail(f"bad data: {exc}", 3)
-        except StorageError as exc:
-            _fail(f"storage: {exc}", 4)
-        except (ClusterError, HelmError) as exc:
-            _fail(f"cluster: {exc}", 6)
-        except TrainingInterrupted as exc:
-            _fail(str(exc), 143)
-        except NonFiniteError as exc:
-            _fail(str(exc), 8)
+        except Exception as exc:  # noqa: BLE001 - classified below; the imports wait for a failure
+            from nlpjobs.config import ConfigError
+            from nlpjobs.data.shards import DatasetError
+            from nlpjobs.k8s.cluster import ClusterError
+            from nlpjobs.k8s.helm import HelmError
+            from nlpjobs.storage import StorageError, explain_local_os_error
+            from nlpjobs.tasks.base import TaskDataError
+            from nlpjobs.train.sentinel import NonFiniteError
+            from nlpjobs.train.stop import TrainingInterrupted
+
+            if isinstance(exc, ConfigError):
+                _fail(f"invalid configuration: {exc}", 2)
+            if isinstance(exc, (TaskDataError, DatasetError)):
+                _fail(f"bad data: {exc}", 3)
+            if isinstance(exc, StorageError):
+                _fail(f"storage: {exc}", 4)
+            if isinstance(exc, (ClusterError, HelmError)):
+                _fail(f"cluster: {exc}", 6)
+            if isinstance(exc, TrainingInterrupted):
+                _fail(str(exc), 143)
+            if isinstance(exc, NonFiniteError):
+                _fail(str(exc), 8)
+            local = explain_local_os_error(exc)
+            if local:
+                _fail(f"local disk: {local}", 4)
+            raise
 
     return wrapper
 
@@ -245,6 +250,9 @@ def train(config_path: str, overrides: tuple[str, ...], quiet: bool, launch_from
         except LaunchError as exc:
             _fail(f"launch: {exc}", 5)
         return
+    from nlpjobs.train.stop import current
+
+    current().install()  # before the slow imports and loading: a SIGTERM then must not be lost
     _do_train(job, quiet)
 
 

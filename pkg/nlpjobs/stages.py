@@ -31,6 +31,7 @@ def preprocess(job: JobConfig) -> PreprocessResult:
     uri = paths.dataset_uri(job, task)
     if storage.exists(storage.join(uri, shards.SUCCESS)):
         return PreprocessResult(uri, shards.open_dataset(uri), True, time.time() - started)
+    storage.probe_writable(job.storage)  # credentials, bucket and reachability before the tokenization
     tokenizer = task.load_tokenizer(job)
     raw = sources.load_raw(job.data, job.train.seed)
     prepared = task.prepare(job, raw, tokenizer)

@@ -290,9 +290,52 @@ def copy_tree(src_uri: str, dst_uri: str) -> None:
         retry(lambda f=f, t=target: fs.copy(f, t), "copying", src_uri)
 
 
+def probe_writable(root: str) -> float:
+    """Write, read back and delete a probe object under ``root`` (before any compute is spent).
+
+    Raises StorageError (access denied, missing bucket, unreachable endpoint); returns the seconds taken.
+    """
+    import uuid
+
+    started = time.time()
+    probe = join(root, f".nlpjobs-probe-{uuid.uuid4().hex[:8]}")
+    write_bytes(probe, b"nlpjobs probe")
+    if read_bytes(probe) != b"nlpjobs probe":
+        raise StorageError(f"{root}: a probe object read back different bytes than were written; check the "
+                           f"object store at {endpoint()}")
+    remove(probe)
+    return time.time() - started
+
+
+_LOCAL_ERRNOS = {errno.ENOSPC: "no space left", errno.EDQUOT: "disk quota exceeded",
+                 errno.EROFS: "read-only file system", errno.EACCES: "permission denied"}
+
+
+def explain_local_os_error(exc: BaseException) -> str | None:
+    """A clear message for a local-disk failure (full scratch, read-only or foreign directory), else None."""
+    for cause in (exc, exc.__cause__, exc.__context__):
+        code, where = None, None
+        if isinstance(cause, OSError) and cause.errno in _LOCAL_ERRNOS:
+            code, where = cause.errno, cause.filename
+        elif isinstance(cause, OSError):  # shutil.Error and friends carry the errors as text
+            code = next((c for c in (errno.ENOSPC, errno.EDQUOT) if os.strerror(c) in str(cause)), None)
+        if code is not None:
+            where = where or os.environ.get("NLPJOBS_CACHE") or "the local cache"
+            detail = str(cause) if len(str(cause)) < 300 else str(cause)[:300] + "..."
+            return (f"{_LOCAL_ERRNOS[code]} writing {where} ({detail}). nlpjobs stages data, checkpoints "
+                    f"and models under NLPJOBS_CACHE={cache_dir_path()}: free space there, point NLPJOBS_CACHE "
+                    "at a larger writable volume, or raise the chart's scratch size (scratch.sizeLimit). "
+                    "Nothing was committed by the failed step.")
+    return None
+
+
+def cache_dir_path() -> Path:
+    return Path(os.environ.get("NLPJOBS_CACHE", Path.home() / ".cache" / "nlpjobs"))
+
+
 def cache_dir() -> Path:
     """Local scratch/cache directory (NLPJOBS_CACHE, default ~/.cache/nlpjobs)."""
-    root = Path(os.environ.get("NLPJOBS_CACHE", Path.home() / ".cache" / "nlpjobs"))
+    root = cache_dir_path()
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -251,6 +251,7 @@ def test_matrix(case: dict[str, Any], rendered: dict[str, list[dict[str, Any]]],
     assert env["NLPJOBS_MASTER_ADDR"] == f"{JOB_NAMES['train']}-0.{svc['metadata']['name']}"
     assert env["NLPJOBS_MASTER_PORT"] == str(svc["spec"]["ports"][0]["port"]) == "29500"
     assert env["NLPJOBS_RDZV_TIMEOUT"] == "600"
+    assert env["NLPJOBS_SHUTDOWN_TIMEOUT"] == "105"  # the 120 s grace period minus the margin
     assert len(f"{train['metadata']['name']}-{nodes - 1}") <= 63  # pod hostnames are DNS labels
 
 
@@ -327,6 +328,7 @@ def test_options(helm: Path, tmp_path: Path) -> None:
     env = _env(_pod(train)["containers"][0])
     assert env["NLPJOBS_MASTER_ADDR"] == f"{JOB_NAMES['train']}-0.{JOB_NAMES['train']}.ml.svc.k.local"
     assert env["NLPJOBS_MASTER_PORT"] == "23456" and env["NLPJOBS_RDZV_TIMEOUT"] == "900"
+    assert env["NLPJOBS_SHUTDOWN_TIMEOUT"] == "585"  # follows the 600 s grace period
     assert res["Service", JOB_NAMES["train"]]["spec"]["ports"][0]["port"] == 23456
     assert _pod(train)["containers"][0]["ports"] == [{"name": "rendezvous", "containerPort": 23456, "protocol": "TCP"}]
 

@@ -12,17 +12,19 @@ from nlpjobs.train.launch import LaunchError, plan_from_env, wait_for_master
 
 def test_plan_from_indexed_job_env() -> None:
     plan = plan_from_env({"JOB_COMPLETION_INDEX": "1", "NLPJOBS_NNODES": "2", "NLPJOBS_NPROC_PER_NODE": "8",
-                          "NLPJOBS_MASTER_ADDR": "clm-train-0.clm-train", "NLPJOBS_MASTER_PORT": "29400"})
+                          "NLPJOBS_MASTER_ADDR": "clm-train-0.clm-train", "NLPJOBS_MASTER_PORT": "29400",
+                          "NLPJOBS_SHUTDOWN_TIMEOUT": "105"})
     argv = plan.torchrun_argv(["train", "-c", "jobs/clm.yaml"])
     assert argv[1:3] == ["-m", "torch.distributed.run"]
     assert {"--nnodes=2", "--nproc_per_node=8", "--node_rank=1", "--master_addr=clm-train-0.clm-train",
-            "--master_port=29400", "--rdzv_backend=static", "--max_restarts=0"} <= set(argv)
+            "--master_port=29400", "--rdzv_backend=static", "--max_restarts=0", "--shutdown-timeout=105"} <= set(argv)
     assert argv[-5:] == ["-m", "nlpjobs", "train", "-c", "jobs/clm.yaml"]
 
 
 def test_single_node_defaults() -> None:
     plan = plan_from_env({})
     assert (plan.nnodes, plan.nproc_per_node, plan.node_rank, plan.master_addr) == (1, 1, 0, "127.0.0.1")
+    assert plan.shutdown_timeout_s == 30  # torchrun's own default
 
 
 @pytest.mark.parametrize(("env", "message"), [

@@ -46,6 +46,8 @@ class EvalContext:
     manifest: Manifest
     tokenizer: Any
     show_progress: bool = True
+    should_stop: Callable[[], bool] | None = None
+    """Called after every evaluation batch (on every process): True abandons the evaluation (SIGTERM)."""
 
 
 class Task:

@@ -29,6 +29,8 @@ from nlpjobs.data.shards import Manifest, load_split, load_tokenizer, open_datas
 from nlpjobs.tasks import get_task
 from nlpjobs.tasks.base import EvalContext, Task
 from nlpjobs.train.checkpoint import CheckpointStore
+from nlpjobs.train.stop import EvaluationInterrupted, TrainingInterrupted, detach_worker
+from nlpjobs.train.stop import current as stop_request
 
 log = logging.getLogger(__name__)
 RESUME_SECTIONS = ("data", "model", "preprocess", "train", "deepspeed")
@@ -49,52 +51,6 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.length
-
-
-class TrainingInterrupted(RuntimeError):
-    """Training stopped on SIGTERM after committing a checkpoint; rerunning resumes from it."""
-
-    def __init__(self, step: int, checkpoint_uri: str) -> None:
-        super().__init__(f"stopped by SIGTERM at optimizer step {step}; checkpoint committed at {checkpoint_uri}. "
-                         "Rerun the same command to resume.")
-        self.step, self.checkpoint_uri = step, checkpoint_uri
-
-
-class StopRequest:
-    """SIGTERM (preemption, pod deletion) asks for a checkpoint at the next optimizer step, then an exit.
-
-    Every process must agree before a collective checkpoint: with several processes the flag is
-    all-reduced together with the loss every ``log_every`` steps (no extra per-step synchronisation),
-    so the grace period must cover ``log_every`` steps plus one checkpoint.
-    """
-
-    def __init__(self) -> None:
-        import signal
-        import threading
-
-        self.requested = False
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if not self.requested:
-            log.warning("SIGTERM received: checkpointing at the next optimizer step, then exiting")
-        self.requested = True
-
-    def agreed(self, acc: Any, boundary: bool) -> bool:
-        if acc.num_processes == 1:
-            return self.requested
-        if not boundary:
-            return False
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=acc.device)
-        return bool(acc.reduce(flag, reduction="sum").item() > 0)
-
-    def restore(self) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
 
 
 def grouped_parameters(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -196,11 +152,21 @@ def check_run(job: JobConfig, run_uri: str, is_main: bool) -> bool:
 
 
 def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
+    """Train ``job`` on its committed dataset, resuming from the newest committed checkpoint."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    started = time.time()
+    stop = stop_request()
+    stop.install()  # the CLI installs it earlier; here for library callers
+    try:
+        return _train(job, show_progress, stop, started)
+    finally:
+        stop.restore()
+
+
+def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> TrainResult:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    started = time.time()
     task = get_task(job.task)
     cfg = job.train
     acc = make_accelerator(job)
@@ -223,10 +189,10 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     # A loader-owned generator: creating an iterator must not draw from the global RNG, or a run
     # resumed mid-epoch would see different dropout masks than the uninterrupted run.
     loader_rng = torch.Generator()
+    workers = {"num_workers": cfg.num_workers, "worker_init_fn": detach_worker if cfg.num_workers else None}
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
-                          num_workers=cfg.num_workers, drop_last=False, generator=loader_rng)
-    eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=collate,
-                         num_workers=cfg.num_workers)
+                          drop_last=False, generator=loader_rng, **workers)
+    eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=collate, **workers)
     optimizer = torch.optim.AdamW(grouped_parameters(model, cfg.weight_decay), lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
     model, optimizer, train_dl, eval_dl = acc.prepare(model, optimizer, train_dl, eval_dl)
@@ -252,10 +218,27 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
         state = store.load(acc, resumed_from)
         step, history = state["step"], state["history"]
         acc.print(f"resumed from committed checkpoint step {step} of {total_steps}")
-    ctx = EvalContext(acc, job, manifest, tokenizer, show_progress)
+    if stop.agreed(acc):  # SIGTERM while loading: nothing new to save
+        raise TrainingInterrupted(step, None, during="loading")
+    ctx = EvalContext(acc, job, manifest, tokenizer, show_progress, should_stop=lambda: stop.agreed(acc))
 
     def run_eval(at: int) -> dict[str, Any]:
-        metrics = task.evaluate(ctx, model, eval_dl)
+        """Evaluate at step ``at``; on SIGTERM during it, commit step ``at`` with the evaluation pending."""
+        # The evaluation must not move the training RNG (its loader draws a seed from it): a resumed run
+        # that repeats an interrupted evaluation would otherwise see other dropout masks afterwards.
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        try:
+            with torch.random.fork_rng(devices=devices):
+                metrics = task.evaluate(ctx, model, eval_dl)
+        except EvaluationInterrupted:
+            history["pending_eval"] = at
+            uri = None
+            if at > 0:
+                checkpoint(at)
+                uri = storage.join(store.uri, f"step-{at:08d}")
+            bar.close()
+            raise TrainingInterrupted(at, uri, during="evaluation") from None
+        history.pop("pending_eval", None)
         history["eval"].append({"step": at, **{k: v for k, v in metrics.items() if not isinstance(v, dict)}})
         acc.print(f"step {at}/{total_steps} eval: {task.summary(metrics)}")
         model.train()
@@ -264,13 +247,14 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     def checkpoint(at: int) -> None:
         store.save(acc, at, {"step": at, "history": history}, cfg.keep_checkpoints)
 
-    if cfg.eval_before_training and step == 0 and not any(e["step"] == 0 for e in history["eval"]):
-        history["before_training"] = run_eval(0)
-    stop = StopRequest()
-    model.train()
     bar = tqdm(total=total_steps, initial=step, desc=f"train {job.task}", unit="step",
                disable=not (show_progress and acc.is_main_process))
     final_eval: dict[str, Any] = {}
+    if cfg.eval_before_training and step == 0 and not any(e["step"] == 0 for e in history["eval"]):
+        history["before_training"] = run_eval(0)
+    if history.get("pending_eval") == step and step > 0:  # interrupted by SIGTERM before the checkpoint
+        final_eval = run_eval(step)
+    model.train()
     loss_sum = torch.zeros((), device=acc.device)
     loss_count = 0
     while step < total_steps:
@@ -334,12 +318,10 @@ def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
                 checkpoint(step)
             if stopping:
                 bar.close()
-                stop.restore()
                 raise TrainingInterrupted(step, storage.join(store.uri, f"step-{step:08d}"))
             if step >= total_steps:
                 break
     bar.close()
-    stop.restore()
     if not final_eval and eval_every and history["eval"] and history["eval"][-1]["step"] == step:
         final_eval = history["eval"][-1]
     model_out = export_model(acc, model, tokenizer, job, scratch)

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nlpjobs.tasks.base import EvalContext
+from nlpjobs.train.stop import EvaluationInterrupted
 
 StepFn = Callable[[dict[str, Any], Any], dict[str, tuple[torch.Tensor, int]]]
 
@@ -37,6 +38,8 @@ def collect(ctx: EvalContext, model: Any, loader: Any, step: StepFn,
                     tensor = acc.pad_across_processes(tensor.contiguous(), dim=1, pad_index=pad_index)
                 gathered = acc.gather(tensor.contiguous()).cpu().numpy()
                 rows.setdefault(name, []).extend(list(gathered))
+            if ctx.should_stop is not None and ctx.should_stop():
+                raise EvaluationInterrupted(f"evaluation stopped after {len(next(iter(rows.values()), []))} rows")
     out = {name: values[:total] for name, values in rows.items()}
     for name, values in out.items():
         if len(values) != total:

@@ -4,7 +4,8 @@ An Indexed Job gives each pod ``JOB_COMPLETION_INDEX``; the chart adds ``NLPJOBS
 ``NLPJOBS_NPROC_PER_NODE``, ``NLPJOBS_MASTER_ADDR`` (``<job>-0.<headless service>``) and
 ``NLPJOBS_MASTER_PORT``. Ranks > 0 first wait, with a bounded timeout and a log line every few
 seconds, until the master's port answers; then this process is replaced by torchrun (``exec``), so
-SIGTERM reaches the agent, which forwards it to the workers.
+SIGTERM reaches the agent, which forwards it to the workers and gives them ``NLPJOBS_SHUTDOWN_TIMEOUT``
+seconds (the chart sets the pod's grace period minus a margin) to commit a checkpoint before it kills them.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ class LaunchPlan:
     master_addr: str
     master_port: int
     rdzv_timeout_s: int
+    shutdown_timeout_s: int = 30
 
     def torchrun_argv(self, command: list[str]) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run",
                 f"--nnodes={self.nnodes}", f"--nproc_per_node={self.nproc_per_node}",
                 f"--node_rank={self.node_rank}", f"--master_addr={self.master_addr}",
                 f"--master_port={self.master_port}", "--rdzv_backend=static", "--max_restarts=0",
+                f"--shutdown-timeout={self.shutdown_timeout_s}",
                 "-m", "nlpjobs", *command]
 
 
@@ -66,7 +69,7 @@ def plan_from_env(env: dict[str, str] | None = None) -> LaunchPlan:
         raise LaunchError("NLPJOBS_MASTER_ADDR is not set: with several nodes it must name rank 0's pod "
                           "(<job>-0.<headless service>)")
     return LaunchPlan(nnodes, nproc, rank, master, _int_env(env, "NLPJOBS_MASTER_PORT", 29500),
-                      _int_env(env, "NLPJOBS_RDZV_TIMEOUT", 600))
+                      _int_env(env, "NLPJOBS_RDZV_TIMEOUT", 600), _int_env(env, "NLPJOBS_SHUTDOWN_TIMEOUT", 30))
 
 
 def wait_for_master(plan: LaunchPlan, log=print, interval_s: float = 5.0) -> None:  # noqa: ANN001

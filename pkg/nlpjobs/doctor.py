@@ -12,6 +12,7 @@ import importlib.metadata
 import os
 import platform
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,3 +147,29 @@ def job_checks(job: Any) -> Iterator[Check]:
             detail += f"; WARNING {sanity['warning']}"
     detail += f"; {len(grads)} gradients " + ("finite" if finite else "NOT finite")
     yield Check("forward/backward", finite, detail)
+    if finite:
+        model.zero_grad(set_to_none=True)
+        yield evaluation_check(job, task, manifest, tokenizer, model)
+
+
+def evaluation_check(job: Any, task: Any, manifest: Any, tokenizer: Any, model: Any, examples: int = 8) -> Check:
+    """The task's whole evaluation path (forward, gather, post-processing, metric) on the first few
+    evaluation rows, so a broken metric shows before hours of training rather than after."""
+    from torch.utils.data import DataLoader
+
+    from nlpjobs.data.shards import load_split
+    from nlpjobs.tasks.base import EvalContext
+    from nlpjobs.train.engine import make_accelerator, model_inputs
+
+    started = time.time()
+    rows = model_inputs(task, load_split(manifest, "eval"))
+    subset = rows.select(range(min(examples, len(rows))))
+    loader = DataLoader(subset, batch_size=min(job.evaluate.batch_size, len(subset)),
+                        collate_fn=task.collator(tokenizer, model))
+    acc = make_accelerator(job, training=False)
+    try:
+        metrics = task.evaluate(EvalContext(acc, job, manifest, tokenizer, show_progress=False), model, loader)
+    except Exception as exc:  # noqa: BLE001 - any failure of the path is the finding
+        return Check("evaluation", False, f"{type(exc).__name__}: {exc}")
+    return Check("evaluation", True, f"metric on the first {len(subset)} eval rows: {task.summary(metrics)} "
+                                     f"({time.time() - started:.1f}s)")

@@ -63,7 +63,10 @@ def _corpus(name: str) -> Corpus:
 
         CORPORA[name] = importlib.import_module(PLUGINS[name]).CORPUS
     if name not in CORPORA:
-        raise ValueError(f"unknown offline corpus {name!r}; known: {', '.join(sorted({*CORPORA, *PLUGINS}))}")
+        from nlpjobs.config import ConfigError
+
+        raise ConfigError(f"data.source: unknown offline corpus {name!r}; known: "
+                          f"{', '.join(sorted({*CORPORA, *PLUGINS}))} (or use hub:<name> / files:<dir>)")
     return CORPORA[name]
 
 

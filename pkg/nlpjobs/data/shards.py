@@ -165,9 +165,16 @@ def open_dataset(uri: str, verify: bool = True) -> Manifest:
             raise DatasetError(f"dataset {uri} is incomplete (no {SUCCESS} marker): an earlier preprocess was "
                                "interrupted. Rerun `nlpjobs preprocess`; it replaces the partial prefix.")
         raise DatasetError(f"no dataset at {uri}. Run `nlpjobs preprocess` with the same config first.")
-    data = storage.read_json(storage.join(uri, MANIFEST))
-    if data.get("format") != FORMAT_VERSION or "splits" not in data:
-        raise DatasetError(f"{uri}/{MANIFEST}: unknown manifest format {data.get('format')!r}; "
+    try:
+        data = storage.read_json(storage.join(uri, MANIFEST))
+    except storage.StorageError as exc:
+        if "not valid JSON" not in str(exc):
+            raise
+        raise DatasetError(f"dataset {uri} is corrupted: {exc}. Delete the prefix and rerun `nlpjobs preprocess`.") \
+            from exc
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION or "splits" not in data:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise DatasetError(f"{uri}/{MANIFEST}: unknown manifest format {found!r}; "
                            "rerun `nlpjobs preprocess` with this version of nlpjobs.")
     manifest = Manifest(uri, data)
     if verify:

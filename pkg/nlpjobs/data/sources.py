@@ -21,11 +21,21 @@ def _load_files(location: str, split: str) -> datasets.Dataset:
 
                 raise TaskDataError(f"split {split!r}: {uri} is empty (0 bytes); nothing to train or evaluate on. "
                                     "Check the file or point data.train_split/eval_split at another one.")
-            if uri.startswith("file://"):
-                _, path = storage.resolve(uri)
-                return datasets.load_dataset(builder, data_files=path, split="train")
-            return datasets.load_dataset(builder, data_files=uri, split="train",
-                                         storage_options=storage.resolve(uri)[0].storage_options)
+            from datasets.exceptions import DatasetGenerationError
+
+            from nlpjobs.tasks.base import TaskDataError
+
+            local = uri.startswith("file://")
+            try:
+                if local:
+                    return datasets.load_dataset(builder, data_files=storage.resolve(uri)[1], split="train")
+                return datasets.load_dataset(builder, data_files=uri, split="train",
+                                             storage_options=storage.resolve(uri)[0].storage_options)
+            except DatasetGenerationError as exc:
+                cause = exc.__cause__ or exc.__context__ or exc
+                raise TaskDataError(f"split {split!r}: {uri} cannot be parsed as {ext[1:]} "
+                                    f"({type(cause).__name__}: {cause}). Fix the file (one JSON object per line "
+                                    "for .jsonl) or convert it.") from exc
     raise ConfigError(f"data.source: no {split}.jsonl/.json/.parquet/.csv under {location}")
 
 

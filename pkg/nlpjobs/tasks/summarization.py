@@ -190,7 +190,7 @@ class SummarizationTask(Seq2SeqTask):
 
         out = self.generate_and_score(ctx, model, loader)
         eval_split = load_split(ctx.manifest, "eval")
-        languages = (eval_split["language"] if "language" in eval_split.column_names
+        languages = (list(eval_split["language"])[:out["examples"]] if "language" in eval_split.column_names
                      else [ctx.manifest.info.get("default_language", "en")] * out["examples"])
         metrics: dict[str, Any] = rouge_scores(out["predictions"], out["references"], languages)
         lead = {k: v for k, v in ctx.manifest.info.get("lead_baseline", {}).items() if k in ROUGE_KEYS}

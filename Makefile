@@ -44,6 +44,10 @@ test: $(STAMP) ## Lint, the suite (own SeaweedFS server, multi-process runs), th
 test-unit: $(STAMP) ## Fast unit tests only.
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
+BENCH_ARGS ?=
+bench: $(STAMP) ## Speed beside the course recipe: bench/results.{json,md} (TASK=ner for one task, BENCH_ARGS="--quick").
+	$(BIN)/python -m nlpjobs.bench $(if $(filter command line environment,$(origin TASK)),--task $(TASK)) --out bench $(BENCH_ARGS)
+
 FLAVOR ?= cpu
 TASKS ?= ner qa mlm translation summarization clm
 images: $(STAMP) ## Build nlpjobs-base and one image per task (FLAVOR=cpu|cuda TASKS="ner clm" REGISTRY=reg/ BASE_IMAGE=...).

@@ -1,0 +1,5 @@
+"""Entry point of ``python -m nlpjobs.bench`` (``make bench``)."""
+
+from nlpjobs.bench.cli import main
+
+raise SystemExit(main())

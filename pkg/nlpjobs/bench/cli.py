@@ -1,0 +1,199 @@
+"""``python -m nlpjobs.bench``: run the figures, write results.json / results.md, print the table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from nlpjobs.bench.common import Sizes, log, short
+from nlpjobs.bench.records import Sample, aggregate, markdown_table, write_results
+
+FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale")
+TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
+PREPROCESS_TASKS = ("ner", "qa")
+TRAIN_TASKS = ("ner",)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m nlpjobs.bench",
+        description="Measure nlpjobs side by side with the course recipe on the same data, model and machine; "
+                    "write OUT/results.json and OUT/results.md (medians of the repeats) and print the table. "
+                    "Figures never fail on a slow number; a figure that cannot be measured says why.")
+    p.add_argument("--task", choices=("all", *TASKS), default="all",
+                   help="Only the figures of this task (default: all tasks). Storage reads NER shards and counts "
+                        "as ner; QA post-processing is qa.")
+    p.add_argument("--figures", default=",".join(FIGURES),
+                   help=f"Comma-separated figures to run, from {', '.join(FIGURES)} (default: all).")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="Repeats of every figure; the table shows medians (default 3, --quick: 1).")
+    p.add_argument("--quick", action="store_true",
+                   help="Tiny sizes and one repeat: checks that every figure runs, in about two minutes; "
+                        "the numbers are not meaningful.")
+    p.add_argument("--out", type=Path, default=Path("bench"),
+                   help="Directory for results.json and results.md (default: bench). Scratch data and the raw "
+                        "per-repeat samples go to OUT/out/.")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads for every figure (default: torch's own choice, one per core).")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="Optimizer steps per training run; steps 2..N are timed (default 40, --quick: 6).")
+    p.add_argument("--train-examples", type=int, default=None,
+                   help="Training sentences of the training figure's dataset (default 2000, --quick: 200).")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="Per-device training batch of both engines (default 8, the course Trainer's default).")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="Learning rate of both engines in the training figure (default: the course's 2e-5; "
+                        "a few dozen steps at 2e-5 leave the eval F1 at 0, e.g. 1e-4 makes it move).")
+    p.add_argument("--ner-examples", type=int, default=None,
+                   help="CoNLL-2003 training sentences preprocessed (default: the whole split, 14,041; "
+                        "--quick: 1000).")
+    p.add_argument("--qa-examples", type=int, default=None,
+                   help="QA examples per split preprocessed (the 5 SQuAD sample questions replicated; "
+                        "default 400, --quick: 50).")
+    p.add_argument("--postproc-examples", type=int, default=None,
+                   help="Examples whose logits QA post-processing handles (default 500, --quick: 100).")
+    p.add_argument("--scale-examples", type=int, default=None,
+                   help="Largest NER training size of the scale figure; a quarter and a half of it are the "
+                        "other two (default 4000, --quick: 400).")
+    p.add_argument("--storage-mb", type=int, default=None,
+                   help="Approximate MB of shards read in the storage figure (default 64, --quick: 8).")
+    p.add_argument("--matmul-size", type=int, default=None,
+                   help="Matrix size of the fp32 matmul peak measurement (default 1024, --quick: 512).")
+    return p
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    sizes = Sizes.quick() if args.quick else Sizes()
+    if args.repeats is not None:
+        sizes.repeats = args.repeats
+    overrides = {"train_steps": args.train_steps, "train_examples": args.train_examples,
+                 "train_batch_size": args.batch_size, "ner_train_examples": args.ner_examples,
+                 "qa_examples": args.qa_examples, "qa_postproc_examples": args.postproc_examples,
+                 "storage_mb": args.storage_mb, "matmul_size": args.matmul_size, "learning_rate": args.learning_rate,
+                 "scale_examples": args.scale_examples}
+    for key, value in overrides.items():
+        if value is not None:
+            if value <= 0 or (isinstance(value, int) and value < 1):
+                raise SystemExit(f"error: --{key.replace('_', '-')}: must be > 0, got {value}")
+            setattr(sizes, key, value)
+    if sizes.repeats < 1:
+        raise SystemExit("error: --repeats: must be >= 1")
+    if sizes.train_steps < 2:
+        raise SystemExit("error: --train-steps: must be >= 2 (the first step is not timed)")
+    return sizes
+
+
+def plan(task: str, figures: list[str]) -> list[tuple[str, str]]:
+    """(figure, task) pairs to run, in the issue's priority order."""
+    wanted = TASKS if task == "all" else (task,)
+    out: list[tuple[str, str]] = []
+    for figure in figures:
+        if figure == "preprocess":
+            out += [("preprocess", t) for t in wanted]
+        elif figure == "qa-postproc" and "qa" in wanted:
+            out.append(("qa-postproc", "qa"))
+        elif figure == "storage" and "ner" in wanted:
+            out.append(("storage", "ner"))
+        elif figure == "train":
+            out += [("train", t) for t in wanted]
+        elif figure == "scale" and "ner" in wanted:
+            out.append(("scale", "ner"))
+    return out
+
+
+def not_measured(task: str, figure: str, why: str) -> Sample:
+    return Sample(task, figure, "—", None, None, True, note=f"not measured: {short(why)}")
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    figures = [f.strip() for f in args.figures.split(",") if f.strip()]
+    unknown = sorted(set(figures) - set(FIGURES))
+    if unknown:
+        raise SystemExit(f"error: --figures: unknown {unknown}; choose from {', '.join(FIGURES)}")
+    sizes = sizes_from(args)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from nlpjobs.bench import machine
+
+    started = time.time()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    log(f"measuring the fp32 matmul peak ({sizes.matmul_size}x{sizes.matmul_size}, {torch.get_num_threads()} "
+        "torch threads)")
+    host = machine.describe(sizes.matmul_size)
+    log(f"peak {host.matmul_gflops:,.1f} GFLOP/s on {host.cpu}, {host.cores} cores")
+    scratch = (args.out / "out" / f"scratch-{os.getpid()}").resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    samples: list[Sample] = []
+    todo = plan(args.task, figures)
+    log(f"{len(todo)} figure group(s): {', '.join(f'{f}/{t}' for f, t in todo)}; {sizes.repeats} repeat(s)")
+    try:
+        for i, (figure, task) in enumerate(todo, 1):
+            log(f"[{i}/{len(todo)}] {figure} / {task}")
+            samples += run_figure(figure, task, sizes, scratch, host.matmul_gflops)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    records = aggregate(samples)
+    lines = host.lines()
+    if load is not None:
+        lines.append(f"1-minute load average at start: {load:.2f} on {host.cores} cores"
+                     + (" (other work was running: figures measured under contention)" if load > 0.5 * host.cores
+                        else ""))
+    command = "python -m nlpjobs.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = (f"`{command.strip()}` · {time.strftime('%Y-%m-%d %H:%M')} · {sizes.repeats} repeat(s) · "
+              f"{time.time() - started:.0f} s")
+    write_results(args.out, records, lines, header)
+    raw = args.out / "out" / "samples.json"
+    raw.write_text(json.dumps({"machine": asdict(host), "samples": [asdict(s) for s in samples]}, indent=1) + "\n")
+    print("\n".join(["", *lines, "", markdown_table(records), ""]))
+    log(f"wrote {args.out / 'results.json'}, {args.out / 'results.md'} (raw samples: {raw})")
+    return 0
+
+
+def run_figure(figure: str, task: str, sizes: Sizes, scratch: Path, peak: float) -> list[Sample]:
+    """One figure group; an exception becomes a 'not measured' record with the reason, never a crash."""
+    runners: dict[str, Callable[[], list[Sample]]] = {}
+    if figure == "preprocess":
+        if task not in PREPROCESS_TASKS:
+            return [not_measured(task, "preprocess prepare() vs course map",
+                                 f"the course recipe for {task} is not in the benchmark yet")]
+        from nlpjobs.bench import preprocess
+
+        runners[figure] = lambda: preprocess.measure(task, sizes, scratch)
+    elif figure == "qa-postproc":
+        from nlpjobs.bench import qa_postproc
+
+        runners[figure] = lambda: qa_postproc.measure(sizes, scratch)
+    elif figure == "storage":
+        from nlpjobs.bench import storage
+
+        runners[figure] = lambda: storage.measure(sizes, scratch)
+    elif figure == "train":
+        if task not in TRAIN_TASKS:
+            return [not_measured(task, "train real tokens/s vs course Trainer",
+                                 f"the course Trainer recipe for {task} is not in the benchmark yet")]
+        from nlpjobs.bench import training
+
+        runners[figure] = lambda: training.measure(sizes, scratch, peak)
+    elif figure == "scale":
+        from nlpjobs.bench import scale
+
+        runners[figure] = lambda: scale.measure(sizes, scratch)
+    try:
+        return runners[figure]()
+    except Exception as exc:  # noqa: BLE001 - report and go on with the other figures
+        log(f"{figure} / {task} failed: {exc!r}\n{traceback.format_exc()}")
+        return [not_measured(task, figure, f"{type(exc).__name__}: {exc}")]

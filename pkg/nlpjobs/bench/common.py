@@ -1,0 +1,79 @@
+"""Helpers shared by the figure modules: presets, progress lines, timing, sizes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def repo_root() -> Path:
+    """The source checkout (jobs/, tests/ beside pkg/), else the working directory."""
+    here = Path(__file__).resolve().parents[3]
+    return here if (here / "jobs" / "local").is_dir() else Path.cwd()
+
+
+def load_preset(task: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """The task's offline preset (jobs/local/<task>.yaml) with ``--set``-style overrides."""
+    from nlpjobs.config import load_job
+
+    return load_job(repo_root() / "jobs" / "local" / f"{task}.yaml", list(overrides))
+
+
+def log(message: str) -> None:
+    """One progress line on stderr (the table goes to stdout)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def short(text: str, limit: int = 300) -> str:
+    """The first line of an error, at most ``limit`` characters (the full text goes to the log)."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= limit else first[:limit - 1] + "…"
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float]:
+    """``fn()`` and its wall-clock seconds."""
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+@dataclass
+class Sizes:
+    """How much work each figure does; ``quick`` shrinks everything to a smoke run."""
+
+    repeats: int = 3
+    ner_train_examples: int | None = None
+    """NER training sentences preprocessed (None: the whole CoNLL-2003 train split, 14,041)."""
+    ner_eval_examples: int | None = None
+    """NER validation sentences preprocessed (None: all 3,250)."""
+    qa_examples: int = 400
+    """QA examples (the 5 SQuAD sample questions replicated with distinct ids) per split."""
+    qa_postproc_examples: int = 500
+    """Examples whose random logits QA post-processing turns into answers."""
+    train_steps: int = 40
+    """Optimizer steps per training run (the first step is excluded from the throughput)."""
+    learning_rate: float | None = None
+    """Learning rate of both engines (None: the course's 2e-5)."""
+    train_batch_size: int = 8
+    """Per-device batch of both engines (the course's Trainer default)."""
+    train_examples: int = 2000
+    """Training sentences of the training figure's dataset."""
+    eval_examples: int = 300
+    """Evaluation examples behind the metric reported beside the training throughput."""
+    scale_examples: int = 4000
+    """Largest of the three NER training sizes of the scale figure (a quarter and half of it are the others)."""
+    storage_mb: int = 64
+    """Approximate size of the shards read back in the storage figure."""
+    matmul_size: int = 1024
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(repeats=1, ner_train_examples=1000, ner_eval_examples=200, qa_examples=50,
+                   qa_postproc_examples=100, train_steps=6, train_examples=200, eval_examples=50, storage_mb=8, scale_examples=400,
+                   matmul_size=512)

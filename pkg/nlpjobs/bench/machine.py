@@ -1,0 +1,102 @@
+"""The machine description of a benchmark run, with its measured fp32 matrix-multiply peak."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def matmul_gflops(size: int = 1024, seconds: float = 1.0, dtype: str = "float32") -> float:
+    """Best fp32 GFLOP/s of ``size``×``size`` matrix multiplies on the default torch device and threads.
+
+    Repeats 2·n³-FLOP products for about ``seconds`` after one warm-up and returns the best timing of
+    batches of products (the peak the hardware reaches, not the mean under interference).
+    """
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(size, size, dtype=getattr(torch, dtype), device=device)
+    b = torch.randn(size, size, dtype=getattr(torch, dtype), device=device)
+    c = a @ b  # warm-up: thread pool, allocation
+    if device == "cuda":
+        torch.cuda.synchronize()
+    best = float("inf")
+    per_batch = 1
+    t0 = time.perf_counter()
+    # Grow the batch until one batch takes >= 50 ms, so timer resolution does not matter.
+    while True:
+        start = time.perf_counter()
+        for _ in range(per_batch):
+            c = torch.mm(a, b, out=c)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        took = time.perf_counter() - start
+        if took >= 0.05:
+            best = min(best, took / per_batch)
+            if time.perf_counter() - t0 >= seconds:
+                break
+        else:
+            per_batch *= 2
+    return 2.0 * size**3 / best / 1e9
+
+
+@dataclass
+class Machine:
+    cpu: str
+    cores: int
+    torch_threads: int
+    accelerator: str
+    matmul_gflops: float
+    matmul_size: int
+    versions: dict[str, str]
+
+    def lines(self) -> list[str]:
+        """The description printed above the table."""
+        pkgs = " · ".join(f"{k} {v}" for k, v in self.versions.items())
+        return [
+            f"CPU: {self.cpu}, {self.cores} usable cores, {self.torch_threads} torch threads",
+            f"accelerator: {self.accelerator}",
+            f"measured fp32 matmul peak: {self.matmul_gflops:,.1f} GFLOP/s "
+            f"(best of {self.matmul_size}×{self.matmul_size} products)",
+            f"python {platform.python_version()} · {pkgs}",
+        ]
+
+
+def describe(matmul_size: int = 1024, seconds: float = 1.0) -> Machine:
+    """Describe this machine and measure its fp32 matmul peak now (in the same run as the figures)."""
+    import torch
+
+    accel = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only, fp32)"
+    versions = {p: _version(p) for p in ("torch", "transformers", "datasets", "accelerate", "tokenizers")}
+    return Machine(cpu_model(), usable_cores(), torch.get_num_threads(), accel,
+                   matmul_gflops(matmul_size, seconds), matmul_size, versions)

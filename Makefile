@@ -36,9 +36,12 @@ fetch: $(STAMP) ## Fetch the offline corpora into the local cache (CORPORA="conl
 lint: $(STAMP) ## ruff over the package and tests.
 	$(BIN)/ruff check pkg tests
 
+# Two pytest workers (one test file each at a time): subprocess starts, server waits and single-threaded
+# imports leave a core idle under one worker; TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) ## Lint, the suite (own SeaweedFS server, multi-process runs), then the container tier.
 	$(BIN)/ruff check pkg tests
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-containers
 
 test-unit: $(STAMP) ## Fast unit tests only.

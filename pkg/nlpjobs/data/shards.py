@@ -186,22 +186,40 @@ def local_mirror(manifest: Manifest) -> Path:
     return storage.cache_dir() / "datasets" / manifest.data.get("cache_key", "unknown")
 
 
+DOWNLOAD_THREADS = 8
+
+
+def _local_copy(manifest: Manifest, shard: dict[str, Any]) -> Path:
+    """Where a shard is read from: in place on file://, in the local mirror for remote storage."""
+    src = storage.join(manifest.uri, shard["file"])
+    if src.startswith("file://") or "://" not in src:
+        return Path(storage.resolve(src)[1])
+    return local_mirror(manifest) / shard["file"]
+
+
+def _download_shard(manifest: Manifest, shard: dict[str, Any], local: Path) -> None:
+    tmp = local.with_suffix(f".part-{uuid.uuid4().hex[:6]}")
+    storage.download(storage.join(manifest.uri, shard["file"]), tmp)
+    tmp.replace(local)
+
+
 def load_split(manifest: Manifest, split: str) -> datasets.Dataset:
     """Memory-map one split, mirroring its shards to local disk first when they are remote."""
     if split not in manifest.splits:
         raise DatasetError(f"dataset {manifest.uri} has no split {split!r}; it has {sorted(manifest.splits)}")
+    shards = manifest.splits[split]["shards"]
+    locals_ = [_local_copy(manifest, shard) for shard in shards]
+    remote = "://" in manifest.uri and not manifest.uri.startswith("file://")
+    missing = [(shard, local) for shard, local in zip(shards, locals_)
+               if remote and (not local.exists() or local.stat().st_size != shard["bytes"])]
+    if missing:  # remote shards: several requests in flight, each retried on its own
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(DOWNLOAD_THREADS, len(missing))) as pool:
+            list(pool.map(lambda item: _download_shard(manifest, *item), missing))
     parts = []
-    for shard in manifest.splits[split]["shards"]:
+    for shard, local in zip(shards, locals_):
         src = storage.join(manifest.uri, shard["file"])
-        if src.startswith("file://") or "://" not in src:
-            _, path = storage.resolve(src)
-            local = Path(path)
-        else:
-            local = local_mirror(manifest) / shard["file"]
-            if not local.exists() or local.stat().st_size != shard["bytes"]:
-                tmp = local.with_suffix(f".part-{uuid.uuid4().hex[:6]}")
-                storage.download(src, tmp)
-                tmp.replace(local)
         if local.stat().st_size != shard["bytes"]:
             raise DatasetError(f"shard {src} has {local.stat().st_size} bytes, manifest.json says {shard['bytes']}; "
                                "the dataset is corrupted. Delete it and rerun `nlpjobs preprocess`.")

@@ -36,7 +36,7 @@ def b_to_i_map(label_names: list[str]) -> np.ndarray:
     return mapping
 
 
-def align_labels_with_tokens(labels: list[int], word_ids: list[int | None], b_to_i: np.ndarray,
+def align_labels_with_tokens(labels: list[int], word_ids: list[int | None], b_to_i: np.ndarray | list[int],
                              label_all_tokens: bool = True) -> list[int]:
     """Token labels for one sentence (SPEC §1.3): -100 for special tokens; the word's label on its first
     token; on continuation tokens the I- label (or -100 with ``label_all_tokens=False``)."""
@@ -51,6 +51,27 @@ def align_labels_with_tokens(labels: list[int], word_ids: list[int | None], b_to
             out.append(int(b_to_i[labels[word_id]]) if label_all_tokens else -100)
         previous = word_id
     return out
+
+
+def check_tags(split: str, ds: datasets.Dataset, names: list[str]) -> None:
+    """Every tag inside the label space, as many tags as words: whole columns through Arrow, no row loop."""
+    import pyarrow.compute as pc
+
+    table = ds.select_columns(["tokens", "ner_tags"]).with_format("arrow")[:]
+    tags, tokens = table.column("ner_tags"), table.column("tokens")
+    flat = pc.list_flatten(tags).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    bad = flat[(flat < 0) | (flat >= len(names))]
+    if bad.size:
+        raise TaskDataError(f"ner: split {split!r} has {bad.size} tag(s) outside the label space "
+                            f"0..{len(names) - 1} ({names}), e.g. {sorted(set(bad.tolist()))[:5]}. "
+                            "Fix the data or preprocess.label_names.")
+    n_words = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
+    n_tags = pc.list_value_length(tags).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(n_words != n_tags)
+    if rows.size:
+        i = int(rows[0])
+        raise TaskDataError(f"ner: split {split!r} has {rows.size} row(s) whose tokens and ner_tags "
+                            f"differ in length (row {i}: {n_words[i]} words, {n_tags[i]} tags)")
 
 
 def label_names_of(ds: datasets.Dataset, configured: list[str]) -> list[str]:
@@ -82,19 +103,8 @@ class NerTask(Task):
         self.check_columns(raw)
         names = label_names_of(raw["train"], cfg.label_names)
         for split, ds in raw.items():
-            flat = np.concatenate([np.asarray(t, dtype=np.int64) for t in ds["ner_tags"]] or [np.zeros(0)])
-            bad = flat[(flat < 0) | (flat >= len(names))]
-            if bad.size:
-                raise TaskDataError(f"ner: split {split!r} has {bad.size} tag(s) outside the label space "
-                                    f"0..{len(names) - 1} ({names}), e.g. {sorted(set(bad.tolist()))[:5]}. "
-                                    "Fix the data or preprocess.label_names.")
-            lengths = [(i, len(t), len(g)) for i, (t, g) in enumerate(zip(ds["tokens"], ds["ner_tags"]))
-                       if len(t) != len(g)]
-            if lengths:
-                i, nt, ng = lengths[0]
-                raise TaskDataError(f"ner: split {split!r} has {len(lengths)} row(s) whose tokens and ner_tags "
-                                    f"differ in length (row {i}: {nt} words, {ng} tags)")
-        b_to_i = b_to_i_map(names)
+            check_tags(split, ds, names)
+        b_to_i = b_to_i_map(names).tolist()  # list indexing: no NumPy scalar per token
         max_length = cfg.max_length or min(tokenizer.model_max_length, 100_000)
 
         def tokenize_and_align(batch: dict[str, list]) -> dict[str, list]:

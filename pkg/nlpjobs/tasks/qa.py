@@ -15,6 +15,24 @@ from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError
 EXAMPLE_COLUMNS = ["id", "context", "question", "answers"]
 
 
+def offsets_array(column: Any) -> np.ndarray:
+    """[features, tokens, 2] offsets from an Arrow list<list<int>> column (windows padded to one length)."""
+    import pyarrow.compute as pc
+
+    n = len(column)
+    if n == 0:
+        return np.zeros((0, 0, 2), dtype=np.int64)
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    flat = pc.list_flatten(pc.list_flatten(column)).to_numpy(zero_copy_only=False)
+    if (lengths == lengths[0]).all() and flat.size == n * int(lengths[0]) * 2:
+        return flat.reshape(n, int(lengths[0]), 2)
+    rows = column.to_pylist()  # ragged windows: pad with (-1, -1), never a valid context offset
+    out = np.full((n, int(lengths.max()), 2), -1, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
 @dataclass
 class QaPreprocessConfig(PreprocessConfig):
     """Sliding-window features over question + context."""
@@ -141,15 +159,16 @@ class QaTask(Task):
             features = features.select(range(len(rows["start"])))
             wanted = set(features["example_id"])
             examples = examples.select([i for i, e in enumerate(examples["id"]) if e in wanted])
-        offsets = np.asarray(features.with_format("numpy")[:]["offset_mapping"])
-        if offsets.dtype == object:
-            offsets = np.stack([np.stack(list(row)) for row in offsets])
+        # Whole columns through Arrow: formatting every column of every row costs more than the search.
+        feature_cols = features.select_columns(["example_id", "offset_mapping"]).with_format("arrow")[:]
+        offsets = offsets_array(feature_cols.column("offset_mapping"))
+        example_cols = examples.select_columns(["id", "context", "answers"]).with_format("arrow")[:].to_pydict()
         predictions = qa_features.postprocess_predictions(
-            np.stack(rows["start"]), np.stack(rows["end"]), features["example_id"], offsets,
-            {"id": examples["id"], "context": examples["context"]}, cfg.n_best, cfg.max_answer_length)
+            np.stack(rows["start"]), np.stack(rows["end"]), feature_cols.column("example_id").to_pylist(), offsets,
+            {"id": example_cols["id"], "context": example_cols["context"]}, cfg.n_best, cfg.max_answer_length)
         result = load_metric("squad").compute(
             predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
-            references=[{"id": i, "answers": a} for i, a in zip(examples["id"], examples["answers"])])
+            references=[{"id": i, "answers": a} for i, a in zip(example_cols["id"], example_cols["answers"])])
         return {"exact_match": float(result["exact_match"]), "f1": float(result["f1"]),
                 "examples": len(predictions), "features": len(features)}
 

@@ -62,6 +62,19 @@ def grouped_parameters(model: torch.nn.Module, weight_decay: float) -> list[dict
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def make_optimizer(model: torch.nn.Module, cfg: Any, fused: bool = True) -> torch.optim.Optimizer:
+    """AdamW over the two weight-decay groups; the fused kernel (one pass over all tensors per step, on CPU
+    and GPU) where torch supports it for these parameters, else the multi-tensor one."""
+    groups = grouped_parameters(model, cfg.weight_decay)
+    kwargs = {"lr": cfg.learning_rate, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_epsilon}
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError) as exc:  # e.g. a device or dtype without the kernel
+            log.info("fused AdamW unavailable (%s); using the multi-tensor implementation", exc)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
 def model_inputs(task: Task, ds: Any) -> Any:
     keep = [c for c in task.model_columns if c in ds.column_names]
     return ds.select_columns(keep)
@@ -193,8 +206,7 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                           drop_last=False, generator=loader_rng, **workers)
     eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=collate, **workers)
-    optimizer = torch.optim.AdamW(grouped_parameters(model, cfg.weight_decay), lr=cfg.learning_rate,
-                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+    optimizer = make_optimizer(model, cfg, fused=not deepspeed)
     model, optimizer, train_dl, eval_dl = acc.prepare(model, optimizer, train_dl, eval_dl)
 
     # Sized after prepare(): the loader's length is per process.

@@ -69,14 +69,10 @@ def course_compute_predictions(start_logits: np.ndarray, end_logits: np.ndarray,
 def nlpjobs_predictions(start_logits: np.ndarray, end_logits: np.ndarray, features: datasets.Dataset,
                         examples: datasets.Dataset, n_best: int = 20, max_answer_length: int = 30) -> dict[str, str]:
     """What ``QaTask.evaluate`` does after collecting the logits: read the columns, post-process."""
-    from nlpjobs.tasks.qa_features import postprocess_predictions
+    from nlpjobs.tasks.qa import predict_answers
 
-    offsets = np.asarray(features.with_format("numpy")[:]["offset_mapping"])
-    if offsets.dtype == object:
-        offsets = np.stack([np.stack(list(row)) for row in offsets])
-    return postprocess_predictions(start_logits, end_logits, features["example_id"], offsets,
-                                   {"id": examples["id"], "context": examples["context"]}, n_best,
-                                   max_answer_length)
+    columns = examples.select_columns(["id", "context"]).with_format("arrow")[:].to_pydict()
+    return predict_answers(start_logits, end_logits, features, columns, n_best, max_answer_length)
 
 
 LOGIT_GAP = 10.0

@@ -33,6 +33,18 @@ def offsets_array(column: Any) -> np.ndarray:
     return out
 
 
+def predict_answers(start_logits: np.ndarray, end_logits: np.ndarray, features: datasets.Dataset,
+                    examples: dict[str, list[Any]], n_best: int = 20, max_answer_length: int = 30) -> dict[str, str]:
+    """Best answer per example id from the eval features' logits (what evaluation does after the forward).
+
+    Whole columns through Arrow: formatting every column of every feature row costs more than the search.
+    """
+    columns = features.select_columns(["example_id", "offset_mapping"]).with_format("arrow")[:]
+    return qa_features.postprocess_predictions(
+        start_logits, end_logits, columns.column("example_id").to_pylist(), offsets_array(columns.column("offset_mapping")),
+        {"id": examples["id"], "context": examples["context"]}, n_best, max_answer_length)
+
+
 @dataclass
 class QaPreprocessConfig(PreprocessConfig):
     """Sliding-window features over question + context."""
@@ -159,13 +171,9 @@ class QaTask(Task):
             features = features.select(range(len(rows["start"])))
             wanted = set(features["example_id"])
             examples = examples.select([i for i, e in enumerate(examples["id"]) if e in wanted])
-        # Whole columns through Arrow: formatting every column of every row costs more than the search.
-        feature_cols = features.select_columns(["example_id", "offset_mapping"]).with_format("arrow")[:]
-        offsets = offsets_array(feature_cols.column("offset_mapping"))
         example_cols = examples.select_columns(["id", "context", "answers"]).with_format("arrow")[:].to_pydict()
-        predictions = qa_features.postprocess_predictions(
-            np.stack(rows["start"]), np.stack(rows["end"]), feature_cols.column("example_id").to_pylist(), offsets,
-            {"id": example_cols["id"], "context": example_cols["context"]}, cfg.n_best, cfg.max_answer_length)
+        predictions = predict_answers(np.stack(rows["start"]), np.stack(rows["end"]), features, example_cols,
+                                      cfg.n_best, cfg.max_answer_length)
         result = load_metric("squad").compute(
             predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
             references=[{"id": i, "answers": a} for i, a in zip(example_cols["id"], example_cols["answers"])])

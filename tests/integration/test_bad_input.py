@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from clitools import ROOT, job_file
@@ -107,7 +106,6 @@ class Case:
     setup: Callable[[Env], None] | None = None
     needs_dataset: bool = False
     """Start from a committed tiny NER dataset (copied into the case's store)."""
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def pre(*sets: str) -> Callable[[Env], list[str]]:
@@ -294,4 +292,4 @@ def test_a_rerun_of_preprocess_repairs_a_broken_dataset(tmp_path: Path, committe
     result = CliRunner().invoke(main, ["preprocess", "-c", env.job()])
     assert result.exit_code == 0 and "dataset written" in result.stdout, result.output
     assert (env.dataset() / "_SUCCESS").exists()
-    assert yaml.safe_load(json.dumps(env.manifest()))["splits"]["train"]["rows"] == 16
+    assert env.manifest()["splits"]["train"]["rows"] == 16

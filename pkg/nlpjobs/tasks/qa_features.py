@@ -157,6 +157,13 @@ def course_train_labels(
     inputs = _tokenize(questions, contexts, tokenizer, max_length, stride)
     offset_mapping = inputs.pop("offset_mapping")
     sample_map = inputs.pop("overflow_to_sample_mapping")
+    return course_label_loop(inputs, offset_mapping, sample_map, answers)
+
+
+def course_label_loop(inputs: BatchEncoding, offset_mapping: Sequence[Any], sample_map: Sequence[int],
+                      answers: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[int]]:
+    """The course's loop over the tokenized features: (start, end) token positions, (0, 0) when the answer
+    is not wholly inside the window."""
     start_positions = []
     end_positions = []
 

@@ -39,10 +39,24 @@ lint: $(STAMP) ## ruff over the package and tests.
 # Two pytest workers (one test file each at a time): subprocess starts, server waits and single-threaded
 # imports leave a core idle under one worker; TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
-test: $(STAMP) ## Lint, the suite (own SeaweedFS server, multi-process runs), then the container tier.
+# The container tier starts first and beside the suite: most of it is building images (Debian and PyPI
+# downloads, layer writes), which waits on I/O while the suite's workers use the cores. Its output is
+# printed when it ends; either failing fails `make test`. CONTAINERS_ALONGSIDE=0 runs it afterwards.
+CONTAINERS_ALONGSIDE ?= 1
+test: $(STAMP) ## Lint, the suite (own SeaweedFS server, multi-process runs) and, beside it, the container tier.
 	$(BIN)/ruff check pkg tests
-	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+ifeq ($(CONTAINERS_ALONGSIDE),1)
+	@log=$$(mktemp); \
+	$(MAKE) --no-print-directory test-containers >"$$log" 2>&1 & ct=$$!; \
+	rc=0; $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	echo "[make test] main suite exited $$rc; waiting for the container tier"; \
+	ctrc=0; wait $$ct || ctrc=$$?; \
+	echo "[make test] container tier (exit $$ctrc):"; cat "$$log"; rm -f "$$log"; \
+	exit $$(( rc != 0 ? rc : ctrc ))
+else
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-containers
+endif
 
 test-unit: $(STAMP) ## Fast unit tests only.
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
@@ -83,7 +97,7 @@ kind-down: ## Delete the kind cluster.
 	images/kind.sh down
 
 test-containers: $(STAMP) ## Container tier: own dockerd, images built offline, the chart's pods run (skips without root+dockerd).
-	$(BIN)/python -m pytest -q -ra -m containers tests/containers
+	$(BIN)/python -m pytest -q -ra --durations=5 -m containers tests/containers
 
 clean: ## Remove local outputs (.nlpjobs) and the venv.
 	rm -rf .nlpjobs $(VENV)

@@ -54,6 +54,15 @@ class Sizes:
     """NER validation sentences preprocessed (None: all 3,250)."""
     qa_examples: int = 400
     """QA examples (the 5 SQuAD sample questions replicated with distinct ids) per split."""
+    mlm_reviews: int = 400
+    """MLM: IMDb training reviews preprocessed (a quarter as many eval reviews)."""
+    translation_pairs: int = 6000
+    """Translation: KDE en→fr pairs preprocessed (the eval pairs are carved out of them)."""
+    summarization_examples: int = 3000
+    """Summarization: Debian descriptions drawn for training (those with a title of >= 3 words are kept), and
+    a fifteenth as many eval descriptions (at most the preset's eval_sample, 200)."""
+    clm_files: int = 60
+    """CLM: training Python files preprocessed (plus the preset's 12 eval files); code tokenizes slowly."""
     qa_postproc_examples: int = 500
     """Examples whose random logits QA post-processing turns into answers."""
     train_steps: int = 40
@@ -70,10 +79,13 @@ class Sizes:
     """Largest of the three NER training sizes of the scale figure (a quarter and half of it are the others)."""
     storage_mb: int = 64
     """Approximate size of the shards read back in the storage figure."""
+    generation_examples: int = 200
+    """Eval examples generated for and scored by both engines in the seq2seq generation figure."""
     matmul_size: int = 1024
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(repeats=1, ner_train_examples=1000, ner_eval_examples=200, qa_examples=50,
+        return cls(repeats=1, ner_train_examples=1000, ner_eval_examples=200, qa_examples=50, mlm_reviews=100, translation_pairs=1000,
+                   summarization_examples=500, clm_files=12,
                    qa_postproc_examples=100, train_steps=6, train_examples=200, eval_examples=50, storage_mb=8, scale_examples=400,
-                   matmul_size=512)
+                   generation_examples=32, matmul_size=512)

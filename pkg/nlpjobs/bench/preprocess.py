@@ -2,8 +2,8 @@
 (``Dataset.map(batched=True)`` with the course's Python functions) and the tokenizer alone, on the same raw
 data and tokenizer (the task's offline preset in jobs/local/).
 
-The ``course_*`` functions are the course's code (SPEC §1.3, §6.3, §6.4) as written there, with only the
-tokenizer and constants passed in instead of read from globals.
+The ``course_*`` functions are the course's code (SPEC §1.3, §2.3, §3.1, §3.3, §4.1, §4.3, §5.2, §6.3, §6.4)
+as written there, with only the tokenizer and constants passed in instead of read from globals.
 """
 
 from __future__ import annotations
@@ -103,6 +103,104 @@ def course_qa_eval_fn(tokenizer: Any, max_length: int = 384, stride: int = 128) 
     return preprocess_validation_examples
 
 
+def course_mlm_fns(tokenizer: Any, chunk_size: int = 128) -> tuple[Callable[[dict], Any], Callable[[dict], Any]]:
+    """SPEC §2.3 (L1224-1229, L1342-1356): ``tokenize_function`` (no truncation, word_ids) and ``group_texts``
+    (batch concatenated with list sums, remainder dropped, labels = input_ids copy)."""
+
+    def tokenize_function(examples: dict[str, list]) -> Any:
+        result = tokenizer(examples["text"])
+        if tokenizer.is_fast:
+            result["word_ids"] = [result.word_ids(i) for i in range(len(result["input_ids"]))]
+        return result
+
+    def group_texts(examples: dict[str, list]) -> Any:
+        # Concatenate all texts
+        concatenated_examples = {k: sum(examples[k], []) for k in examples.keys()}  # noqa: SIM118
+        # Compute length of concatenated texts
+        total_length = len(concatenated_examples[list(examples.keys())[0]])
+        # We drop the last chunk if it's smaller than chunk_size
+        total_length = (total_length // chunk_size) * chunk_size
+        # Split by chunks of max_len
+        result = {
+            k: [t[i: i + chunk_size] for i in range(0, total_length, chunk_size)]
+            for k, t in concatenated_examples.items()
+        }
+        # Create a new labels column
+        result["labels"] = result["input_ids"].copy()
+        return result
+
+    return tokenize_function, group_texts
+
+
+def course_translation_split(train: datasets.Dataset, train_size: float = 0.9, seed: int = 20) -> datasets.DatasetDict:
+    """SPEC §3.1 (L2067-2087): the validation split carved out of kde4's only split."""
+    split_datasets = train.train_test_split(train_size=train_size, seed=seed)
+    split_datasets["validation"] = split_datasets.pop("test")
+    return split_datasets
+
+
+def course_translation_fn(tokenizer: Any, max_length: int = 128, source: str = "en",
+                          target: str = "fr") -> Callable[[dict], Any]:
+    """SPEC §3.3 (L2202-2214): ``preprocess_function``, targets through ``text_target``."""
+
+    def preprocess_function(examples: dict[str, list]) -> Any:
+        inputs = [ex[source] for ex in examples["translation"]]
+        targets = [ex[target] for ex in examples["translation"]]
+        model_inputs = tokenizer(
+            inputs, text_target=targets, max_length=max_length, truncation=True
+        )
+        return model_inputs
+
+    return preprocess_function
+
+
+def course_summarization_mix(ds: datasets.Dataset, seed: int = 42) -> datasets.Dataset:
+    """SPEC §4.1 (L3111-3146): the bilingual shuffle, then the short-title filter (titles of > 2 words).
+    The course concatenates its two single-language datasets first; ours carry both languages already."""
+    books = ds.shuffle(seed=seed)
+    return books.filter(lambda x: len(x["title"].split()) > 2)
+
+
+def course_summarization_fn(tokenizer: Any, max_input_length: int = 512,
+                            max_target_length: int = 30) -> Callable[[dict], Any]:
+    """SPEC §4.3 (L3223-3237): ``preprocess_function`` as coded (targets by a plain second call, not
+    ``text_target``: the same ids for mT5's single vocabulary). review_body/review_title are body/title here."""
+
+    def preprocess_function(examples: dict[str, list]) -> Any:
+        model_inputs = tokenizer(
+            examples["body"],
+            max_length=max_input_length,
+            truncation=True,
+        )
+        labels = tokenizer(
+            examples["title"], max_length=max_target_length, truncation=True
+        )
+        model_inputs["labels"] = labels["input_ids"]
+        return model_inputs
+
+    return preprocess_function
+
+
+def course_clm_fn(tokenizer: Any, context_length: int = 128) -> Callable[[dict], Any]:
+    """SPEC §5.2 (L4201-4213): ``tokenize``, overflowing 128-token chunks, every shorter tail dropped."""
+
+    def tokenize(element: dict[str, list]) -> Any:
+        outputs = tokenizer(
+            element["content"],
+            truncation=True,
+            max_length=context_length,
+            return_overflowing_tokens=True,
+            return_length=True,
+        )
+        input_batch = []
+        for length, input_ids in zip(outputs["length"], outputs["input_ids"]):
+            if length == context_length:
+                input_batch.append(input_ids)
+        return {"input_ids": input_batch}
+
+    return tokenize
+
+
 # ---- one task's case ----------------------------------------------------------------------------
 
 
@@ -121,10 +219,12 @@ class Case:
     note: str | None = None
     stage_job: Any = None
     """The job the whole-stage run preprocesses (same raw data); None: ``job``."""
+    n_examples: int | None = None
+    """Examples both implementations tokenize, where that is not every raw row (None: all raw rows)."""
 
     @property
     def examples(self) -> int:
-        return sum(len(ds) for ds in self.raw.values())
+        return self.n_examples if self.n_examples is not None else sum(len(ds) for ds in self.raw.values())
 
 
 def _map_splits(raw: datasets.DatasetDict, fns: dict[str, Callable[[dict], Any]]) -> dict[str, datasets.Dataset]:
@@ -233,7 +333,237 @@ def qa_case(sizes: Sizes, scratch: Path) -> Case:
     return Case("qa", job, raw, tokenizer, course, tokenizer_only, compare, note, stage_job)
 
 
-CASES: dict[str, Callable[[Sizes, Path], Case]] = {"ner": ner_case, "qa": qa_case}
+def _save_tokenizer(tokenizer: Any, folder: Path) -> str:
+    """Save ``tokenizer`` to ``folder`` (a fresh one) and return its path, for model.name / preprocess.tokenizer."""
+    shutil.rmtree(folder, ignore_errors=True)
+    tokenizer.save_pretrained(str(folder))
+    return str(folder)
+
+
+def _same_splits(prepared: Any, theirs: dict[str, datasets.Dataset], columns: list[str]) -> str | None:
+    for split in theirs:
+        diff = _same_columns(prepared.splits[split], theirs[split], columns)
+        if diff:
+            return f"{split}: {diff}"
+    return None
+
+
+def _unmask(input_ids: list[int], labels: list[int]) -> list[int]:
+    """The chunk before masking: every masked position (label != -100) gets its label back."""
+    return [token if label == -100 else label for token, label in zip(input_ids, labels)]
+
+
+def mlm_case(sizes: Sizes, scratch: Path) -> Case:
+    """Masked LM on real IMDb reviews with MiniLM's tokenizer (jobs/local/mlm.yaml): ``sizes.mlm_reviews``
+    training reviews and a quarter as many eval reviews, every chunk kept (no downsampling)."""
+    from nlpjobs.data import sources
+    from nlpjobs.tasks import get_task
+
+    n_eval = max(1, sizes.mlm_reviews // 4)
+    job = load_preset("mlm", [f"data.max_train_examples={sizes.mlm_reviews}", f"data.max_eval_examples={n_eval}",
+                              "preprocess.train_size=null", "preprocess.test_size=null"])
+    tokenizer = get_task("mlm").load_tokenizer(job)
+    raw = sources.load_raw(job.data, job.train.seed)
+    cfg = job.preprocess
+    tokenize_function, group_texts = course_mlm_fns(tokenizer, cfg.chunk_size)
+
+    def course(raw: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
+        tokenized = _map_splits(raw, {split: tokenize_function for split in raw})
+        return {split: ds.map(group_texts, batched=True) for split, ds in tokenized.items()}
+
+    def tokenizer_only(raw: datasets.DatasetDict) -> None:
+        for ds in raw.values():
+            for batch in _batches(ds["text"], cfg.map_batch_size):
+                tokenizer(batch)
+
+    def compare(prepared: Any, theirs: dict[str, datasets.Dataset]) -> str | None:
+        diff = _same_columns(prepared.splits["train"], theirs["train"], ["input_ids", "attention_mask", "labels"])
+        if diff:
+            return f"train: {diff}"
+        ours, course_eval = prepared.splits["eval"], theirs["eval"]
+        diff = _same_columns(ours, course_eval, ["attention_mask"])
+        if diff:
+            return f"eval: {diff}"
+        if [_unmask(i, lab) for i, lab in zip(ours["input_ids"], ours["labels"])] != course_eval["input_ids"]:
+            return "eval: input_ids (masked tokens restored from the labels) differ from the course's"
+        for split, ds in theirs.items():
+            if "token_type_ids" in ds.column_names and any(any(row) for row in ds["token_type_ids"]):
+                return f"{split}: the course's token_type_ids are not all 0 (nlpjobs stores none)"
+        return None
+
+    note = (f"{sizes.mlm_reviews} IMDb train / {n_eval} eval reviews, every {cfg.chunk_size}-token chunk kept "
+            "(preprocess.train_size/test_size null: the course downsamples in §2.1, after §2.3). prepare() also "
+            "masks the eval chunks once with a seeded generator (deliberate, SPEC §2.6: deterministic perplexity; "
+            "compared with the masked tokens restored from the labels) and stores no token_type_ids (the "
+            "course's are all 0, the model's default) nor train word_ids (standard collator)")
+    return Case("mlm", job, raw, tokenizer, course, tokenizer_only, compare, note)
+
+
+def translation_case(sizes: Sizes, scratch: Path) -> Case:
+    """Translation on ``sizes.translation_pairs`` real KDE en→fr pairs (jobs/local/translation.yaml) with the
+    Marian SentencePiece tokenizer prepare() trains for scratch:marian-tiny, trained once here and loaded as
+    model.name, so that neither timed run trains it."""
+    from nlpjobs.data import sources
+    from nlpjobs.tasks import get_task
+    from nlpjobs.tasks.seq2seq import marian_tokenizer
+    from nlpjobs.tasks.translation import SRC, TGT, extract_pairs
+
+    size = [f"data.max_train_examples={sizes.translation_pairs}"]
+    base = load_preset("translation", size)
+    cfg = base.preprocess
+    if cfg.max_source_length != cfg.max_target_length or cfg.source_prefix or cfg.split_train_size is None:
+        raise ValueError("translation preset: the course's preprocess_function takes one max_length for both sides, "
+                         "no source prefix, and the eval split carved out of train (split_train_size)")
+    raw = sources.load_raw(base.data, base.train.seed)
+    carved = course_translation_split(raw["train"], cfg.split_train_size, cfg.split_seed)
+    pairs, _ = extract_pairs(carved["train"], cfg.source_lang, cfg.target_lang, "train")
+    n = cfg.tokenizer_max_sentences
+    trained = marian_tokenizer(pairs[SRC][:n], pairs[TGT][:n], cfg.vocab_size,
+                               max(cfg.max_source_length, cfg.max_target_length))
+    job = load_preset("translation", [*size, f"model.name={_save_tokenizer(trained, scratch / 'translation-tok')}"])
+    tokenizer = get_task("translation").load_tokenizer(job)
+    cap = job.data.max_eval_examples
+    fn = course_translation_fn(tokenizer, cfg.max_source_length, cfg.source_lang, cfg.target_lang)
+
+    def splits(raw: datasets.DatasetDict) -> datasets.DatasetDict:
+        """The course's carve; its validation split capped at data.max_eval_examples, as prepare() does."""
+        carved = course_translation_split(raw["train"], cfg.split_train_size, cfg.split_seed)
+        validation = carved["validation"]
+        if cap and cap < len(validation):
+            validation = validation.select(range(cap))
+        return datasets.DatasetDict({"train": carved["train"], "eval": validation})
+
+    def course(raw: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
+        return _map_splits(splits(raw), {"train": fn, "eval": fn})
+
+    def tokenizer_only(raw: datasets.DatasetDict) -> None:
+        for ds in splits(raw).values():
+            for batch in _batches(ds["translation"], cfg.map_batch_size):
+                tokenizer([p[cfg.source_lang] for p in batch], text_target=[p[cfg.target_lang] for p in batch],
+                          max_length=cfg.max_source_length, truncation=True)
+
+    def compare(prepared: Any, theirs: dict[str, datasets.Dataset]) -> str | None:
+        return _same_splits(prepared, theirs, ["input_ids", "attention_mask", "labels"])
+
+    n_examples = sum(len(ds) for ds in splits(raw).values())
+    note = (f"{sizes.translation_pairs} KDE en→fr pairs, the eval pairs carved out of them as the course does "
+            f"(§3.1: {cfg.split_train_size:g}/rest, seed {cfg.split_seed}) and capped at data.max_eval_examples "
+            f"({cap}) for both; the Marian tokenizer (no fast version) trained once and given to both; max_length "
+            f"{cfg.max_source_length} on both sides (the preset's; the course's is 128)")
+    return Case("translation", job, raw, tokenizer, course, tokenizer_only, compare, note, n_examples=n_examples)
+
+
+def _kept_by_both(ds: datasets.Dataset, languages: list[str], min_target_words: int) -> datasets.Dataset:
+    """Rows that nlpjobs' filters (language, non-empty body, title of >= min_target_words words) and the
+    course's short-title filter (> 2 words) both keep."""
+    words = max(3, min_target_words)
+
+    def keep(batch: dict[str, list]) -> list[bool]:
+        return [lang in languages and isinstance(b, str) and bool(b.strip()) and isinstance(t, str)
+                and len(t.split()) >= words for lang, b, t in zip(batch["language"], batch["body"], batch["title"])]
+
+    return ds.filter(keep, batched=True).flatten_indices()
+
+
+def summarization_case(sizes: Sizes, scratch: Path) -> Case:
+    """Summarization on ``sizes.summarization_examples`` real Debian package descriptions, en+es
+    (jobs/local/summarization.yaml), with the mT5 SentencePiece tokenizer prepare() trains for
+    scratch:mt5-tiny, trained once here and loaded as model.name, so that neither timed run trains it."""
+    from nlpjobs.data import sources
+    from nlpjobs.tasks import get_task
+    from nlpjobs.tasks.seq2seq import t5_tokenizer
+
+    size = [f"data.max_train_examples={sizes.summarization_examples}"]
+    base = load_preset("summarization", size)
+    cfg = base.preprocess
+    loaded = sources.load_raw(base.data, base.train.seed)
+    kept = {split: _kept_by_both(ds, cfg.languages, cfg.min_target_words) for split, ds in loaded.items()}
+    # eval_sample (200) at the preset's 3,000 training rows, proportionally fewer below
+    n_eval = min(cfg.eval_sample or len(kept["eval"]), len(kept["eval"]), max(1, sizes.summarization_examples // 15))
+    eval_rows = kept["eval"].shuffle(seed=cfg.shuffle_seed).select(range(n_eval)).flatten_indices()
+    raw = datasets.DatasetDict({"train": kept["train"], "eval": eval_rows})
+    mixed = raw["train"].shuffle(seed=cfg.shuffle_seed)  # the order prepare() trains its tokenizer in
+    n = cfg.tokenizer_max_sentences
+    trained = t5_tokenizer(mixed["body"][:n] + mixed["title"][:n], cfg.vocab_size,
+                           max(cfg.max_source_length, cfg.max_target_length))
+    files = scratch / "summarization-raw"
+    files.mkdir(parents=True, exist_ok=True)
+    for split, ds in raw.items():
+        ds.to_json(str(files / f"{split}.jsonl"), lines=True)
+    # the whole stage reads the same rows back from JSON-lines files
+    job = load_preset("summarization", [*size, f"model.name={_save_tokenizer(trained, scratch / 'summarization-tok')}",
+                                        f"data.source=files:{files}", "data.train_split=train", "data.eval_split=eval"])
+    tokenizer = get_task("summarization").load_tokenizer(job)
+    fn = course_summarization_fn(tokenizer, cfg.max_source_length, cfg.max_target_length)
+
+    def course(raw: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
+        mixed = datasets.DatasetDict({split: course_summarization_mix(ds, cfg.shuffle_seed) for split, ds in raw.items()})
+        return _map_splits(mixed, {"train": fn, "eval": fn})
+
+    def tokenizer_only(raw: datasets.DatasetDict) -> None:
+        for ds in raw.values():
+            for bodies, titles in zip(_batches(ds["body"], cfg.map_batch_size), _batches(ds["title"], cfg.map_batch_size)):
+                tokenizer(bodies, max_length=cfg.max_source_length, truncation=True)
+                tokenizer(titles, max_length=cfg.max_target_length, truncation=True)
+
+    def compare(prepared: Any, theirs: dict[str, datasets.Dataset]) -> str | None:
+        return _same_splits(prepared, theirs, ["input_ids", "attention_mask", "labels"])
+
+    note = (f"{len(raw['train'])} train / {n_eval} eval Debian descriptions (en+es), pre-filtered to the rows "
+            "both keep (title >= 3 words, non-empty body): the course shuffles before its title filter and nlpjobs "
+            "after it, so on unfiltered rows the row order differs; eval: seeded rows, at most eval_sample, all of "
+            "which prepare() keeps. The mT5 tokenizer trained once and given to both; max lengths "
+            f"{cfg.max_source_length}/{cfg.max_target_length} (the preset's; the course's 512/30). prepare() also "
+            "scores the lead-3 ROUGE baseline on the eval rows (the course does that in §4.5)")
+    return Case("summarization", job, raw, tokenizer, course, tokenizer_only, compare, note)
+
+
+def clm_case(sizes: Sizes, scratch: Path) -> Case:
+    """Causal LM on ``sizes.clm_files`` real data-science Python files (jobs/local/clm.yaml) with the preset's
+    BPE retrained on them once here (as prepare() does with train_tokenizer) and loaded as preprocess.tokenizer
+    with train_tokenizer false, so that neither timed run retrains it."""
+    from nlpjobs.data import sources
+    from nlpjobs.tasks import get_task
+    from nlpjobs.tasks.clm import retrain_tokenizer
+
+    size = [f"data.max_train_examples={sizes.clm_files}"]
+    base = load_preset("clm", size)
+    cfg = base.preprocess
+    if cfg.keyword_filter or cfg.eval_source:
+        raise ValueError("clm preset: the benchmark expects pre-filtered files (no keyword_filter, no eval_source)")
+    task = get_task("clm")
+    raw = sources.load_raw(base.data, base.train.seed)
+    tokenizer = task.load_tokenizer(base)
+    job = base
+    if cfg.train_tokenizer:
+        trained = retrain_tokenizer(tokenizer, raw["train"], cfg.vocab_size, cfg.tokenizer_batch_size)
+        job = load_preset("clm", [*size, f"preprocess.tokenizer={_save_tokenizer(trained, scratch / 'clm-tok')}",
+                                  "preprocess.train_tokenizer=false"])
+        tokenizer = task.load_tokenizer(job)
+    fn = course_clm_fn(tokenizer, cfg.context_length)
+
+    def course(raw: datasets.DatasetDict) -> dict[str, datasets.Dataset]:
+        return _map_splits(raw, {split: fn for split in raw})
+
+    def tokenizer_only(raw: datasets.DatasetDict) -> None:
+        for ds in raw.values():
+            for batch in _batches(ds["content"], cfg.map_batch_size):
+                tokenizer(batch, truncation=True, max_length=cfg.context_length, return_overflowing_tokens=True,
+                          return_length=True)
+
+    def compare(prepared: Any, theirs: dict[str, datasets.Dataset]) -> str | None:
+        return _same_splits(prepared, theirs, ["input_ids"])
+
+    note = (f"{len(raw['train'])} train / {len(raw['eval'])} eval Python files, {cfg.context_length}-token "
+            f"chunks, packing {cfg.packing}; the BPE retrained once (vocab {cfg.vocab_size}) and given to both "
+            "(prepare() with train_tokenizer false)")
+    return Case("clm", job, raw, tokenizer, course, tokenizer_only, compare, note)
+
+
+CASES: dict[str, Callable[[Sizes, Path], Case]] = {
+    "ner": ner_case, "qa": qa_case, "mlm": mlm_case, "translation": translation_case,
+    "summarization": summarization_case, "clm": clm_case,
+}
 """Tasks whose preprocessing figure is implemented."""
 
 

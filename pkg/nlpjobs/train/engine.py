@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from nlpjobs import paths, storage
@@ -29,28 +29,12 @@ from nlpjobs.data.shards import Manifest, load_split, load_tokenizer, open_datas
 from nlpjobs.tasks import get_task
 from nlpjobs.tasks.base import EvalContext, Task
 from nlpjobs.train.checkpoint import CheckpointStore
+from nlpjobs.train.sampling import EpochSampler, row_lengths
 from nlpjobs.train.stop import EvaluationInterrupted, TrainingInterrupted, detach_worker
 from nlpjobs.train.stop import current as stop_request
 
 log = logging.getLogger(__name__)
 RESUME_SECTIONS = ("data", "model", "preprocess", "train", "deepspeed")
-
-
-class EpochSampler(Sampler[int]):
-    """A permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
-
-    def __init__(self, length: int, seed: int) -> None:
-        self.length, self.seed, self.epoch = length, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.length
 
 
 def grouped_parameters(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -198,7 +182,8 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
     collate = task.collator(tokenizer, model)
     train_ds = model_inputs(task, load_split(manifest, "train"))
     eval_ds = model_inputs(task, load_split(manifest, "eval"))
-    sampler = EpochSampler(len(train_ds), cfg.seed)
+    sampler = EpochSampler(len(train_ds), cfg.seed, row_lengths(train_ds) if cfg.group_by_length else None,
+                           cfg.batch_size)
     # A loader-owned generator: creating an iterator must not draw from the global RNG, or a run
     # resumed mid-epoch would see different dropout masks than the uninterrupted run.
     loader_rng = torch.Generator()
@@ -350,7 +335,7 @@ def _nonfinite(what: str, value: float, task: Task, model: Any, batch: Any, acc:
     """The sentinel's error, with the offending batch's rows traced back to training rows."""
     from nlpjobs.train.sentinel import stop
 
-    order = list(iter(sampler)) if sampler.epoch == epoch else []
+    order = sampler.order().tolist() if sampler.epoch == epoch else []
     batch_index = (micro - 1) * acc.num_processes + acc.process_index  # Accelerate deals batches round-robin
     rows = order[batch_index * batch_size:(batch_index + 1) * batch_size] or None
     return stop(what=what, value=value, task=task, model=acc.unwrap_model(model), batch=batch, run_uri=run_uri,

@@ -1,0 +1,94 @@
+"""The training order: a permutation per (seed, epoch), optionally grouped by length to cut padding.
+
+Both orders depend only on (seed, epoch, row lengths), so a resumed run sees exactly the batches the
+uninterrupted run would have seen, and every process of a distributed run computes the same global order
+(Accelerate then deals its batches round-robin).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+MEGABATCH = 50
+"""Batches per window sorted by length: small enough that the epoch stays well shuffled, large enough that
+neighbours in a window have similar lengths (Hugging Face's LengthGroupedSampler uses the same 50)."""
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation that depends only on (seed, epoch); with ``lengths``, length-grouped batches.
+
+    Grouping: shuffle the rows, sort each window of ``MEGABATCH`` batches by length (longest first), cut it
+    into batches, then shuffle the order of the whole batches across the epoch, keeping the batch with the
+    longest row first (a memory limit shows at the first step, not hours in) and a short last batch last
+    (every other batch stays full, so batch boundaries are those the DataLoader cuts).
+    """
+
+    def __init__(self, length: int, seed: int, lengths: np.ndarray | None = None, batch_size: int = 1) -> None:
+        if lengths is not None and len(lengths) != length:
+            raise ValueError(f"{len(lengths)} lengths for {length} rows")
+        self.length, self.seed, self.epoch = length, seed, 0
+        self.batch_size = batch_size
+        # All rows equally long (packed blocks, padding to max_length): grouping would only reorder the
+        # permutation, so keep the plain one.
+        self.lengths = lengths if lengths is not None and length and np.ptp(lengths) > 0 else None
+
+    @property
+    def grouped(self) -> bool:
+        return self.lengths is not None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def order(self) -> np.ndarray:
+        """This epoch's row order."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        perm = torch.randperm(self.length, generator=g).numpy()
+        if self.lengths is None:
+            return perm
+        size = self.batch_size
+        window = size * MEGABATCH
+        lengths = self.lengths[perm]
+        for start in range(0, self.length, window):
+            chunk = slice(start, start + window)
+            perm[chunk] = perm[chunk][np.argsort(-lengths[chunk], kind="stable")]
+        full = self.length // size
+        batches = perm[:full * size].reshape(full, size) if full else np.empty((0, size), dtype=perm.dtype)
+        if full > 1:
+            shuffled = batches[torch.randperm(full, generator=g).numpy()]
+            longest = int(np.argmax(self.lengths[shuffled].max(axis=1)))
+            shuffled[[0, longest]] = shuffled[[longest, 0]]
+            batches = shuffled
+        return np.concatenate([batches.reshape(-1), perm[full * size:]])
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def row_lengths(ds: object) -> np.ndarray | None:
+    """Tokens per row of a tokenized split (input ids, plus labels where they are a sequence of their own
+    length, as in seq2seq), read from the Arrow columns without a row loop; None without input_ids."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns = [c for c in ("input_ids", "labels") if c in ds.column_names]  # type: ignore[attr-defined]
+    if "input_ids" not in columns:
+        return None
+    table = ds.select_columns(columns).with_format("arrow")[:]  # type: ignore[attr-defined]
+
+    def lengths(name: str) -> np.ndarray:
+        return pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
+
+    total = lengths("input_ids")
+    labels_type = table.schema.field("labels").type if "labels" in columns else None
+    if labels_type is not None and (pa.types.is_list(labels_type) or pa.types.is_large_list(labels_type)):
+        labels = lengths("labels")
+        if not np.array_equal(labels, total):  # token labels (NER, MLM) would add nothing to the order
+            total = total + labels
+    return total

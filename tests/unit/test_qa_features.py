@@ -7,14 +7,30 @@ import re
 import numpy as np
 import pytest
 
+from nlpjobs.tasks import qa_features
 from nlpjobs.tasks.qa_features import (
     course_postprocess,
     course_train_labels,
     find_answer_mismatches,
     postprocess_predictions,
-    prepare_eval_features,
-    prepare_train_features,
 )
+
+
+def _lists(columns: dict) -> dict:
+    """The builders' NumPy columns as the Python lists the course's code produces."""
+    return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in columns.items()}
+
+
+def prepare_train_features(*args, **kwargs) -> dict:
+    out = qa_features.prepare_train_features(*args, **kwargs)
+    assert all(isinstance(v, np.ndarray) and v.dtype == np.int64 for v in out.values())
+    return _lists(out)
+
+
+def prepare_eval_features(*args, **kwargs) -> dict:
+    out = qa_features.prepare_eval_features(*args, **kwargs)
+    assert out["offset_mapping"].ndim == 3 and out["offset_mapping"].shape[2] == 2
+    return _lists(out)
 
 _SENTENCES = [
     "The town of Westerby grew up around a small fishing harbour on the northern coast.",

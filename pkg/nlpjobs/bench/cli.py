@@ -16,9 +16,9 @@ from pathlib import Path
 from nlpjobs.bench.common import Sizes, log, short
 from nlpjobs.bench.records import Sample, aggregate, markdown_table, write_results
 
-FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale")
+FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale", "generation")
 TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
-PREPROCESS_TASKS = ("ner", "qa")
+PREPROCESS_TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 TRAIN_TASKS = ("ner",)
 
 
@@ -63,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-examples", type=int, default=None,
                    help="Largest NER training size of the scale figure; a quarter and a half of it are the "
                         "other two (default 4000, --quick: 400).")
+    p.add_argument("--generation-examples", type=int, default=None,
+                   help="Eval examples both engines generate for and score in the seq2seq generation figure "
+                        "(default 200, --quick: 32).")
     p.add_argument("--storage-mb", type=int, default=None,
                    help="Approximate MB of shards read in the storage figure (default 64, --quick: 8).")
     p.add_argument("--matmul-size", type=int, default=None,
@@ -78,7 +81,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
                  "train_batch_size": args.batch_size, "ner_train_examples": args.ner_examples,
                  "qa_examples": args.qa_examples, "qa_postproc_examples": args.postproc_examples,
                  "storage_mb": args.storage_mb, "matmul_size": args.matmul_size, "learning_rate": args.learning_rate,
-                 "scale_examples": args.scale_examples}
+                 "scale_examples": args.scale_examples, "generation_examples": args.generation_examples}
     for key, value in overrides.items():
         if value is not None:
             if value <= 0 or (isinstance(value, int) and value < 1):
@@ -106,6 +109,8 @@ def plan(task: str, figures: list[str]) -> list[tuple[str, str]]:
             out += [("train", t) for t in wanted]
         elif figure == "scale" and "ner" in wanted:
             out.append(("scale", "ner"))
+        elif figure == "generation":
+            out += [("generation", t) for t in wanted if t in ("translation", "summarization")]
     return out
 
 
@@ -192,6 +197,10 @@ def run_figure(figure: str, task: str, sizes: Sizes, scratch: Path, peak: float)
         from nlpjobs.bench import scale
 
         runners[figure] = lambda: scale.measure(sizes, scratch)
+    elif figure == "generation":
+        from nlpjobs.bench import generation
+
+        runners[figure] = lambda: generation.measure(task, sizes, scratch)
     try:
         return runners[figure]()
     except Exception as exc:  # noqa: BLE001 - report and go on with the other figures

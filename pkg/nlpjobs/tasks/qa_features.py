@@ -1,6 +1,7 @@
 """Extractive-QA feature building and answer post-processing (SPEC §6.3, §6.4, §6.6).
 
-Pure functions over lists and NumPy arrays; no model code. The vectorised functions reproduce the
+Pure functions over lists and NumPy arrays; no model code. The feature builders return NumPy columns
+(``datasets.map`` writes them to Arrow without inspecting Python lists element by element). The vectorised functions reproduce the
 course's algorithms exactly (same labels, same predictions, same tie handling); the ``course_*``
 functions are straight transcriptions of the course's loops, kept as references for tests and
 benchmarks only.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Mapping, Sequence
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,14 +75,31 @@ def _tokenize(
     )
 
 
-def _context_mask(inputs: BatchEncoding) -> np.ndarray:
-    """Boolean [F, L] mask of context tokens (``sequence_ids == 1``); None becomes NaN, so False."""
-    return np.array([enc.sequence_ids for enc in inputs.encodings], dtype=np.float64) == 1
+def _grid(rows: Sequence[Sequence[Any]], shape: tuple[int, ...]) -> np.ndarray:
+    """An int64 array of ``shape`` from equally long rows (of ints, or of int pairs when 3-D), without
+    NumPy's per-element type inference over nested lists."""
+    flat: Any = chain.from_iterable(rows)
+    if len(shape) == 3:
+        flat = chain.from_iterable(flat)
+    return np.fromiter(flat, dtype=np.int64, count=int(np.prod(shape))).reshape(shape)
 
 
-def _model_columns(inputs: BatchEncoding) -> dict[str, list]:
+def _context_mask(inputs: BatchEncoding, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean [F, L] mask of context tokens (``sequence_ids == 1``; None is not context)."""
+    ids = (s == 1 for enc in inputs.encodings for s in enc.sequence_ids)
+    return np.fromiter(ids, dtype=bool, count=shape[0] * shape[1]).reshape(shape)
+
+
+def _model_columns(inputs: BatchEncoding, shape: tuple[int, int]) -> dict[str, np.ndarray]:
     keys = ("input_ids", "attention_mask", "token_type_ids")
-    return {k: inputs[k] for k in keys if k in inputs}
+    return {k: _grid(inputs[k], shape) for k in keys if k in inputs}
+
+
+def _windows(inputs: BatchEncoding) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """(overflow sample mapping [F], offsets [F, L, 2], (F, L)) of a max-length-padded tokenization."""
+    sample_map = np.asarray(inputs["overflow_to_sample_mapping"], dtype=np.int64)
+    shape = (len(sample_map), len(inputs["input_ids"][0]) if len(sample_map) else 0)
+    return sample_map, _grid(inputs["offset_mapping"], (*shape, 2)), shape
 
 
 def _answer_chars(answers: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,7 +120,7 @@ def prepare_train_features(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int = 384,
     stride: int = 128,
-) -> dict[str, list]:
+) -> dict[str, Any]:
     """Sliding-window training features with start/end token labels (SPEC §6.3), vectorised.
 
     A feature whose window does not hold the whole answer is labelled ``(0, 0)``. Otherwise start is
@@ -112,10 +131,9 @@ def prepare_train_features(
     if len(answers) != len(contexts):
         raise ValueError(f"{len(contexts)} contexts but {len(answers)} answers")
     inputs = _tokenize(questions, contexts, tokenizer, max_length, stride)
-    sample_map = np.asarray(inputs["overflow_to_sample_mapping"], dtype=np.int64)
-    offsets = np.asarray(inputs["offset_mapping"], dtype=np.int64).reshape(len(sample_map), -1, 2)
-    ctx = _context_mask(inputs)
-    n_feat, seq_len = ctx.shape
+    sample_map, offsets, shape = _windows(inputs)
+    ctx = _context_mask(inputs, shape)
+    n_feat, seq_len = shape
     rows = np.arange(n_feat)
 
     ex_start, ex_end, ex_has = _answer_chars(answers)
@@ -138,10 +156,10 @@ def prepare_train_features(
     last_stop = seq_len - 1 - stop[:, ::-1].argmax(axis=1)
     end_pos = np.where(stop.any(axis=1), last_stop, ctx_start - 1) + 1
 
-    out = _model_columns(inputs)
-    out["start_positions"] = np.where(inside, start_pos, 0).tolist()
-    out["end_positions"] = np.where(inside, end_pos, 0).tolist()
-    out["example_index"] = sample_map.tolist()
+    out = _model_columns(inputs, shape)
+    out["start_positions"] = np.where(inside, start_pos, 0)
+    out["end_positions"] = np.where(inside, end_pos, 0)
+    out["example_index"] = sample_map
     return out
 
 
@@ -205,7 +223,7 @@ def prepare_eval_features(
     tokenizer: PreTrainedTokenizerBase,
     max_length: int = 384,
     stride: int = 128,
-) -> dict[str, list]:
+) -> dict[str, Any]:
     """Sliding-window evaluation features (SPEC §6.4) with ``example_id`` and ``offset_mapping``.
 
     Offsets of non-context tokens (question, special tokens, padding) are ``[-1, -1]`` rather than
@@ -214,12 +232,11 @@ def prepare_eval_features(
     if len(ids) != len(contexts):
         raise ValueError(f"{len(ids)} ids but {len(contexts)} contexts")
     inputs = _tokenize(questions, contexts, tokenizer, max_length, stride)
-    sample_map = np.asarray(inputs["overflow_to_sample_mapping"], dtype=np.int64)
-    offsets = np.asarray(inputs["offset_mapping"], dtype=np.int64).reshape(len(sample_map), -1, 2)
-    offsets[~_context_mask(inputs)] = OUTSIDE
+    sample_map, offsets, shape = _windows(inputs)
+    offsets[~_context_mask(inputs, shape)] = OUTSIDE
 
-    out = _model_columns(inputs)
-    out["offset_mapping"] = offsets.tolist()
+    out: dict[str, Any] = _model_columns(inputs, shape)
+    out["offset_mapping"] = offsets
     out["example_id"] = [ids[i] for i in sample_map.tolist()]
     return out
 

@@ -26,16 +26,12 @@ def _setup_logging(verbose: bool) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not os.path.exists("/dev/nvidiactl"):  # else DeepSpeed (imported by Accelerate) warns it fell back to CPU
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    try:
-        import datasets
-        import transformers
-
-        transformers.logging.set_verbosity_warning()
-        datasets.logging.set_verbosity_warning()
-        if os.environ.get("RANK", "0") != "0":
-            datasets.disable_progress_bars()
-    except ImportError:  # pragma: no cover
-        pass
+    # Read by transformers and datasets when they are first imported: commands that never need them
+    # (status, logs, submit, config) do not pay seconds of imports for a log level.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "warning")
+    os.environ.setdefault("DATASETS_VERBOSITY", "warning")
+    if os.environ.get("RANK", "0") != "0":
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
 
 def _fail(message: str, code: int) -> None:
@@ -50,27 +46,31 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - classified below; the imports wait for a failure
-            from nlpjobs.config import ConfigError
-            from nlpjobs.data.shards import DatasetError
-            from nlpjobs.k8s.cluster import ClusterError
-            from nlpjobs.k8s.helm import HelmError
-            from nlpjobs.storage import StorageError, explain_local_os_error
-            from nlpjobs.tasks.base import TaskDataError
-            from nlpjobs.train.sentinel import NonFiniteError
-            from nlpjobs.train.stop import TrainingInterrupted
+        except Exception as exc:  # noqa: BLE001 - classified below
+            from nlpjobs.storage import explain_local_os_error
 
-            if isinstance(exc, ConfigError):
+            def raised(*names: str, error: BaseException = exc) -> bool:
+                """``error`` is one of these nlpjobs error classes ("module:Class"). A module the command never
+                imported cannot have raised it: no import here (a failing `status` need not load torch)."""
+                classes = []
+                for name in names:
+                    module, cls = name.split(":")
+                    loaded = sys.modules.get(f"nlpjobs.{module}")
+                    if loaded is not None and hasattr(loaded, cls):
+                        classes.append(getattr(loaded, cls))
+                return isinstance(error, tuple(classes))
+
+            if raised("config:ConfigError"):
                 _fail(f"invalid configuration: {exc}", 2)
-            if isinstance(exc, (TaskDataError, DatasetError)):
+            if raised("tasks.base:TaskDataError", "data.shards:DatasetError"):
                 _fail(f"bad data: {exc}", 3)
-            if isinstance(exc, StorageError):
+            if raised("storage:StorageError"):
                 _fail(f"storage: {exc}", 4)
-            if isinstance(exc, (ClusterError, HelmError)):
+            if raised("k8s.cluster:ClusterError", "k8s.helm:HelmError"):
                 _fail(f"cluster: {exc}", 6)
-            if isinstance(exc, TrainingInterrupted):
+            if raised("train.stop:TrainingInterrupted"):
                 _fail(str(exc), 143)
-            if isinstance(exc, NonFiniteError):
+            if raised("train.sentinel:NonFiniteError"):
                 _fail(str(exc), 8)
             local = explain_local_os_error(exc)
             if local:

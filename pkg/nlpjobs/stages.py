@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,23 @@ class PreprocessResult:
     seconds: float
 
 
+@contextlib.contextmanager
+def tokenizer_threads(enabled: bool) -> Iterator[None]:
+    """The fast tokenizer's own threads (Rust, one per core) while preprocessing in one process: the CLI
+    turns them off at start so that training's DataLoader workers can fork quietly; the variable is
+    restored afterwards (still set, so a later fork stays silent and safe)."""
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    if enabled:
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+
+
 def preprocess(job: JobConfig) -> PreprocessResult:
     """Tokenize the raw data into committed shards, or reuse them when the cache key matches."""
     started = time.time()
@@ -34,7 +54,9 @@ def preprocess(job: JobConfig) -> PreprocessResult:
     storage.probe_writable(job.storage)  # credentials, bucket and reachability before the tokenization
     tokenizer = task.load_tokenizer(job)
     raw = sources.load_raw(job.data, job.train.seed)
-    prepared = task.prepare(job, raw, tokenizer)
+    # datasets.map workers (num_proc > 1) fork: the tokenizer must not have started threads before that.
+    with tokenizer_threads(job.preprocess.num_proc == 1):
+        prepared = task.prepare(job, raw, tokenizer)
     if prepared.tokenizer is not None:  # trained on the raw data by prepare()
         tokenizer = prepared.tokenizer
     tok_dir = storage.cache_dir() / "staging" / f"tokenizer-{uuid.uuid4().hex[:8]}"

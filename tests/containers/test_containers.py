@@ -23,7 +23,9 @@ from dockerenv import Docker, Pod, jobs_by_stage, start_dockerd
 
 from nlpjobs.k8s.helm import render
 
-pytestmark = pytest.mark.containers
+# The first test also builds the images (session fixture), beside the main suite under `make test`:
+# on two busy cores that alone can pass the suite-wide 900 s limit.
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(2700)]
 ROOT = Path(__file__).resolve().parents[2]
 VERSION = "0.1.0"
 TASK = "ner"
@@ -68,7 +70,7 @@ def _containers(docker: Docker) -> list[str]:
 def images(docker: Docker) -> dict[str, Any]:
     """nlpjobs-os, nlpjobs-base and nlpjobs-ner (CPU), built by images/build.sh as `make images` does."""
     started = time.time()
-    proc = subprocess.run(["images/build.sh"], cwd=ROOT, capture_output=True, text=True, timeout=1800,
+    proc = subprocess.run(["images/build.sh"], cwd=ROOT, capture_output=True, text=True, timeout=2400,
                           env={**docker.env(), "TASKS": TASK, "FLAVOR": "cpu",
                                "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -145,6 +145,15 @@ def test_meter_times_steps_two_to_n() -> None:
         Meter(steps=[1.0], tokens=[1], samples=[1]).throughput(2)
 
 
+def test_meter_counts_step_one_from_the_first_batch_when_known() -> None:
+    from nlpjobs.bench.training import Meter
+
+    meter = Meter(steps=[10.0, 11.0, 13.0, 14.0], tokens=[1000, 10, 20, 30], samples=[9, 1, 2, 3], started=8.0)
+    tokens_s, samples_s, seconds = meter.throughput(4)
+    assert seconds == pytest.approx(6.0)
+    assert tokens_s == pytest.approx(1060 / 6.0) and samples_s == pytest.approx(15 / 6.0)
+
+
 def test_counting_collator_and_step_clock() -> None:
     import torch
 

@@ -19,7 +19,7 @@ from nlpjobs.bench.records import Sample, aggregate, markdown_table, write_resul
 FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale", "generation")
 TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 PREPROCESS_TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
-TRAIN_TASKS = ("ner",)
+TRAIN_TASKS = ("ner", "translation", "clm")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"error: --figures: unknown {unknown}; choose from {', '.join(FIGURES)}")
     sizes = sizes_from(args)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # TOKENIZERS_PARALLELISM stays as the user has it (unset: the fast tokenizer uses every core, as in the
+    # course's notebooks); the preprocess stage turns it on for itself where the CLI had turned it off.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     import torch
 
@@ -135,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     from nlpjobs.bench import machine
 
     started = time.time()
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    from nlpjobs.bench.machine import busy_cores
+
+    busy = busy_cores()
     log(f"measuring the fp32 matmul peak ({sizes.matmul_size}x{sizes.matmul_size}, {torch.get_num_threads()} "
         "torch threads)")
     host = machine.describe(sizes.matmul_size)
@@ -153,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     records = aggregate(samples)
     lines = host.lines()
-    if load is not None:
-        lines.append(f"1-minute load average at start: {load:.2f} on {host.cores} cores"
-                     + (" (other work was running: figures measured under contention)" if load > 0.5 * host.cores
-                        else ""))
+    if busy is not None:
+        lines.append(f"other work at the start: {busy:.2f} of {host.cores} cores busy over 2 s"
+                     + (" (figures measured under contention)" if busy > 0.25 * host.cores else ""))
+    lines.append("TOKENIZERS_PARALLELISM: " + os.environ.get("TOKENIZERS_PARALLELISM", "unset (the fast tokenizer "
+                                                             "uses every core)"))
     command = "python -m nlpjobs.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"`{command.strip()}` · {time.strftime('%Y-%m-%d %H:%M')} · {sizes.repeats} repeat(s) · "
               f"{time.time() - started:.0f} s")
@@ -192,7 +196,7 @@ def run_figure(figure: str, task: str, sizes: Sizes, scratch: Path, peak: float)
                                  f"the course Trainer recipe for {task} is not in the benchmark yet")]
         from nlpjobs.bench import training
 
-        runners[figure] = lambda: training.measure(sizes, scratch, peak)
+        runners[figure] = lambda: training.measure(sizes, scratch, peak, task)
     elif figure == "scale":
         from nlpjobs.bench import scale
 

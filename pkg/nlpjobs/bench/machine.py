@@ -100,3 +100,22 @@ def describe(matmul_size: int = 1024, seconds: float = 1.0) -> Machine:
     versions = {p: _version(p) for p in ("torch", "transformers", "datasets", "accelerate", "tokenizers")}
     return Machine(cpu_model(), usable_cores(), torch.get_num_threads(), accel,
                    matmul_gflops(matmul_size, seconds), matmul_size, versions)
+
+
+def busy_cores(seconds: float = 2.0) -> float | None:
+    """Cores kept busy by other work right now (from /proc/stat over ``seconds`` while this process sleeps);
+    None where /proc/stat is not available. Unlike the load average it does not remember finished work."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    total = total1 - total0
+    return None if total <= 0 else (os.cpu_count() or 1) * (1 - (idle1 - idle0) / total)

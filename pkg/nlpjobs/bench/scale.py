@@ -7,7 +7,7 @@ the largest size.
 Training: ``nlpjobs train`` launched as a subprocess with 2 processes (``torchrun --standalone``, DDP over
 gloo on CPU, as the CLI documents) against 1 plain process, on the same preprocessed data with the same
 per-process batch and steps. Each launch runs the CLI through :func:`metered_cli`, which installs the training
-figure's meter in every process: steps 2..N are timed by an optimizer-step hook and their real tokens counted
+figure's meter in every process: steps 1..N are timed (from the first batch) by an optimizer-step hook and their real tokens counted
 by a wrapper around the collator; everything before and after the loop is excluded. The run's own
 ``metrics.json`` is checked for the processes and steps launched.
 """
@@ -176,7 +176,7 @@ def read_report(train: dict[str, Any], processes: int, steps: int) -> TrainRepor
 
 @dataclass(frozen=True)
 class Throughput:
-    """Steps 2..N of one run, all processes together."""
+    """Steps 1..N of one run, all processes together."""
 
     tokens_per_s: float
     samples_per_s: float
@@ -184,16 +184,18 @@ class Throughput:
 
 
 def combine(meters: list[Meter], steps: int) -> Throughput:
-    """Throughput of steps 2..``steps`` of a run from its processes' meters: the real tokens and samples of
-    every process's batches of those steps, over the slowest process's time from step 1 to step ``steps``."""
+    """Throughput of a run from its processes' meters, over the steps ``Meter.throughput`` times (1..``steps``
+    from the first batch when recorded, else 2..``steps``): the real tokens and samples of every process's
+    batches of those steps, over the slowest process's time."""
     if not meters:
         raise RuntimeError("no process of the run wrote its meter")
     seconds = max(m.throughput(steps)[2] for m in meters)  # raises when a process stamped too few steps
     if seconds <= 0:
-        raise RuntimeError(f"steps 2..{steps} took {seconds} s")
-    tokens = sum(sum(m.tokens[1:steps]) for m in meters)
-    samples = sum(sum(m.samples[1:steps]) for m in meters)
-    return Throughput(tokens / seconds, samples / seconds, seconds / (steps - 1))
+        raise RuntimeError(f"{steps} steps took {seconds} s")
+    first = 0 if all(m.started is not None for m in meters) else 1
+    tokens = sum(sum(m.tokens[first:steps]) for m in meters)
+    samples = sum(sum(m.samples[first:steps]) for m in meters)
+    return Throughput(tokens / seconds, samples / seconds, seconds / (steps - first))
 
 
 def launch(job: Any, job_path: Path, steps: int, processes: int, threads: int) -> Throughput:
@@ -224,8 +226,8 @@ def launch(job: Any, job_path: Path, steps: int, processes: int, threads: int) -
         for f in job_path.parent.glob(f"{prefix.name}.*.json"):
             f.unlink()
     log(f"scale train: {processes} process(es) x {threads} thread(s): {result.tokens_per_s:,.0f} real tokens/s, "
-        f"{result.samples_per_s:.1f} samples/s, {result.step_seconds:.3f}s per step (steps 2..{steps} in "
-        f"{result.step_seconds * (steps - 1):.1f}s); train() {report.seconds:.1f}s by the run's report, "
+        f"{result.samples_per_s:.1f} samples/s, {result.step_seconds:.3f}s per step (steps 1..{steps} in "
+        f"{result.step_seconds * steps:.1f}s); train() {report.seconds:.1f}s by the run's report, "
         f"{wall:.1f}s launch to exit")
     return result
 
@@ -233,7 +235,7 @@ def launch(job: Any, job_path: Path, steps: int, processes: int, threads: int) -
 def measure_training(sizes: Sizes, scratch: Path) -> list[Sample]:
     """``sizes.repeats`` repeats of a run with 1 process and one with 2 (which goes first alternates), each
     ``sizes.train_steps`` steps (at most :data:`TRAIN_STEPS_CAP`); real tokens/s, samples/s and time per
-    optimizer step of steps 2..N."""
+    optimizer step of steps 1..N."""
     import torch
     import yaml
 
@@ -248,7 +250,7 @@ def measure_training(sizes: Sizes, scratch: Path) -> list[Sample]:
     batch, rows = job.train.batch_size, manifest.rows("train")
     total_threads = torch.get_num_threads()
     threads = {n: threads_per_process(total_threads, n) for n in (1, 2)}
-    log(f"scale: NER training, {rows:,} sentences, per-process batch {batch}, {steps} steps per run (2..{steps} "
+    log(f"scale: NER training, {rows:,} sentences, per-process batch {batch}, {steps} steps per run (1..{steps} "
         f"timed); 1 process x {threads[1]} torch thread(s) vs 2 x {threads[2]}; {sizes.repeats} repeat(s)")
     note = (f"nlpjobs against itself, each run an `nlpjobs train` subprocess: 1 process (OMP_NUM_THREADS="
             f"{threads[1]}) vs 2 (`torchrun --standalone --nproc_per_node=2`, DDP over gloo, OMP_NUM_THREADS="

@@ -1,18 +1,25 @@
-"""Training throughput: the nlpjobs engine (``nlpjobs train``) against the course recipe (``Trainer`` with the
-course's collator and hyperparameters) on the same model, the same preprocessed data and the same batch size,
-plus model-FLOPs utilisation against the fp32 matmul peak measured in the same run.
+"""Training throughput: the nlpjobs engine (``nlpjobs train``) against the course recipe (``Trainer`` /
+``Seq2SeqTrainer`` with the course's collator and hyperparameters) on the same model, the same preprocessed
+data and the same batch size, plus model-FLOPs utilisation against the fp32 matmul peak measured in the same
+run. Tasks: NER (SPEC §1.5), translation (SPEC §3.6) and causal-LM pretraining (SPEC §5.5).
 
 Both engines are timed the same way, from outside: a global optimizer-step hook stamps every optimizer step
 and a wrapper around the collator counts each batch's real (non-pad) tokens and samples. Throughput covers
-steps 2..N (the first step, with its one-off allocations, and everything before and after the loop -- model
-loading, checkpoints, export -- are excluded). The metric beside it comes from evaluating each trained model
+steps 1..N from the moment the first batch is requested (step 1 counts: nlpjobs' length grouping puts its
+longest batch first); everything before and after the loop -- model loading, checkpoints, export -- is
+excluded. The metric beside it comes from evaluating each trained model
 on the same eval split afterwards (untimed).
+
+Models built from a config (translation's scratch Marian, clm's GPT-2) start from one random init: built once
+by the nlpjobs task (seeded as the engine seeds it) and saved; the course loads that folder, and the nlpjobs
+engine's own build is checked against it (a fingerprint of every weight) before its first step.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import shutil
 import sys
 import time
@@ -30,6 +37,47 @@ from nlpjobs.bench.records import Sample
 COURSE_LR = 2e-5
 COURSE_WEIGHT_DECAY = 0.01
 """SPEC §1.5: the course's Trainer hyperparameters (linear schedule, no warmup, AdamW)."""
+COURSE_CLM_LR = 5e-4
+COURSE_CLM_WEIGHT_DECAY = 0.1
+"""SPEC §5.5: the course's causal-LM Trainer (cosine schedule; its 1,000 warmup steps of ~65k are 1.5%: none
+in a few dozen steps; no gradient accumulation here, so that one batch is one optimizer step)."""
+
+TOKENS_FIGURE = "train real tokens/s vs course Trainer"
+SAMPLES_FIGURE = "train samples/s vs course Trainer"
+MFU_FIGURE = "train MFU vs course Trainer"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What differs between the tasks of the training figure."""
+
+    model: str
+    """The model, for the log."""
+    course: str
+    """The course's trainer class and collator, for the note."""
+    count_labels: bool
+    """Label tokens count as real tokens too (seq2seq: the decoder reads them, shifted)."""
+    from_scratch: bool
+    """Random init from a config: both engines start from one saved init."""
+    metric: str
+    """The Sample metric's name (its first score)."""
+    scores: tuple[str, ...]
+    """Keys of each engine's eval scores; the first is the metric's headline."""
+
+
+RECIPES: dict[str, Recipe] = {
+    "ner": Recipe("MiniLM-L6", "Trainer + DataCollatorForTokenClassification", False, False,
+                  "eval seqeval overall_f1", ("f1", "accuracy")),
+    "translation": Recipe("scratch Marian (2+2 layers, d_model 256)",
+                          "Seq2SeqTrainer + DataCollatorForSeq2Seq(tokenizer, model=model)", True, True,
+                          "eval cross-entropy per label token (token-weighted, teacher-forced; one evaluator "
+                          "for both models)", ("loss",)),
+    "clm": Recipe("scratch GPT-2 (4 layers, 128 wide, context 128)",
+                  "Trainer + DataCollatorForLanguageModeling(mlm=False)", False, True,
+                  "eval cross-entropy per next token (token-weighted; one evaluator for both models)",
+                  ("loss", "perplexity")),
+}
+TASKS = tuple(RECIPES)
 
 
 @dataclass
@@ -39,28 +87,56 @@ class Meter:
     steps: list[float] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     samples: list[int] = field(default_factory=list)
+    label_tokens: list[int] = field(default_factory=list)
+    """Per batch, the label tokens included in ``tokens`` (0 where labels are not counted)."""
+    started: float | None = None
+    """When the first training batch was requested (set by CountingCollator); None: not recorded."""
 
     def throughput(self, total_steps: int) -> tuple[float, float, float]:
-        """(real tokens/s, samples/s, seconds) over steps 2..``total_steps`` (one batch per step)."""
+        """(real tokens/s, samples/s, seconds) over steps 1..``total_steps`` from the first batch's collation
+        when ``started`` is known, else over steps 2..``total_steps``. Step 1 counts: with length grouping
+        nlpjobs' first batch is its longest, so leaving it out would favour nlpjobs."""
         if len(self.steps) < total_steps or len(self.tokens) < total_steps or total_steps < 2:
             raise RuntimeError(f"measured {len(self.steps)} optimizer steps and {len(self.tokens)} batches; "
                                f"expected {total_steps} of each (and at least 2)")
-        seconds = self.steps[total_steps - 1] - self.steps[0]
-        return (sum(self.tokens[1:total_steps]) / seconds, sum(self.samples[1:total_steps]) / seconds, seconds)
+        first = 0 if self.started is not None else 1
+        start = self.started if self.started is not None else self.steps[0]
+        seconds = self.steps[total_steps - 1] - start
+        return (sum(self.tokens[first:total_steps]) / seconds, sum(self.samples[first:total_steps]) / seconds,
+                seconds)
+
+    def label_share(self, total_steps: int) -> float:
+        """Fraction of the real tokens of the timed steps that are label tokens."""
+        first = 0 if self.started is not None else 1
+        tokens = sum(self.tokens[first:total_steps])
+        return sum(self.label_tokens[first:total_steps]) / tokens if tokens else 0.0
+
+
+def count_tokens(batch: Any, count_labels: bool = False) -> tuple[int, int]:
+    """(real input tokens, real label tokens) of a collated batch: the attention-mask sum (every position
+    without a mask), and with ``count_labels`` the labels that are not -100 (else 0)."""
+    mask = batch.get("attention_mask")
+    real = int(mask.sum()) if mask is not None else int(np.prod(batch["input_ids"].shape))
+    labels = batch.get("labels") if count_labels else None
+    return real, int((labels != -100).sum()) if labels is not None else 0
 
 
 class CountingCollator:
-    """Wraps a collator; records each batch's non-pad tokens (attention_mask sum) and rows."""
+    """Wraps a collator; records each batch's real tokens (attention_mask sum, plus the non -100 labels with
+    ``count_labels``) and rows."""
 
-    def __init__(self, inner: Callable[[list[dict[str, Any]]], Any], meter: Meter) -> None:
+    def __init__(self, inner: Callable[[list[dict[str, Any]]], Any], meter: Meter, count_labels: bool = False) -> None:
         self.inner = inner
         self.meter = meter
+        self.count_labels = count_labels
 
     def __call__(self, features: list[dict[str, Any]]) -> Any:
+        if self.meter.started is None:
+            self.meter.started = time.perf_counter()
         batch = self.inner(features)
-        mask = batch.get("attention_mask")
-        real = int(mask.sum()) if mask is not None else int(np.prod(batch["input_ids"].shape))
-        self.meter.tokens.append(real)
+        inputs, labels = count_tokens(batch, self.count_labels)
+        self.meter.tokens.append(inputs + labels)
+        self.meter.label_tokens.append(labels)
         self.meter.samples.append(int(batch["input_ids"].shape[0]))
         return batch
 
@@ -85,12 +161,46 @@ def matmul_params(model: Any) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
 
 
+def flop_params(model: Any) -> tuple[int, int]:
+    """Matmul parameters one real (input, label) token passes through: (all, 0) for encoder- or decoder-only
+    models, (encoder, decoder + output projection) for encoder-decoder ones. An output projection tied to an
+    embedding table is a matmul all the same and counts (GPT-2, Marian)."""
+    import torch
+
+    total = matmul_params(model)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    tied = head.weight.numel() if head is not None and id(head.weight) in embedding else 0
+    if getattr(model.config, "is_encoder_decoder", False):
+        encoder = matmul_params(model.get_encoder())
+        return encoder, total - encoder + tied
+    return total + tied, 0
+
+
 def mfu(tokens_per_s: float, params: int, peak_gflops: float) -> float:
     """Model-FLOPs utilisation in %: 6 · params · tokens/s (forward + backward) over the measured peak."""
     return 100.0 * 6.0 * params * tokens_per_s / (peak_gflops * 1e9)
 
 
-# ---- the course's Trainer recipe (NER, SPEC §1.4, §1.5, §1.7) -------------------------------------
+def fingerprint(model: Any) -> str:
+    """SHA-256 of every tensor of the model's state dict (names, dtypes, shapes and values)."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _check_init(model: Any, expected: str | None, engine: str) -> None:
+    if expected is not None and fingerprint(model) != expected:
+        raise RuntimeError(f"{engine}: the initial weights differ from the shared init; the engines would not "
+                           "start from the same model")
+
+
+# ---- evaluation ---------------------------------------------------------------------------------
 
 
 def course_ner_compute_metrics(label_names: list[str]) -> Callable[[Any], dict[str, float]]:
@@ -119,34 +229,96 @@ def course_ner_compute_metrics(label_names: list[str]) -> Callable[[Any], dict[s
     return compute_metrics
 
 
-def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out_dir: Path,
-                       meter: Meter) -> tuple[float, float]:
-    """The course's Trainer (SPEC §1.5) on nlpjobs' preprocessed splits for ``steps`` steps; its eval
-    (overall F1, overall accuracy)."""
-    from transformers import (
-        AutoModelForTokenClassification,
-        DataCollatorForTokenClassification,
-        Trainer,
-        TrainingArguments,
-    )
+def eval_loss(model: Any, job: Any, manifest: Any) -> dict[str, float]:
+    """Token-weighted cross-entropy of ``model`` on the preprocessed eval split (teacher-forced; causal LMs
+    predict each next token), batched by nlpjobs' collator; the same function scores both engines' models.
+    Causal LMs add the perplexity."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
 
     from nlpjobs.data.shards import load_split, load_tokenizer
-    from nlpjobs.models import resolve_model
+    from nlpjobs.tasks import get_task
+    from nlpjobs.train.engine import model_inputs
+    from nlpjobs.train.evalloop import perplexity
 
-    names = manifest.info["label_names"]
+    task = get_task(job.task)
+    loader = DataLoader(model_inputs(task, load_split(manifest, "eval")), batch_size=job.evaluate.batch_size,
+                        collate_fn=task.collator(load_tokenizer(manifest), model))
+    causal = not getattr(model.config, "is_encoder_decoder", False)
+    total, count = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for batch in loader:
+            labels = batch.pop("labels").to(model.device)
+            logits = model(**{k: v.to(model.device) for k, v in batch.items()}).logits
+            if causal:
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+                                           ignore_index=-100, reduction="sum"))
+            count += int((labels != -100).sum())
+    loss = total / count if count else float("nan")
+    return {"loss": loss, "perplexity": perplexity(loss)} if causal else {"loss": loss}
+
+
+# ---- the course's Trainer recipes (NER SPEC §1.4-1.7, translation §3.4-3.6, clm §5.4-5.5) ----------
+
+
+def course_parts(job: Any, manifest: Any, tokenizer: Any, init_dir: Path | None) -> tuple[Any, Any, Any, Any]:
+    """(model, collator, trainer class, arguments class) of the course's recipe for ``job.task``."""
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
+
+    if job.task == "ner":
+        from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification
+
+        from nlpjobs.models import resolve_model
+
+        names = manifest.info["label_names"]
+        id2label = dict(enumerate(names))
+        label2id = {v: k for k, v in id2label.items()}
+        model = AutoModelForTokenClassification.from_pretrained(resolve_model(job.model.name), id2label=id2label,
+                                                                label2id=label2id)
+        assert model.config.num_labels == len(names)
+        return model, DataCollatorForTokenClassification(tokenizer=tokenizer), Trainer, TrainingArguments
+    if init_dir is None:
+        raise ValueError(f"{job.task}: the course model loads the shared init folder")
+    if job.task == "translation":
+        from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
+
+        model = AutoModelForSeq2SeqLM.from_pretrained(str(init_dir))
+        return (model, DataCollatorForSeq2Seq(tokenizer, model=model), Seq2SeqTrainer, Seq2SeqTrainingArguments)
+    if job.task == "clm":
+        from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling
+
+        model = AutoModelForCausalLM.from_pretrained(str(init_dir))
+        tokenizer.pad_token = tokenizer.eos_token
+        return model, DataCollatorForLanguageModeling(tokenizer, mlm=False), Trainer, TrainingArguments
+    raise ValueError(f"no course Trainer recipe for {job.task!r}; known: {', '.join(TASKS)}")
+
+
+def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out_dir: Path, meter: Meter,
+                       init_dir: Path | None = None, init: str | None = None) -> dict[str, float]:
+    """The course's Trainer (SPEC §1.5, §3.6, §5.5) on nlpjobs' preprocessed splits for ``steps`` steps, with
+    the job's schedule (set to the course's); its eval scores (``RECIPES[job.task].scores``). ``init``: the
+    fingerprint the loaded model must have."""
+    from nlpjobs.data.shards import load_split, load_tokenizer
+    from nlpjobs.tasks import get_task
+    from nlpjobs.train.engine import model_inputs
+
+    recipe = RECIPES[job.task]
     tokenizer = load_tokenizer(manifest)
-    id2label = dict(enumerate(names))
-    label2id = {v: k for k, v in id2label.items()}
-    model = AutoModelForTokenClassification.from_pretrained(resolve_model(job.model.name), id2label=id2label,
-                                                            label2id=label2id)
-    assert model.config.num_labels == len(names)
-    data_collator = CountingCollator(DataCollatorForTokenClassification(tokenizer=tokenizer), meter)
-    args = TrainingArguments(
+    model, collator, trainer_cls, args_cls = course_parts(job, manifest, tokenizer, init_dir)
+    _check_init(model, init, "course Trainer")
+    data_collator = CountingCollator(collator, meter, recipe.count_labels)
+    extra = {"predict_with_generate": True} if job.task == "translation" else {}
+    args = args_cls(
         str(out_dir),
-        eval_strategy="no",  # the course evaluates and saves every epoch; here once, after the timed steps
+        eval_strategy="no",  # the course evaluates (and saves) every epoch or never; here once, after the timed steps
         save_strategy="no",
         learning_rate=job.train.learning_rate,
         weight_decay=job.train.weight_decay,
+        lr_scheduler_type=job.train.scheduler,
+        warmup_steps=job.train.warmup_steps,
         max_steps=steps,
         per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=job.evaluate.batch_size,
@@ -156,119 +328,230 @@ def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out
         disable_tqdm=True,
         logging_strategy="no",
         use_cpu=True,
+        **extra,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=load_split(manifest, "train"),
-                      eval_dataset=load_split(manifest, "eval"), data_collator=data_collator,
-                      compute_metrics=course_ner_compute_metrics(names), processing_class=tokenizer)
+    compute_metrics = course_ner_compute_metrics(manifest.info["label_names"]) if job.task == "ner" else None
+    task = get_task(job.task)
+    trainer = trainer_cls(model=model, args=args, train_dataset=model_inputs(task, load_split(manifest, "train")),
+                          eval_dataset=model_inputs(task, load_split(manifest, "eval")), data_collator=data_collator,
+                          compute_metrics=compute_metrics, processing_class=tokenizer)
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its summaries; stdout is the table's
         with step_clock(meter):
             trainer.train()
         data_collator.meter = Meter()  # evaluation batches are not training batches
+        if job.task != "ner":
+            return eval_loss(trainer.model, job, manifest)
         metrics = trainer.evaluate()
-    return float(metrics["eval_f1"]), float(metrics["eval_accuracy"])
+    return {"f1": float(metrics["eval_f1"]), "accuracy": float(metrics["eval_accuracy"])}
 
 
 # ---- nlpjobs ------------------------------------------------------------------------------------
 
 
-def run_nlpjobs(job: Any, steps: int, meter: Meter) -> tuple[float, float]:
-    """``nlpjobs train`` (the engine) for ``steps`` steps, then ``nlpjobs evaluate``; its eval
-    (overall F1, overall accuracy)."""
+def run_nlpjobs(job: Any, steps: int, meter: Meter, manifest: Any = None, init: str | None = None) -> dict[str, float]:
+    """``nlpjobs train`` (the engine) for ``steps`` steps, then its eval scores (``RECIPES[job.task].scores``):
+    NER through ``nlpjobs evaluate``, the others through :func:`eval_loss` on the exported model (``manifest``).
+    ``init``: the fingerprint the engine's freshly built model must have."""
     from unittest import mock
 
     from nlpjobs.tasks import get_task
-    from nlpjobs.train.engine import evaluate_saved, train
+    from nlpjobs.train.engine import evaluate_saved, fetch_model, train
 
+    recipe = RECIPES[job.task]
     task_cls = type(get_task(job.task))
-    original = task_cls.collator
+    collator, build_model = task_cls.collator, task_cls.build_model
 
     def counting(self: Any, tokenizer: Any, model: Any) -> Any:
-        return CountingCollator(original(self, tokenizer, model), meter)
+        return CountingCollator(collator(self, tokenizer, model), meter, recipe.count_labels)
 
-    with mock.patch.object(task_cls, "collator", counting), step_clock(meter):
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        model = build_model(self, *args, **kwargs)
+        _check_init(model, init, "nlpjobs")
+        return model
+
+    with (mock.patch.object(task_cls, "collator", counting), mock.patch.object(task_cls, "build_model", checked),
+          contextlib.redirect_stdout(sys.stderr), step_clock(meter)):
         result = train(job, show_progress=False)
     if result.steps != steps:
         raise RuntimeError(f"nlpjobs trained {result.steps} steps, asked for {steps}")
+    if job.task != "ner":
+        return eval_loss(task_cls().load_trained(str(fetch_model(job))), job, manifest)
     metrics = evaluate_saved(job, show_progress=False)
-    return float(metrics["overall_f1"]), float(metrics["overall_accuracy"])
+    return {"f1": float(metrics["overall_f1"]), "accuracy": float(metrics["overall_accuracy"])}
 
 
-def _preprocessed(sizes: Sizes, store: Path) -> tuple[Any, Any]:
-    """The NER preset on ``sizes`` examples, with the course's hyperparameters (learning rate from
-    ``sizes.learning_rate`` when set), preprocessed once."""
+# ---- the figure ---------------------------------------------------------------------------------
+
+
+def preset_overrides(task: str, sizes: Sizes, store: Path) -> list[str]:
+    """The task preset's overrides: scratch store, data sizes, batch, steps and the course's optimizer
+    settings (learning rate from ``sizes.learning_rate`` when set), no evaluation or checkpoints in the loop."""
+    common = [f"storage=file://{store}", f"train.batch_size={sizes.train_batch_size}",
+              f"train.max_steps={sizes.train_steps}", "train.warmup_steps=0", "train.eval_every=never",
+              "train.save_every=never"]
+    if task == "ner":
+        return [*common, f"data.max_train_examples={sizes.train_examples}",
+                f"data.max_eval_examples={sizes.eval_examples}",
+                f"train.learning_rate={sizes.learning_rate or COURSE_LR}",
+                f"train.weight_decay={COURSE_WEIGHT_DECAY}", "train.scheduler=linear"]
+    common += ["train.eval_before_training=false", "train.grad_accum=1"]
+    if task == "translation":  # the eval pairs are 10% carved out of the drawn pairs
+        return [*common, f"data.max_train_examples={max(sizes.train_examples, 10 * sizes.eval_examples)}",
+                f"data.max_eval_examples={sizes.eval_examples}",
+                f"train.learning_rate={sizes.learning_rate or COURSE_LR}",
+                f"train.weight_decay={COURSE_WEIGHT_DECAY}", "train.scheduler=linear"]
+    if task == "clm":  # whole files, tens of 128-token chunks each; 2-12 eval files
+        return [*common, f"data.max_train_examples={sizes.clm_files}",
+                f"data.max_eval_examples={max(2, min(12, sizes.eval_examples // 25))}",
+                f"train.learning_rate={sizes.learning_rate or COURSE_CLM_LR}",
+                f"train.weight_decay={COURSE_CLM_WEIGHT_DECAY}", "train.scheduler=cosine"]
+    raise ValueError(f"the training figure has no recipe for {task!r}; known: {', '.join(TASKS)}")
+
+
+def _preprocessed(sizes: Sizes, store: Path, task: str = "ner") -> tuple[Any, Any]:
+    """The task's preset on ``sizes`` (:func:`preset_overrides`), preprocessed once."""
     from nlpjobs import stages
 
-    job = load_preset("ner", [f"storage=file://{store}", f"data.max_train_examples={sizes.train_examples}",
-                              f"data.max_eval_examples={sizes.eval_examples}",
-                              f"train.batch_size={sizes.train_batch_size}", f"train.max_steps={sizes.train_steps}",
-                              f"train.learning_rate={sizes.learning_rate or COURSE_LR}",
-                              f"train.weight_decay={COURSE_WEIGHT_DECAY}",
-                              "train.warmup_steps=0", "train.scheduler=linear", "train.eval_every=never",
-                              "train.save_every=never"])
+    job = load_preset(task, preset_overrides(task, sizes, store))
     result = stages.preprocess(job)
     return job, result.manifest
 
 
-def measure(sizes: Sizes, scratch: Path, peak_gflops: float | None) -> list[Sample]:
-    """``sizes.repeats`` runs of each engine (alternating which goes first); tokens/s, samples/s, MFU."""
-    import datasets
+def save_initial_model(job: Any, manifest: Any, out_dir: Path) -> tuple[str, Any]:
+    """The model the nlpjobs engine starts from (its task's build_model after ``set_seed(train.seed)``, as the
+    engine does), saved to ``out_dir``; (its fingerprint, the model)."""
+    from accelerate.utils import set_seed
 
+    from nlpjobs.data.shards import load_tokenizer
+    from nlpjobs.tasks import get_task
+
+    set_seed(job.train.seed)
+    model = get_task(job.task).build_model(job, manifest, load_tokenizer(manifest))
+    model.save_pretrained(str(out_dir))
+    return fingerprint(model), model
+
+
+def mfu_params(job: Any, manifest: Any, model: Any = None) -> tuple[int, int]:
+    """:func:`flop_params` of the task's model (NER: the checkpoint with its head, from its config)."""
+    if model is None:
+        from transformers import AutoConfig, AutoModelForTokenClassification
+
+        from nlpjobs.models import resolve_model
+
+        config = AutoConfig.from_pretrained(resolve_model(job.model.name),
+                                            num_labels=len(manifest.info["label_names"]))
+        model = AutoModelForTokenClassification.from_config(config)
+    return flop_params(model)
+
+
+def run_engine(engine: str, job: Any, manifest: Any, sizes: Sizes, scratch: Path, store: Path,
+               init_dir: Path | None, init: str | None) -> tuple[Meter, dict[str, float]]:
+    """One run of ``engine`` ("nlpjobs" or "course") on a fresh run name / output folder, removed afterwards."""
     from nlpjobs import storage
 
+    meter = Meter()
+    if engine == "nlpjobs":
+        run_job = dataclasses.replace(job, name=f"bench-{job.task}-{uuid.uuid4().hex[:8]}")
+        try:
+            return meter, run_nlpjobs(run_job, sizes.train_steps, meter, manifest, init)
+        finally:
+            shutil.rmtree(store / "runs" / run_job.name, ignore_errors=True)
+            shutil.rmtree(storage.cache_dir() / "scratch" / run_job.name, ignore_errors=True)
+    out = scratch / f"trainer-{uuid.uuid4().hex[:8]}"
+    try:
+        return meter, run_course_trainer(job, manifest, sizes.train_steps, sizes.train_batch_size, out, meter,
+                                         init_dir, init)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def note(task: str, job: Any, sizes: Sizes, label_share: float) -> str:
+    """The tokens/s figure's note: what is compared and counted."""
+    steps, lr = sizes.train_steps, job.train.learning_rate
+    if task == "ner":
+        return (f"same data, model, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
+                f"{COURSE_WEIGHT_DECAY}, linear schedule; {steps} steps (metric after {steps} steps only)")
+    recipe = RECIPES[task]
+    text = (f"course: {recipe.course}; same data, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
+            f"{job.train.weight_decay:g}, {job.train.scheduler} schedule without warmup, grad clip 1.0, no "
+            f"gradient accumulation, fp32; {recipe.model} from one random init (built by nlpjobs, saved, loaded by "
+            f"the course; the engine's own build checked equal); {steps} steps, metric after them only, eval "
+            "loss token-weighted by one evaluator on both trained models")
+    if task == "clm":
+        text += (f"; every row a full {job.preprocess.context_length}-token chunk (no padding: length grouping "
+                 "changes nothing)")
+    else:
+        text += "; nlpjobs batches rows of similar length together, the course Trainer samples at random"
+    if recipe.count_labels:
+        text += (f"; real tokens = source tokens (attention mask) + label tokens (not -100), both engines "
+                 f"({100 * label_share:.0f}% labels)")
+    return text
+
+
+def measure(sizes: Sizes, scratch: Path, peak_gflops: float | None, task: str = "ner") -> list[Sample]:
+    """``sizes.repeats`` runs of each engine on ``task`` (alternating which goes first); tokens/s, samples/s,
+    MFU."""
+    import datasets
+
+    recipe = RECIPES.get(task)
+    if recipe is None:
+        raise ValueError(f"the training figure has no recipe for {task!r}; known: {', '.join(TASKS)}")
     datasets.disable_progress_bars()
-    store = scratch / "train-store"
-    job, manifest = _preprocessed(sizes, store)
+    store = scratch / ("train-store" if task == "ner" else f"train-store-{task}")
+    init_dir = scratch / f"train-init-{task}" if recipe.from_scratch else None
+    try:
+        return _measure(task, recipe, sizes, scratch, store, init_dir, peak_gflops)
+    finally:
+        shutil.rmtree(store, ignore_errors=True)
+        if init_dir is not None:
+            shutil.rmtree(init_dir, ignore_errors=True)
+
+
+def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path, init_dir: Path | None,
+             peak_gflops: float | None) -> list[Sample]:
+    job, manifest = _preprocessed(sizes, store, task)
+    init, model = save_initial_model(job, manifest, init_dir) if init_dir is not None else (None, None)
+    source_params, target_params = mfu_params(job, manifest, model)
+    del model
     steps = sizes.train_steps
-    log(f"ner training: MiniLM-L6, {manifest.rows('train'):,} train / {manifest.rows('eval'):,} eval sentences, "
-        f"batch {sizes.train_batch_size}, {steps} steps per run (steps 2..{steps} timed), lr {job.train.learning_rate:g}, "
+    log(f"{task} training: {recipe.model}, {manifest.rows('train'):,} train / {manifest.rows('eval'):,} eval rows, "
+        f"batch {sizes.train_batch_size}, {steps} steps per run (steps 1..{steps} timed), lr {job.train.learning_rate:g}, "
         f"{sizes.repeats} repeat(s) per engine")
-    params: int | None = None
     samples: list[Sample] = []
     for r in range(sizes.repeats):
-        results: dict[str, tuple[float, float, float, tuple[float, float]]] = {}
+        results: dict[str, tuple[float, float, float, float, dict[str, float]]] = {}
         for engine in (("nlpjobs", "course") if r % 2 == 0 else ("course", "nlpjobs")):
-            meter = Meter()
-            if engine == "nlpjobs":
-                run_job = dataclasses.replace(job, name=f"bench-ner-{uuid.uuid4().hex[:8]}")
-                try:
-                    scores = run_nlpjobs(run_job, steps, meter)
-                finally:
-                    shutil.rmtree(store / "runs" / run_job.name, ignore_errors=True)
-                    shutil.rmtree(storage.cache_dir() / "scratch" / run_job.name, ignore_errors=True)
-            else:
-                out = scratch / f"trainer-{uuid.uuid4().hex[:8]}"
-                try:
-                    scores = run_course_trainer(job, manifest, steps, sizes.train_batch_size, out, meter)
-                finally:
-                    shutil.rmtree(out, ignore_errors=True)
-            results[engine] = (*meter.throughput(steps), scores)
-            tok, smp, sec, _ = results[engine]
-            log(f"ner training repeat {r + 1}/{sizes.repeats}: {engine}: {tok:,.0f} real tokens/s, {smp:.1f} samples/s "
-                f"({steps - 1} steps in {sec:.1f}s), eval F1 {scores[0]:.4f}, accuracy {scores[1]:.4f}")
-        if params is None:
-            from transformers import AutoConfig, AutoModelForTokenClassification
-
-            from nlpjobs.models import resolve_model
-
-            config = AutoConfig.from_pretrained(resolve_model(job.model.name),
-                                                num_labels=len(manifest.info["label_names"]))
-            params = matmul_params(AutoModelForTokenClassification.from_config(config))
-        metric = {"name": "eval seqeval overall_f1", "nlpjobs": results["nlpjobs"][3][0],
-                  "baseline": results["course"][3][0], "nlpjobs accuracy": results["nlpjobs"][3][1],
-                  "baseline accuracy": results["course"][3][1]}
-        note = (f"same data, model, batch {sizes.train_batch_size}, lr {job.train.learning_rate:g}, weight decay "
-                f"{COURSE_WEIGHT_DECAY}, linear schedule; {steps} steps (metric after {steps} steps only)")
+            meter, scores = run_engine(engine, job, manifest, sizes, scratch, store, init_dir, init)
+            results[engine] = (*meter.throughput(steps), meter.label_share(steps), scores)
+            tok, smp, sec, _, _ = results[engine]
+            log(f"{task} training repeat {r + 1}/{sizes.repeats}: {engine}: {tok:,.0f} real tokens/s, {smp:.1f} "
+                f"samples/s ({steps} steps in {sec:.1f}s), eval "
+                + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        nl, co = results["nlpjobs"], results["course"]
+        head, *rest = recipe.scores
+        metric: dict[str, Any] = {"name": recipe.metric, "nlpjobs": nl[4][head], "baseline": co[4][head]}
+        for key in rest:
+            metric.update({f"nlpjobs {key}": nl[4][key], f"baseline {key}": co[4][key]})
         samples += [
-            Sample("ner", "train real tokens/s vs course Trainer", "tokens/s", results["nlpjobs"][0],
-                   results["course"][0], True, metric=metric, note=note),
-            Sample("ner", "train samples/s vs course Trainer", "samples/s", results["nlpjobs"][1],
-                   results["course"][1], True, metric=metric),
+            Sample(task, TOKENS_FIGURE, "tokens/s", nl[0], co[0], True, metric=metric,
+                   note=note(task, job, sizes, nl[3])),
+            Sample(task, SAMPLES_FIGURE, "samples/s", nl[1], co[1], True, metric=metric),
         ]
         if peak_gflops:
-            samples.append(Sample("ner", "train MFU vs course Trainer", "% of fp32 matmul peak",
-                                  mfu(results["nlpjobs"][0], params, peak_gflops),
-                                  mfu(results["course"][0], params, peak_gflops), True, metric=metric,
-                                  note=f"6 x {params / 1e6:.1f}M matmul parameters (embeddings excluded) x real "
-                                       f"tokens/s / measured peak {peak_gflops:,.1f} GFLOP/s"))
-    shutil.rmtree(store, ignore_errors=True)
+            def utilisation(tokens_per_s: float, label_share: float) -> float:
+                labels = tokens_per_s * label_share if recipe.count_labels else 0.0
+                return (mfu(tokens_per_s - labels, source_params, peak_gflops)
+                        + mfu(labels, target_params, peak_gflops))
+
+            if recipe.count_labels:
+                flops = (f"6 x ({source_params / 1e6:.1f}M encoder matmul parameters x source tokens/s + "
+                         f"{target_params / 1e6:.1f}M decoder ones, tied output projection included, x label "
+                         "tokens/s)")
+            else:
+                tied = "" if task == "ner" else ", the tied output projection included"
+                flops = f"6 x {source_params / 1e6:.1f}M matmul parameters (embeddings excluded{tied}) x real tokens/s"
+            samples.append(Sample(task, MFU_FIGURE, "% of fp32 matmul peak", utilisation(nl[0], nl[3]),
+                                  utilisation(co[0], co[3]), True, metric=metric,
+                                  note=f"{flops} / measured peak {peak_gflops:,.1f} GFLOP/s"
+                                  + ("" if task == "ner" else "; attention-score FLOPs not counted")))
     return samples

@@ -312,13 +312,15 @@ def postprocess_predictions(
     s_idx = _top_k_desc(start, k)
     e_idx = _top_k_desc(end, k)
     span = e_idx[:, None, :] - s_idx[:, :, None]
+    in_context = offsets[:, :, 0] >= 0  # 2-D gathers below: far cheaper than indexing the [F, L, 2] array
     valid = (
-        (offsets[rows, s_idx, 0] >= 0)[:, :, None]
-        & (offsets[rows, e_idx, 0] >= 0)[:, None, :]
+        np.take_along_axis(in_context, s_idx, axis=1)[:, :, None]
+        & np.take_along_axis(in_context, e_idx, axis=1)[:, None, :]
         & (span >= 0)
         & (span < max_answer_length)
     ).reshape(n_feat, k * k)
-    scores = (start[rows, s_idx][:, :, None] + end[rows, e_idx][:, None, :]).reshape(n_feat, k * k)
+    scores = (np.take_along_axis(start, s_idx, axis=1)[:, :, None]
+              + np.take_along_axis(end, e_idx, axis=1)[:, None, :]).reshape(n_feat, k * k)
     masked = np.where(valid, scores, -np.inf)
     best = masked.argmax(axis=1)
     feat_ok = valid.any(axis=1)

@@ -98,6 +98,17 @@ def make_accelerator(job: JobConfig, training: bool = True) -> Any:
                        dataloader_config=loader_config, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
 
 
+def skip_cpu_shared_memory_op() -> None:
+    """DeepSpeed's CPU communication backend JIT-compiles a shared-memory all-reduce op when it starts (about
+    a minute of g++ per process, and a compiler in the image) that only its inference all-reduce uses;
+    training's collectives go through torch.distributed (gloo). Mark the op unavailable so it is not built."""
+    import deepspeed.ops
+
+    compatible = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if isinstance(compatible, dict):
+        compatible["deepspeed_shm_comm"] = False
+
+
 def deepspeed_plugin(job: JobConfig) -> Any:
     """Accelerate's DeepSpeed plugin for the job's ZeRO settings (the loop owns optimizer and schedule)."""
     try:
@@ -107,6 +118,8 @@ def deepspeed_plugin(job: JobConfig) -> Any:
                           f"({err}); install it (`pip install deepspeed`) or set deepspeed.enabled=false") from err
     from accelerate.utils import DeepSpeedPlugin
 
+    if not torch.cuda.is_available():
+        skip_cpu_shared_memory_op()
     ds = job.deepspeed
     if "LOCAL_RANK" not in os.environ:  # DeepSpeed always initialises torch.distributed: a world of one
         os.environ.update(LOCAL_RANK="0", RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",

@@ -1,0 +1,125 @@
+"""The training figure beyond NER (nlpjobs.bench.training): seq2seq token counting, one initial model for both
+engines, the token-weighted eval loss, and a 3-step translation run of the figure. No timings asserted."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from nlpjobs.bench import cli, training
+from nlpjobs.bench.common import Sizes
+from nlpjobs.bench.records import aggregate
+
+SIZES = Sizes(repeats=1, train_steps=3, train_examples=120, eval_examples=12, train_batch_size=4)
+
+
+@pytest.fixture
+def one_thread() -> object:
+    """Steadier on a shared machine; the figure itself uses the caller's setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def translation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, object]:
+    """(scratch, job, manifest): the translation preset preprocessed on :data:`SIZES` into the scratch store the
+    figure uses (so its own preprocessing is a cache hit)."""
+    scratch = tmp_path_factory.mktemp("train-translation")
+    job, manifest = training._preprocessed(SIZES, scratch / "train-store-translation", "translation")
+    return scratch, job, manifest
+
+
+def test_seq2seq_batches_count_source_and_label_tokens() -> None:
+    meter = training.Meter()
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]),
+             "labels": torch.tensor([[4, 5, 2, -100, -100], [3, 2, -100, -100, -100]]),
+             "decoder_input_ids": torch.tensor([[0, 4, 5, 2, 0], [0, 3, 2, 0, 0]])}
+    assert training.count_tokens(batch, count_labels=True) == (5, 5)
+    assert training.count_tokens(batch) == (5, 0)  # NER, clm: labels are no tokens of their own
+    training.CountingCollator(lambda _: batch, meter, count_labels=True)([{}, {}])
+    training.CountingCollator(lambda _: batch, meter)([{}, {}])
+    assert (meter.tokens, meter.label_tokens, meter.samples) == ([10, 5], [5, 0], [2, 2])
+    meter = training.Meter(steps=[0.0, 1.0, 2.0], tokens=[99, 10, 30], samples=[2, 2, 2], label_tokens=[0, 4, 16])
+    assert meter.label_share(3) == pytest.approx(0.5)
+    # the scale figure writes meters as JSON and reads them back
+    assert training.Meter(**json.loads(json.dumps(dataclasses.asdict(meter)))) == meter
+
+
+def test_flop_params_split_encoder_decoder_and_count_tied_heads() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel, MarianConfig, MarianMTModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_layer=1, n_head=2, n_embd=8))
+    assert training.flop_params(gpt2) == (training.matmul_params(gpt2) + 50 * 8, 0)  # lm_head tied to wte
+    marian = MarianMTModel(MarianConfig(vocab_size=40, d_model=8, encoder_layers=1, decoder_layers=1,
+                                        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+                                        decoder_ffn_dim=16, max_position_embeddings=16, pad_token_id=39,
+                                        decoder_start_token_id=39))
+    source, target = training.flop_params(marian)
+    assert source == training.matmul_params(marian.get_encoder()) > 0
+    assert source + target == training.matmul_params(marian) + 40 * 8
+    assert target > source  # cross-attention and the output projection are decoder-side
+
+
+def test_fingerprint_tells_weights_apart() -> None:
+    model = torch.nn.Linear(3, 2)
+    before = training.fingerprint(model)
+    training._check_init(model, before, "x")
+    with torch.no_grad():
+        model.weight[0, 0] += 1e-6
+    with pytest.raises(RuntimeError, match="initial weights differ"):
+        training._check_init(model, before, "x")
+
+
+def test_both_engines_start_from_the_same_translation_weights(translation: tuple, tmp_path: Path) -> None:
+    from accelerate.utils import set_seed
+    from transformers import AutoModelForSeq2SeqLM
+
+    from nlpjobs.data.shards import load_tokenizer
+    from nlpjobs.tasks import get_task
+
+    _, job, manifest = translation
+    init, model = training.save_initial_model(job, manifest, tmp_path / "init")
+    course, *_ = training.course_parts(job, manifest, load_tokenizer(manifest), tmp_path / "init")
+    assert isinstance(course, AutoModelForSeq2SeqLM._model_mapping[type(course.config)])
+    assert training.fingerprint(course) == init  # what the course's Seq2SeqTrainer starts from
+    set_seed(job.train.seed)  # what the engine does before build_model
+    assert training.fingerprint(get_task("translation").build_model(job, manifest, load_tokenizer(manifest))) == init
+    # token-weighted eval loss: with all eval rows in one batch it is the model's own mean loss
+    one_batch = dataclasses.replace(job, evaluate=dataclasses.replace(job.evaluate, batch_size=10_000))
+    from nlpjobs.data.shards import load_split
+    from nlpjobs.train.engine import model_inputs
+
+    task = get_task("translation")
+    rows = list(model_inputs(task, load_split(manifest, "eval")))
+    batch = task.collator(load_tokenizer(manifest), model)(rows)
+    with torch.no_grad():
+        expected = float(model.eval()(**batch).loss)
+    assert training.eval_loss(model, one_batch, manifest)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_translation_figure_reports_both_engines(translation: tuple, one_thread: object) -> None:
+    scratch, _, _ = translation
+    samples = training.measure(SIZES, scratch, 20.0, "translation")
+    assert [s.figure for s in samples] == [training.TOKENS_FIGURE, training.SAMPLES_FIGURE, training.MFU_FIGURE]
+    for record in aggregate(samples):
+        assert record.task == "translation" and record.nlpjobs and record.baseline and record.ratio
+        assert record.metric["name"].startswith("eval cross-entropy per label token")
+        for engine in ("nlpjobs", "baseline"):  # random init over a ~vocabulary of pieces: loss near ln(vocab)
+            assert 3.0 < record.metric[engine] < 12.0
+    assert "Seq2SeqTrainer" in samples[0].note and "label tokens" in samples[0].note
+    assert not [p for p in scratch.iterdir() if p.name.startswith(("train-store", "train-init", "trainer-"))]
+
+
+def test_cli_routes_the_training_tasks(tmp_path: Path) -> None:
+    assert {"ner", "translation", "clm"} <= set(cli.TRAIN_TASKS) <= set(training.RECIPES)
+    [sample] = cli.run_figure("train", "summarization", SIZES, tmp_path, 10.0)
+    assert sample.note.startswith("not measured")
+    with pytest.raises(ValueError, match="no recipe"):
+        training.preset_overrides("qa", SIZES, tmp_path)

@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from nlpjobs.bench.machine import busy_cores
 
     busy = busy_cores()
+    parallelism = os.environ.get("TOKENIZERS_PARALLELISM")  # before any figure's imports may set it
     log(f"measuring the fp32 matmul peak ({sizes.matmul_size}x{sizes.matmul_size}, {torch.get_num_threads()} "
         "torch threads)")
     host = machine.describe(sizes.matmul_size)
@@ -159,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if busy is not None:
         lines.append(f"other work at the start: {busy:.2f} of {host.cores} cores busy over 2 s"
                      + (" (figures measured under contention)" if busy > 0.25 * host.cores else ""))
-    lines.append("TOKENIZERS_PARALLELISM: " + os.environ.get("TOKENIZERS_PARALLELISM", "unset (the fast tokenizer "
-                                                             "uses every core)"))
+    lines.append("TOKENIZERS_PARALLELISM at the start: " + (parallelism or "unset (the fast tokenizer uses every "
+                                                                         "core, for the course as for nlpjobs)"))
     command = "python -m nlpjobs.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"`{command.strip()}` · {time.strftime('%Y-%m-%d %H:%M')} · {sizes.repeats} repeat(s) · "
               f"{time.time() - started:.0f} s")

@@ -192,10 +192,9 @@ def combine(meters: list[Meter], steps: int) -> Throughput:
     seconds = max(m.throughput(steps)[2] for m in meters)  # raises when a process stamped too few steps
     if seconds <= 0:
         raise RuntimeError(f"{steps} steps took {seconds} s")
-    first = 0 if all(m.started is not None for m in meters) else 1
-    tokens = sum(sum(m.tokens[first:steps]) for m in meters)
-    samples = sum(sum(m.samples[first:steps]) for m in meters)
-    return Throughput(tokens / seconds, samples / seconds, seconds / (steps - first))
+    tokens = sum(m.timed(m.tokens, steps) for m in meters)
+    samples = sum(m.timed(m.samples, steps) for m in meters)
+    return Throughput(tokens / seconds, samples / seconds, seconds / (steps - max(m.first_timed for m in meters)))
 
 
 def launch(job: Any, job_path: Path, steps: int, processes: int, threads: int) -> Throughput:

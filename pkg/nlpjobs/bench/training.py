@@ -92,24 +92,31 @@ class Meter:
     started: float | None = None
     """When the first training batch was requested (set by CountingCollator); None: not recorded."""
 
+    @property
+    def first_timed(self) -> int:
+        """Index of the first timed batch: 0 (step 1, from the first batch's collation) when ``started`` is
+        known, else 1 (steps 2..N, from step 1's end)."""
+        return 0 if self.started is not None else 1
+
+    def timed(self, values: list[int], total_steps: int) -> int:
+        """Sum of a per-batch list over the timed steps."""
+        return sum(values[self.first_timed:total_steps])
+
     def throughput(self, total_steps: int) -> tuple[float, float, float]:
-        """(real tokens/s, samples/s, seconds) over steps 1..``total_steps`` from the first batch's collation
-        when ``started`` is known, else over steps 2..``total_steps``. Step 1 counts: with length grouping
-        nlpjobs' first batch is its longest, so leaving it out would favour nlpjobs."""
+        """(real tokens/s, samples/s, seconds) over the timed steps up to ``total_steps``. Step 1 counts when
+        it can: with length grouping nlpjobs' first batch is its longest, so leaving it out would favour nlpjobs."""
         if len(self.steps) < total_steps or len(self.tokens) < total_steps or total_steps < 2:
             raise RuntimeError(f"measured {len(self.steps)} optimizer steps and {len(self.tokens)} batches; "
                                f"expected {total_steps} of each (and at least 2)")
-        first = 0 if self.started is not None else 1
         start = self.started if self.started is not None else self.steps[0]
         seconds = self.steps[total_steps - 1] - start
-        return (sum(self.tokens[first:total_steps]) / seconds, sum(self.samples[first:total_steps]) / seconds,
+        return (self.timed(self.tokens, total_steps) / seconds, self.timed(self.samples, total_steps) / seconds,
                 seconds)
 
     def label_share(self, total_steps: int) -> float:
         """Fraction of the real tokens of the timed steps that are label tokens."""
-        first = 0 if self.started is not None else 1
-        tokens = sum(self.tokens[first:total_steps])
-        return sum(self.label_tokens[first:total_steps]) / tokens if tokens else 0.0
+        tokens = self.timed(self.tokens, total_steps)
+        return self.timed(self.label_tokens, total_steps) / tokens if tokens else 0.0
 
 
 def count_tokens(batch: Any, count_labels: bool = False) -> tuple[int, int]:

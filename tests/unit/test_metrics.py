@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 import evaluate
+import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
@@ -271,6 +272,47 @@ def test_rouge_module_mid_fmeasure_plain_floats() -> None:
     assert out["rouge2"] == pytest.approx(8 / 11)  # 4 shared bigrams: P = 4/6, R = 4/5
     assert out["rougeL"] == pytest.approx(12 / 13)  # LCS of 6 tokens
     assert out["rougeLsum"] == pytest.approx(12 / 13)
+
+
+def test_rouge_memoised_stemmer_scores_like_rouge_score() -> None:
+    """The metric's memoised stemmer must give rouge_score's own per-example scores, in every variant."""
+    predictions = ["The runners were running quickly.\nThey ran again tomorrow", "generalizations generalize",
+                   "Los corredores corrían", "connected connections connecting", "hello"]
+    references = ["A runner runs quickly.\nRunning again", "generalization of generalized rules",
+                  "los corredores corren", "connection connects", "hello there hello"]
+    types = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    ours = load_metric("rouge").compute(predictions=predictions, references=references, rouge_types=types,
+                                        use_stemmer=True, use_aggregator=False)
+    scorer = rouge_scorer.RougeScorer(types, use_stemmer=True)
+    theirs = [scorer.score(r, p) for r, p in zip(references, predictions)]
+    assert ours == {t: [s[t].fmeasure for s in theirs] for t in types}
+    assert theirs[0]["rouge1"].fmeasure != rouge_scorer.RougeScorer(["rouge1"]).score(
+        references[0], predictions[0])["rouge1"].fmeasure  # the stemmer matters for these texts
+
+
+def test_rouge_bootstrap_mid_is_rouge_scores_aggregator() -> None:
+    """The vectorised bootstrap draws the same resamples as rouge_score's BootstrapAggregator (same seed,
+    several measures in a row), and the metric reports it."""
+    from rouge_score import scoring
+
+    from nlpjobs.metrics.rouge_metric.rouge_metric import bootstrap_mid
+
+    rng = np.random.default_rng(0)
+    columns = {"rouge1": rng.random(37), "rouge2": rng.random(37) ** 3, "rougeL": rng.random(37)}
+    aggregator = scoring.BootstrapAggregator()
+    for i in range(37):
+        aggregator.add_scores({k: scoring.Score(0.0, 0.0, float(v[i])) for k, v in columns.items()})
+    np.random.seed(123)
+    ours = {k: bootstrap_mid(v) for k, v in columns.items()}
+    np.random.seed(123)
+    theirs = {k: v.mid.fmeasure for k, v in aggregator.aggregate().items()}
+    assert ours == pytest.approx(theirs, abs=1e-12)
+    assert ours["rouge1"] != pytest.approx(float(np.mean(columns["rouge1"])), abs=1e-9)  # a resample, not the mean
+    predictions, references = ["a b c", "a d", "b b e"], ["a b", "a d e", "c"]
+    per_example = load_metric("rouge").compute(predictions=predictions, references=references,
+                                               rouge_types=["rouge1"], use_aggregator=False)["rouge1"]
+    aggregated = load_metric("rouge").compute(predictions=predictions, references=references, rouge_types=["rouge1"])
+    assert min(per_example) <= aggregated["rouge1"] <= max(per_example)
 
 
 def test_rouge_module_options() -> None:

@@ -76,6 +76,23 @@ def test_truncation_is_per_side_and_counted(marian: object) -> None:
     assert all(row[-1] == marian.eos_token_id for row in out["labels"])  # EOS kept after truncation
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_one_pass_truncation_equals_the_tokenizers_own(marian: object, side: str) -> None:
+    """Rows are tokenized once at limit + 1 and shortened by one content token; with left truncation that
+    shortcut is wrong, and the per-batch check must make tokenize_pairs tokenize those rows again."""
+    tok = marian
+    tok.truncation_side = side
+    try:
+        ds = datasets.Dataset.from_dict({"src": EN, "tgt": FR})
+        cfg = Seq2SeqPreprocessConfig(max_source_length=4, max_target_length=5, map_batch_size=4)
+        out, _ = tokenize_pairs(ds, tok, "src", "tgt", cfg, "t")
+        assert out["input_ids"][:] == tok(EN, max_length=4, truncation=True)["input_ids"]
+        assert out["attention_mask"][:] == tok(EN, max_length=4, truncation=True)["attention_mask"]
+        assert out["labels"][:] == tok(text_target=FR, max_length=5, truncation=True)["input_ids"]
+    finally:
+        tok.truncation_side = "right"
+
+
 def test_collator_pads_labels_with_minus_100_and_starts_decoder_inputs_with_pad(marian: object) -> None:
     task = get_task("translation")
     model = task.scratch_model("marian", SCRATCH_SIZES["marian"]["tiny"], marian, None)

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
     from nlpjobs.data.shards import Manifest
 
 
+def column_values(ds: datasets.Dataset, name: str) -> list[Any]:
+    """Column ``name`` of ``ds`` as a Python list, read in one Arrow pass.
+
+    ``ds[name]`` is a lazy ``Column`` in datasets 4: iterating it formats one row at a time (about 70x slower
+    than this on a 6,000-row column of strings).
+    """
+    return ds.select_columns([name]).with_format("arrow")[:].column(name).to_pylist()
+
+
 class TaskDataError(ValueError):
     """Raw data that does not fit the task (missing columns, bad labels, empty split)."""
 

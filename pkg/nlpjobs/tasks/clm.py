@@ -34,7 +34,7 @@ import numpy as np
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
 from nlpjobs.data.corpora.codeparrot import DS_KEYWORDS, any_keyword_in_string
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values
 from nlpjobs.train.evalloop import perplexity  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -313,9 +313,9 @@ def chunk_dataset(ds: datasets.Dataset, tokenizer: Any, cfg: ClmPreprocessConfig
 
     mapped = ds.map(fn, batched=True, batch_size=cfg.map_batch_size, remove_columns=ds.column_names,
                     num_proc=cfg.num_proc if cfg.num_proc > 1 else None, desc=desc)
-    marker = np.asarray(mapped["_stat"], dtype=bool)
+    marker = np.asarray(column_values(mapped, "_stat"), dtype=bool)
     stat_rows = mapped.select(np.flatnonzero(marker))
-    totals = {key: int(sum(stat_rows[f"_{key}"])) for key in STAT_KEYS}
+    totals = {key: int(sum(column_values(stat_rows, f"_{key}"))) for key in STAT_KEYS}
     chunks = mapped.select(np.flatnonzero(~marker)).select_columns(["input_ids"])
     return chunks, totals
 

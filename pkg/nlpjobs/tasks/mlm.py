@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import datasets
+import numpy as np
 import torch
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values
 from nlpjobs.train.evalloop import perplexity  # noqa: F401 (re-exported)
 
 DEFAULT_PROBABILITY = {"standard": 0.15, "whole_word": 0.2}
@@ -63,13 +64,25 @@ class MlmPreprocessConfig(PreprocessConfig):
 # ---- preprocessing ------------------------------------------------------------------------------
 
 
-def group_texts(examples: dict[str, list[list[Any]]], chunk_size: int) -> dict[str, list[list[Any]]]:
+def group_texts(examples: dict[str, list[list[Any]]], chunk_size: int) -> dict[str, Any]:
     """Concatenate every column of the batch, drop the remainder after the last full ``chunk_size`` block,
-    slice into blocks and set ``labels`` to a copy of ``input_ids`` (SPEC §2.3)."""
-    concatenated = {k: list(itertools.chain.from_iterable(v)) for k, v in examples.items()}
-    total = (len(concatenated["input_ids"]) // chunk_size) * chunk_size
-    result = {k: [t[i:i + chunk_size] for i in range(0, total, chunk_size)] for k, t in concatenated.items()}
-    result["labels"] = [list(x) for x in result["input_ids"]]
+    slice into blocks and set ``labels`` to a copy of ``input_ids`` (SPEC §2.3).
+
+    Integer columns come back as [chunks, chunk_size] int64 arrays (datasets stores them without inspecting
+    every Python int); ``word_ids``, which holds None for special tokens, as lists of lists.
+    """
+    lengths = [len(x) for x in examples["input_ids"]]
+    total = (sum(lengths) // chunk_size) * chunk_size
+    result: dict[str, Any] = {}
+    for key, rows in examples.items():
+        flat = itertools.chain.from_iterable(rows)
+        if key == "word_ids":
+            words = list(itertools.islice(flat, total))
+            result[key] = [words[i:i + chunk_size] for i in range(0, total, chunk_size)]
+        else:
+            values = np.fromiter(flat, dtype=np.int64, count=sum(lengths))
+            result[key] = values[:total].reshape(-1, chunk_size)
+    result["labels"] = result["input_ids"].copy()
     return result
 
 
@@ -158,17 +171,18 @@ def mask_eval_split(ds: datasets.Dataset, tokenizer: Any, kind: str, probability
     preprocess runs give identical masks and evaluation needs no further randomness."""
     collator = MlmCollator(tokenizer, kind, probability, torch.Generator().manual_seed(seed))
     columns = ["input_ids", "attention_mask", "labels"] + (["word_ids"] if kind == "whole_word" else [])
-    out: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    out: dict[str, list[np.ndarray]] = {"input_ids": [], "attention_mask": [], "labels": []}
     for start in range(0, len(ds), batch_size):
         batch = ds.select_columns(columns)[start:start + batch_size]
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
         masked = collator(rows)
         for key in out:
-            out[key].extend(masked[key].tolist())
+            out[key].append(masked[key].numpy())  # [rows, chunk_size]: every chunk has the same length
     features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
                                   "attention_mask": datasets.Sequence(datasets.Value("int8")),
                                   "labels": datasets.Sequence(datasets.Value("int64"))})
-    return datasets.Dataset.from_dict(out, features=features)
+    return datasets.Dataset.from_dict({k: np.concatenate(v) if v else np.zeros((0, 0), np.int64) for k, v in out.items()},
+                                      features=features)
 
 
 def max_positions(model_name: str, revision: str | None, tokenizer: Any) -> int | None:
@@ -235,24 +249,27 @@ class MlmTask(Task):
         tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
         num_proc = cfg.num_proc if cfg.num_proc > 1 else None
 
-        def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        whole_word = cfg.collator == "whole_word"
+
+        def tokenize_and_group(batch: dict[str, list]) -> dict[str, Any]:
             texts = batch["text"]
             if any(not isinstance(t, str) for t in texts):
                 bad = next(t for t in texts if not isinstance(t, str))
                 raise TaskDataError(f"mlm: the text column holds a {type(bad).__name__} ({bad!r}); every row "
                                     "needs a string")
-            enc = tokenizer(texts)  # no truncation: long texts are chunked below
-            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                    "word_ids": [enc.word_ids(i) for i in range(len(texts))]}
+            enc = tokenizer(texts)  # no truncation: long texts are chunked
+            columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            if whole_word:  # only whole-word masking needs to know where words start
+                columns["word_ids"] = [enc.word_ids(i) for i in range(len(texts))]
+            return group_texts(columns, cfg.chunk_size)
 
         def chunks(split: str) -> datasets.Dataset:
+            # one map: the course tokenizes in batches of map_batch_size rows and then groups the same batches
             ds = raw[split]
-            tokenized = ds.map(tokenize, batched=True, batch_size=cfg.map_batch_size, num_proc=num_proc,
-                               remove_columns=ds.column_names, desc=f"tokenize {split}")
-            grouped = tokenized.map(group_texts, batched=True, batch_size=cfg.map_batch_size, num_proc=num_proc,
-                                    fn_kwargs={"chunk_size": cfg.chunk_size}, desc=f"group {split}")
+            grouped = ds.map(tokenize_and_group, batched=True, batch_size=cfg.map_batch_size, num_proc=num_proc,
+                             remove_columns=ds.column_names, desc=f"tokenize and group {split}")
             if len(grouped) == 0:
-                tokens = sum(len(x) for x in tokenized["input_ids"])
+                tokens = sum(len(x) for x in tokenizer(column_values(ds, "text"))["input_ids"])
                 raise TaskDataError(f"mlm: the {split} split has {tokens} tokens, not one chunk of "
                                     f"{cfg.chunk_size}; use more text or a smaller preprocess.chunk_size")
             return grouped
@@ -276,12 +293,10 @@ class MlmTask(Task):
 
         kind, probability = cfg.collator, cfg.probability
         eval_masked = mask_eval_split(evaluation, tokenizer, kind, probability, cfg.seed)
-        masked_tokens = sum(sum(1 for t in row if t != -100) for row in eval_masked["labels"])
+        masked_tokens = sum(sum(1 for t in row if t != -100) for row in column_values(eval_masked, "labels"))
         if masked_tokens == 0:
             raise TaskDataError("mlm: the fixed eval masks hide no token; use more eval chunks or a higher "
                                 "preprocess.mlm_probability")
-        if kind != "whole_word":
-            train = train.remove_columns("word_ids")  # the standard collator must not receive it
         return Prepared(splits={"train": train, "eval": eval_masked},
                         info={"chunk_size": cfg.chunk_size, "collator": kind, "mlm_probability": probability,
                               "chunks_available": available, "eval_masked_tokens": masked_tokens,

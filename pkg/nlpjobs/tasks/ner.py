@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values
 
 
 @dataclass
@@ -126,7 +126,7 @@ class NerTask(Task):
             mapped = ds.map(tokenize_and_align, batched=True, batch_size=cfg.map_batch_size,
                             num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
                             remove_columns=ds.column_names, desc=f"tokenize {split}")
-            truncated[split] = int(sum(mapped["_truncated"]))
+            truncated[split] = int(sum(column_values(mapped, "_truncated")))
             splits[split] = mapped.remove_columns("_truncated")
         return Prepared(splits=splits, info={"label_names": names, "truncated_examples": truncated,
                                              "max_length": max_length})

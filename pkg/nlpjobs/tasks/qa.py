@@ -10,7 +10,7 @@ import numpy as np
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
 from nlpjobs.tasks import qa_features
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values
 
 EXAMPLE_COLUMNS = ["id", "context", "question", "answers"]
 
@@ -103,7 +103,7 @@ class QaTask(Task):
             raise ConfigError("model.name: qa assumes right padding with [CLS] first (XLNet-style left padding "
                               "is not supported)")
         train = raw["train"]
-        bad = qa_features.find_answer_mismatches(train["context"], train["answers"])
+        bad = qa_features.find_answer_mismatches(column_values(train, "context"), column_values(train, "answers"))
         if bad:
             example = train[bad[0]]
             detail = (f"{len(bad)} of {len(train)} training examples have an answer_start that does not point at "
@@ -131,7 +131,7 @@ class QaTask(Task):
                                     remove_columns=raw["eval"].column_names, desc="eval features"),
             "eval_examples": raw["eval"].select_columns(EXAMPLE_COLUMNS),
         }
-        with_answer = int(np.count_nonzero(np.asarray(splits["train"]["start_positions"])))
+        with_answer = int(np.count_nonzero(np.asarray(column_values(splits["train"], "start_positions"))))
         return Prepared(splits=splits, info={"skipped_bad_answers": len(bad) if bad else 0,
                                              "train_features_with_answer": with_answer,
                                              "max_length": cfg.max_length, "stride": cfg.stride})
@@ -169,8 +169,8 @@ class QaTask(Task):
         examples = load_split(ctx.manifest, "eval_examples")
         if len(rows["start"]) < len(features):  # a prefix of the features (doctor's evaluation check)
             features = features.select(range(len(rows["start"])))
-            wanted = set(features["example_id"])
-            examples = examples.select([i for i, e in enumerate(examples["id"]) if e in wanted])
+            wanted = set(column_values(features, "example_id"))
+            examples = examples.select([i for i, e in enumerate(column_values(examples, "id")) if e in wanted])
         example_cols = examples.select_columns(["id", "context", "answers"]).with_format("arrow")[:].to_pydict()
         predictions = predict_answers(np.stack(rows["start"]), np.stack(rows["end"]), features, example_cols,
                                       cfg.n_best, cfg.max_answer_length)

@@ -321,7 +321,7 @@ def postprocess_predictions(
     ).reshape(n_feat, k * k)
     scores = (np.take_along_axis(start, s_idx, axis=1)[:, :, None]
               + np.take_along_axis(end, e_idx, axis=1)[:, None, :]).reshape(n_feat, k * k)
-    masked = np.where(valid, scores, -np.inf)
+    masked = np.where(valid, scores, np.array(-np.inf, dtype=scores.dtype))  # no float64 upcast
     best = masked.argmax(axis=1)
     feat_ok = valid.any(axis=1)
     # Valid candidates all scoring -inf: the course keeps the first valid one.

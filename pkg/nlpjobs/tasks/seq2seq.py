@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
-from nlpjobs.tasks.base import EvalContext, Task, TaskDataError
+from nlpjobs.tasks.base import EvalContext, Task, TaskDataError, column_values
 
 SCRATCH_PREFIX = "scratch:"
 
@@ -196,37 +196,72 @@ def check_model_vocab(tokenizer: Any, model: Any, exact: bool) -> None:
 # ---- tokenization -------------------------------------------------------------------------
 
 
+def special_token_suffix(tokenizer: Any) -> int | None:
+    """How many special tokens the tokenizer appends after a sequence's content (T5/Marian: 1, </s>), or None
+    when ``build_inputs_with_special_tokens`` does not say."""
+    marker = -7
+    try:
+        built = list(tokenizer.build_inputs_with_special_tokens([marker]))
+    except Exception:  # noqa: BLE001 - any tokenizer that cannot tell falls back to tokenizing again
+        return None
+    return len(built) - built.index(marker) - 1 if built.count(marker) == 1 else None
+
+
+def _cut_one_token(row: list[int], suffix: int) -> list[int]:
+    """A row truncated to n+1 tokens, as truncation to n would give it: one content token fewer before the
+    ``suffix`` special tokens (right-side truncation of a single sequence)."""
+    return row[:len(row) - 1 - suffix] + row[len(row) - suffix:]
+
+
+def _truncate_again(rows: list[list[int]], cut: list[bool], texts: list[str], limit: int, suffix: int | None,
+                    tokenize: Callable[[list[str]], list[list[int]]]) -> None:
+    """Rows tokenized with ``limit + 1`` tokens whose ``cut`` flag is set are shortened to ``limit`` in place.
+
+    One content token is dropped before the special-token suffix; the first such row of the batch is checked
+    against the tokenizer itself, and when they differ (left truncation, unusual post-processors) every
+    cut row is tokenized again at ``limit``.
+    """
+    idx = [i for i, c in enumerate(cut) if c]
+    if not idx:
+        return
+    if suffix is not None and _cut_one_token(rows[idx[0]], suffix) == tokenize([texts[idx[0]]])[0]:
+        for i in idx:
+            rows[i] = _cut_one_token(rows[i], suffix)
+        return
+    for i, row in zip(idx, tokenize([texts[i] for i in idx]), strict=True):
+        rows[i] = row
+
+
 def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: str, cfg: Seq2SeqPreprocessConfig,
                    desc: str) -> tuple[datasets.Dataset, dict[str, int]]:
     """input_ids/attention_mask from ``sources``, labels from ``targets`` through the target side
-    (``text_target``), each truncated to its own max length; returns (dataset, truncation counts)."""
+    (``text_target``), each truncated to its own max length; returns (dataset, truncation counts).
+
+    Each side is tokenized once, one token over its limit: a row that reaches limit + 1 was truncated
+    (counted), and is shortened by one content token (checked against the tokenizer on one row per batch).
+    """
     ls, lt = cfg.max_source_length, cfg.max_target_length
+    suffix = special_token_suffix(tokenizer)
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
         src = [cfg.source_prefix + s for s in batch[sources]]
-        # one token over the limit reveals truncation without tokenizing twice
-        enc = tokenizer(src, max_length=ls + 1, truncation=True)
-        lab = tokenizer(text_target=batch[targets], max_length=lt + 1, truncation=True)["input_ids"]
-        src_cut = [len(x) > ls for x in enc["input_ids"]]
+        tgt = batch[targets]
+        ids = tokenizer(src, max_length=ls + 1, truncation=True, return_attention_mask=False)["input_ids"]
+        lab = tokenizer(text_target=tgt, max_length=lt + 1, truncation=True,
+                        return_attention_mask=False)["input_ids"]
+        src_cut = [len(x) > ls for x in ids]
         tgt_cut = [len(x) > lt for x in lab]
-        if any(src_cut):
-            idx = [i for i, c in enumerate(src_cut) if c]
-            again = tokenizer([src[i] for i in idx], max_length=ls, truncation=True)
-            for j, i in enumerate(idx):
-                enc["input_ids"][i] = again["input_ids"][j]
-                enc["attention_mask"][i] = again["attention_mask"][j]
-        if any(tgt_cut):
-            idx = [i for i, c in enumerate(tgt_cut) if c]
-            again = tokenizer(text_target=[batch[targets][i] for i in idx], max_length=lt, truncation=True)
-            for j, i in enumerate(idx):
-                lab[i] = again["input_ids"][j]
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": lab,
+        _truncate_again(ids, src_cut, src, ls, suffix,
+                        lambda texts: tokenizer(texts, max_length=ls, truncation=True)["input_ids"])
+        _truncate_again(lab, tgt_cut, tgt, lt, suffix,
+                        lambda texts: tokenizer(text_target=texts, max_length=lt, truncation=True)["input_ids"])
+        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": lab,
                 "_src_cut": src_cut, "_tgt_cut": tgt_cut}
 
     mapped = ds.map(encode, batched=True, batch_size=cfg.map_batch_size,
                     num_proc=cfg.num_proc if cfg.num_proc > 1 else None, remove_columns=ds.column_names, desc=desc)
-    src_cut = np.asarray(mapped["_src_cut"], dtype=bool)
-    tgt_cut = np.asarray(mapped["_tgt_cut"], dtype=bool)
+    src_cut = np.asarray(column_values(mapped, "_src_cut"), dtype=bool)
+    tgt_cut = np.asarray(column_values(mapped, "_tgt_cut"), dtype=bool)
     counts = {"source": int(src_cut.sum()), "target": int(tgt_cut.sum()), "examples": int((src_cut | tgt_cut).sum())}
     return mapped.remove_columns(["_src_cut", "_tgt_cut"]), counts
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
+import numpy as np
 
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values
 from nlpjobs.tasks.seq2seq import (
     Seq2SeqEvaluateConfig,
     Seq2SeqPreprocessConfig,
@@ -81,19 +83,23 @@ def keep_long_titles(ds: datasets.Dataset, min_words: int) -> datasets.Dataset:
     return ds.filter(ok, batched=True, desc="title filter")
 
 
-def rouge_scores(predictions: list[str], references: list[str], languages: list[str]) -> dict[str, float]:
-    """ROUGE-1/2/L/Lsum F-measure × 100 (4 decimals), stemmed, one sentence per line (SPEC §4.5)."""
+def rouge_scores(predictions: list[str], references: list[str], languages: list[str],
+                 predictions_split: bool = False) -> dict[str, float]:
+    """ROUGE-1/2/L/Lsum F-measure × 100 (4 decimals), stemmed, one sentence per line (SPEC §4.5);
+    ``predictions_split``: the predictions already hold one sentence per line (lead-N)."""
     from nlpjobs.metrics import load_metric
 
-    preds = [sentences_newline(p, lang) for p, lang in zip(predictions, languages)]
+    preds = predictions if predictions_split else [sentences_newline(p, lang) for p, lang in zip(predictions, languages)]
     refs = [sentences_newline(r, lang) for r, lang in zip(references, languages)]
     result = load_metric("rouge").compute(predictions=preds, references=refs, use_stemmer=True)
     return {k: round(float(result[k]) * 100, 4) for k in ROUGE_KEYS}
 
 
 def lead_baseline(bodies: list[str], references: list[str], languages: list[str], n: int = 3) -> dict[str, float]:
-    """Lead-n ROUGE: the first n sentences of each body scored against the references."""
-    return rouge_scores([lead_n(b, n, lang) for b, lang in zip(bodies, languages)], references, languages)
+    """Lead-n ROUGE: the first n sentences of each body, one per line as split, scored against the references
+    (as the course scores its three_sentence_summary, without splitting the lead again)."""
+    leads = [lead_n(b, n, lang) for b, lang in zip(bodies, languages)]
+    return rouge_scores(leads, references, languages, predictions_split=True)
 
 
 def baseline_gate(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, bool]:
@@ -108,7 +114,7 @@ class SummarizationTask(Seq2SeqTask):
     evaluate_config = SummarizationEvaluateConfig
     required_columns = ("body", "title")
     pipeline_task = "summarization"
-    preprocess_version = "1"
+    preprocess_version = "2"  # 2: lead-N scored on its own sentence lines (not split again)
     headline_metric = "rouge1"
     scratch_archs = ("mt5",)
 
@@ -162,23 +168,26 @@ class SummarizationTask(Seq2SeqTask):
             ds = ds.shuffle(seed=cfg.shuffle_seed)  # mix the languages (SPEC §4.1)
             if split == "eval" and cfg.eval_sample and cfg.eval_sample < len(ds):
                 ds = ds.select(range(cfg.eval_sample))
-            mixed[split] = ds.flatten_indices().select_columns(["body", "title", "language"])
-            kept[split] = {lang: int(n) for lang, n in zip(*_count(mixed[split]["language"]))}
+            mixed[split] = ds.select_columns(["body", "title", "language"]).flatten_indices()
+            kept[split] = dict(sorted(Counter(column_values(mixed[split], "language")).items()))
         trained = None
         if tokenizer is None:  # scratch: mT5: one SentencePiece unigram model on bodies and titles of train
             n = cfg.tokenizer_max_sentences
-            trained = t5_tokenizer(mixed["train"]["body"][:n] + mixed["train"]["title"][:n], cfg.vocab_size,
+            train = mixed["train"].select(range(min(n, len(mixed["train"]))))
+            trained = t5_tokenizer(column_values(train, "body") + column_values(train, "title"), cfg.vocab_size,
                                    max(cfg.max_source_length, cfg.max_target_length))
             tokenizer = trained
         splits, truncated, detail = {}, {}, {}
         for split, ds in mixed.items():
             tokenized, counts = tokenize_pairs(ds, tokenizer, "body", "title", cfg, f"tokenize {split}")
-            splits[split] = tokenized.add_column("language", ds["language"])
+            splits[split] = tokenized.add_column("language", column_values(ds, "language"))
             truncated[split], detail[split] = counts["examples"], counts
         # lead-3 on the same eval rows and the same (decoded, truncated) references the model is scored on
         eval_ds = mixed["eval"]
-        _, references = decode_pairs(tokenizer, [], [_array(x) for x in splits["eval"]["labels"]])
-        lead = lead_baseline(eval_ds["body"], references, eval_ds["language"], cfg.lead_sentences)
+        _, references = decode_pairs(tokenizer, [], [np.asarray(x, dtype=np.int64)
+                                                     for x in column_values(splits["eval"], "labels")])
+        lead = lead_baseline(column_values(eval_ds, "body"), references, column_values(eval_ds, "language"),
+                             cfg.lead_sentences)
         info = {"languages": kept, "short_titles_removed": short, "min_target_words": cfg.min_target_words,
                 "truncated_examples": truncated, "truncated_by_side": detail,
                 "max_source_length": cfg.max_source_length, "max_target_length": cfg.max_target_length,
@@ -190,7 +199,7 @@ class SummarizationTask(Seq2SeqTask):
 
         out = self.generate_and_score(ctx, model, loader)
         eval_split = load_split(ctx.manifest, "eval")
-        languages = (list(eval_split["language"])[:out["examples"]] if "language" in eval_split.column_names
+        languages = (column_values(eval_split, "language")[:out["examples"]] if "language" in eval_split.column_names
                      else [ctx.manifest.info.get("default_language", "en")] * out["examples"])
         metrics: dict[str, Any] = rouge_scores(out["predictions"], out["references"], languages)
         lead = {k: v for k, v in ctx.manifest.info.get("lead_baseline", {}).items() if k in ROUGE_KEYS}
@@ -220,14 +229,3 @@ class SummarizationTask(Seq2SeqTask):
         if isinstance(metrics.get("gen_len"), float):
             parts.append(f"gen_len={metrics['gen_len']:.1f}")
         return "  ".join(parts) or str(metrics)
-
-
-def _count(values: list[str]) -> tuple[list[str], list[int]]:
-    names = sorted(set(values))
-    return names, [values.count(n) for n in names]
-
-
-def _array(row: list[int]) -> Any:
-    import numpy as np
-
-    return np.asarray(row, dtype=np.int64)

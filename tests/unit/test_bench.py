@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -274,3 +275,21 @@ def test_course_qa_loop_and_nlpjobs_postprocessing_agree(tokenizer, logits: str)
     predicted = nlpjobs_predictions(start, end, ours, examples, n_best=5, max_answer_length=8)
     assert predicted == theirs
     assert sum(1 for v in theirs.values() if v) >= 3  # non-trivial answers were compared
+
+
+def test_timed_median_calls_until_the_budget_and_takes_the_median() -> None:
+    from nlpjobs.bench.common import timed_median
+
+    calls: list[int] = []
+    delays = iter([0.03, 0.0, 0.0, 0.0, 0.0] + [0.0] * 100)
+
+    def fn() -> int:
+        time.sleep(next(delays))
+        calls.append(1)
+        return len(calls)
+
+    result, median, n = timed_median(fn, min_seconds=0.02, max_calls=50)
+    assert n == 3 and result == 3  # at least 3 calls, even once the budget is spent
+    assert median < 0.01  # one slow call does not move the median
+    _, _, n = timed_median(lambda: None, min_seconds=10.0, max_calls=7)
+    assert n == 7

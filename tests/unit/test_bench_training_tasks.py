@@ -117,9 +117,37 @@ def test_translation_figure_reports_both_engines(translation: tuple, one_thread:
     assert not [p for p in scratch.iterdir() if p.name.startswith(("train-store", "train-init", "trainer-"))]
 
 
+def test_summarization_figure_reports_both_engines(tmp_path: Path, one_thread: object) -> None:
+    samples = training.measure(SIZES, tmp_path, 20.0, "summarization")
+    assert [s.figure for s in samples] == [training.TOKENS_FIGURE, training.SAMPLES_FIGURE, training.MFU_FIGURE]
+    [record, *_] = aggregate(samples)
+    assert record.task == "summarization" and record.ratio and "Seq2SeqTrainer" in samples[0].note
+    assert 3.0 < record.metric["nlpjobs"] < 12.0 and 3.0 < record.metric["baseline"] < 12.0
+
+
+def test_mlm_eval_loss_scores_the_masked_tokens_unshifted(tmp_path: Path) -> None:
+    """A masked LM predicts the token at each masked position (no next-token shift, unlike clm): with one
+    batch the evaluator's loss is the model's own loss on the fixed-mask eval rows; perplexity beside it."""
+    from nlpjobs.data.shards import load_split, load_tokenizer
+    from nlpjobs.tasks import get_task
+    from nlpjobs.train.engine import model_inputs
+
+    sizes = dataclasses.replace(SIZES, mlm_reviews=30)
+    job, manifest = training._preprocessed(sizes, tmp_path / "store", "mlm")
+    job = dataclasses.replace(job, evaluate=dataclasses.replace(job.evaluate, batch_size=10_000))
+    _, model = training.save_initial_model(job, manifest, tmp_path / "init")
+    task = get_task("mlm")
+    batch = task.collator(load_tokenizer(manifest), model)(list(model_inputs(task, load_split(manifest, "eval"))))
+    with torch.no_grad():
+        expected = float(model.eval()(**batch).loss)
+    scores = training.eval_loss(model, job, manifest)
+    assert scores["loss"] == pytest.approx(expected, rel=1e-5)
+    assert scores["perplexity"] == pytest.approx(torch.exp(torch.tensor(expected)).item(), rel=1e-4)
+
+
 def test_cli_routes_the_training_tasks(tmp_path: Path) -> None:
-    assert {"ner", "translation", "clm"} <= set(cli.TRAIN_TASKS) <= set(training.RECIPES)
-    [sample] = cli.run_figure("train", "summarization", SIZES, tmp_path, 10.0)
+    assert {"ner", "mlm", "translation", "summarization", "clm"} <= set(cli.TRAIN_TASKS) <= set(training.RECIPES)
+    [sample] = cli.run_figure("train", "qa", SIZES, tmp_path, 10.0)
     assert sample.note.startswith("not measured")
     with pytest.raises(ValueError, match="no recipe"):
         training.preset_overrides("qa", SIZES, tmp_path)

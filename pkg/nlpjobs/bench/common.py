@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -41,6 +42,17 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = fn()
     return result, time.perf_counter() - start
+
+
+def timed_median(fn: Callable[[], T], min_seconds: float = 0.5, max_calls: int = 50) -> tuple[T, float, int]:
+    """``fn()`` called until ``min_seconds`` have passed (at least 3, at most ``max_calls`` calls): the last
+    result, the median seconds per call and the number of calls. For millisecond figures, where one call
+    mostly measures timer and cache noise."""
+    seconds: list[float] = []
+    while len(seconds) < 3 or (sum(seconds) < min_seconds and len(seconds) < max_calls):
+        result, t = timed(fn)
+        seconds.append(t)
+    return result, statistics.median(seconds), len(seconds)
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Training throughput: the nlpjobs engine (``nlpjobs train``) against the course recipe (``Trainer`` /
 ``Seq2SeqTrainer`` with the course's collator and hyperparameters) on the same model, the same preprocessed
 data and the same batch size, plus model-FLOPs utilisation against the fp32 matmul peak measured in the same
-run. Tasks: NER (SPEC §1.5), translation (SPEC §3.6) and causal-LM pretraining (SPEC §5.5).
+run. Tasks: NER (SPEC §1.5), masked-LM adaptation (SPEC §2.5), translation (SPEC §3.6), summarization
+(SPEC §4.6) and causal-LM pretraining (SPEC §5.5).
 
 Both engines are timed the same way, from outside: a global optimizer-step hook stamps every optimizer step
 and a wrapper around the collator counts each batch's real (non-pad) tokens and samples. Throughput covers
@@ -10,7 +11,8 @@ longest batch first); everything before and after the loop -- model loading, che
 excluded. The metric beside it comes from evaluating each trained model
 on the same eval split afterwards (untimed).
 
-Models built from a config (translation's scratch Marian, clm's GPT-2) start from one random init: built once
+Models built from a config (translation's scratch Marian, summarization's scratch mT5, clm's GPT-2) and models
+given a new head (mlm's MiniLM, whose checkpoint has no masked-LM head) start from one init: built once
 by the nlpjobs task (seeded as the engine seeds it) and saved; the course loads that folder, and the nlpjobs
 engine's own build is checked against it (a fingerprint of every weight) before its first step.
 """
@@ -36,11 +38,16 @@ from nlpjobs.bench.records import Sample
 
 COURSE_LR = 2e-5
 COURSE_WEIGHT_DECAY = 0.01
-"""SPEC §1.5: the course's Trainer hyperparameters (linear schedule, no warmup, AdamW)."""
+"""SPEC §1.5 (and §2.5, §3.6): the course's Trainer hyperparameters (linear schedule, no warmup, AdamW)."""
+COURSE_SUMMARIZATION_LR = 5.6e-5
+"""SPEC §4.6: the course's Seq2SeqTrainer for mT5 (weight decay 0.01, linear schedule)."""
 COURSE_CLM_LR = 5e-4
 COURSE_CLM_WEIGHT_DECAY = 0.1
 """SPEC §5.5: the course's causal-LM Trainer (cosine schedule; its 1,000 warmup steps of ~65k are 1.5%: none
 in a few dozen steps; no gradient accumulation here, so that one batch is one optimizer step)."""
+
+MLM_STEP_DIVISOR = 4
+"""The masked-LM figure runs train_steps // 4 steps (MiniLM's 30,522-word output projection on every token)."""
 
 TOKENS_FIGURE = "train real tokens/s vs course Trainer"
 SAMPLES_FIGURE = "train samples/s vs course Trainer"
@@ -57,8 +64,8 @@ class Recipe:
     """The course's trainer class and collator, for the note."""
     count_labels: bool
     """Label tokens count as real tokens too (seq2seq: the decoder reads them, shifted)."""
-    from_scratch: bool
-    """Random init from a config: both engines start from one saved init."""
+    shared_init: bool
+    """Both engines start from one saved init (a model built from a config, or a new head)."""
     metric: str
     """The Sample metric's name (its first score)."""
     scores: tuple[str, ...]
@@ -72,6 +79,13 @@ RECIPES: dict[str, Recipe] = {
                           "Seq2SeqTrainer + DataCollatorForSeq2Seq(tokenizer, model=model)", True, True,
                           "eval cross-entropy per label token (token-weighted, teacher-forced; one evaluator "
                           "for both models)", ("loss",)),
+    "mlm": Recipe("MiniLM-L6 with a new masked-LM head (chunks of 128)",
+                  "Trainer + DataCollatorForLanguageModeling(mlm_probability=0.15)", False, True,
+                  "eval cross-entropy per masked token (the fixed-mask eval split; one evaluator for both models)",
+                  ("loss", "perplexity")),
+    "summarization": Recipe("scratch mT5 (tiny)", "Seq2SeqTrainer + DataCollatorForSeq2Seq(tokenizer, model=model)",
+                            True, True, "eval cross-entropy per label token (token-weighted, teacher-forced; one "
+                            "evaluator for both models)", ("loss",)),
     "clm": Recipe("scratch GPT-2 (4 layers, 128 wide, context 128)",
                   "Trainer + DataCollatorForLanguageModeling(mlm=False)", False, True,
                   "eval cross-entropy per next token (token-weighted; one evaluator for both models)",
@@ -238,8 +252,8 @@ def course_ner_compute_metrics(label_names: list[str]) -> Callable[[Any], dict[s
 
 def eval_loss(model: Any, job: Any, manifest: Any) -> dict[str, float]:
     """Token-weighted cross-entropy of ``model`` on the preprocessed eval split (teacher-forced; causal LMs
-    predict each next token), batched by nlpjobs' collator; the same function scores both engines' models.
-    Causal LMs add the perplexity."""
+    predict each next token, masked LMs the fixed-mask eval split's masked tokens), batched by nlpjobs'
+    collator; the same function scores both engines' models. Language models add the perplexity."""
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -252,7 +266,7 @@ def eval_loss(model: Any, job: Any, manifest: Any) -> dict[str, float]:
     task = get_task(job.task)
     loader = DataLoader(model_inputs(task, load_split(manifest, "eval")), batch_size=job.evaluate.batch_size,
                         collate_fn=task.collator(load_tokenizer(manifest), model))
-    causal = not getattr(model.config, "is_encoder_decoder", False)
+    causal = job.task == "clm"
     total, count = 0.0, 0
     model.eval()
     with torch.no_grad():
@@ -265,10 +279,11 @@ def eval_loss(model: Any, job: Any, manifest: Any) -> dict[str, float]:
                                            ignore_index=-100, reduction="sum"))
             count += int((labels != -100).sum())
     loss = total / count if count else float("nan")
-    return {"loss": loss, "perplexity": perplexity(loss)} if causal else {"loss": loss}
+    return {"loss": loss, "perplexity": perplexity(loss)} if job.task in ("clm", "mlm") else {"loss": loss}
 
 
-# ---- the course's Trainer recipes (NER SPEC §1.4-1.7, translation §3.4-3.6, clm §5.4-5.5) ----------
+# ---- the course's Trainer recipes (NER SPEC §1.4-1.7, mlm §2.5, translation §3.4-3.6, summarization §4.6,
+# clm §5.4-5.5) ---------------------------------------------------------------------------------------
 
 
 def course_parts(job: Any, manifest: Any, tokenizer: Any, init_dir: Path | None) -> tuple[Any, Any, Any, Any]:
@@ -289,7 +304,12 @@ def course_parts(job: Any, manifest: Any, tokenizer: Any, init_dir: Path | None)
         return model, DataCollatorForTokenClassification(tokenizer=tokenizer), Trainer, TrainingArguments
     if init_dir is None:
         raise ValueError(f"{job.task}: the course model loads the shared init folder")
-    if job.task == "translation":
+    if job.task == "mlm":
+        from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
+
+        model = AutoModelForMaskedLM.from_pretrained(str(init_dir))
+        return model, DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15), Trainer, TrainingArguments
+    if job.task in ("translation", "summarization"):
         from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
         model = AutoModelForSeq2SeqLM.from_pretrained(str(init_dir))
@@ -317,7 +337,7 @@ def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out
     model, collator, trainer_cls, args_cls = course_parts(job, manifest, tokenizer, init_dir)
     _check_init(model, init, "course Trainer")
     data_collator = CountingCollator(collator, meter, recipe.count_labels)
-    extra = {"predict_with_generate": True} if job.task == "translation" else {}
+    extra = {"predict_with_generate": True} if job.task in ("translation", "summarization") else {}
     args = args_cls(
         str(out_dir),
         eval_strategy="no",  # the course evaluates (and saves) every epoch or never; here once, after the timed steps
@@ -407,6 +427,17 @@ def preset_overrides(task: str, sizes: Sizes, store: Path) -> list[str]:
                 f"data.max_eval_examples={sizes.eval_examples}",
                 f"train.learning_rate={sizes.learning_rate or COURSE_LR}",
                 f"train.weight_decay={COURSE_WEIGHT_DECAY}", "train.scheduler=linear"]
+    if task == "summarization":  # the eval rows: at most eval_sample after the title filter and the mix
+        return [*common, f"data.max_train_examples={sizes.train_examples}",
+                f"preprocess.eval_sample={min(200, sizes.eval_examples)}",
+                f"train.learning_rate={sizes.learning_rate or COURSE_SUMMARIZATION_LR}",
+                f"train.weight_decay={COURSE_WEIGHT_DECAY}", "train.scheduler=linear"]
+    if task == "mlm":  # chunks of 128 tokens: as many train chunks as the steps take, eval chunks from the test reviews
+        return [*common, f"data.max_train_examples={sizes.mlm_reviews}",
+                f"preprocess.train_size={min(800, sizes.train_steps * sizes.train_batch_size)}",
+                f"preprocess.test_size={min(200, sizes.eval_examples)}",
+                f"train.learning_rate={sizes.learning_rate or COURSE_LR}",
+                f"train.weight_decay={COURSE_WEIGHT_DECAY}", "train.scheduler=linear"]
     if task == "clm":  # whole files, tens of 128-token chunks each; 2-12 eval files
         return [*common, f"data.max_train_examples={sizes.clm_files}",
                 f"data.max_eval_examples={max(2, min(12, sizes.eval_examples // 25))}",
@@ -481,11 +512,12 @@ def note(task: str, job: Any, sizes: Sizes, label_share: float) -> str:
     recipe = RECIPES[task]
     text = (f"course: {recipe.course}; same data, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
             f"{job.train.weight_decay:g}, {job.train.scheduler} schedule without warmup, grad clip 1.0, no "
-            f"gradient accumulation, fp32; {recipe.model} from one random init (built by nlpjobs, saved, loaded by "
+            f"gradient accumulation, fp32; {recipe.model} from one init (built by nlpjobs, saved, loaded by "
             f"the course; the engine's own build checked equal); {steps} steps, metric after them only, eval "
             "loss token-weighted by one evaluator on both trained models")
-    if task == "clm":
-        text += (f"; every row a full {job.preprocess.context_length}-token chunk (no padding: length grouping "
+    if task in ("clm", "mlm"):
+        length = getattr(job.preprocess, "context_length", None) or job.preprocess.chunk_size
+        text += (f"; every row a full {length}-token chunk (no padding: length grouping "
                  "changes nothing)")
     else:
         text += "; nlpjobs batches rows of similar length together, the course Trainer samples at random"
@@ -504,8 +536,10 @@ def measure(sizes: Sizes, scratch: Path, peak_gflops: float | None, task: str = 
     if recipe is None:
         raise ValueError(f"the training figure has no recipe for {task!r}; known: {', '.join(TASKS)}")
     datasets.disable_progress_bars()
+    if task == "mlm":  # its 30k-word output layer makes a step ~15x a NER step on CPU: a quarter of the steps
+        sizes = dataclasses.replace(sizes, train_steps=max(2, sizes.train_steps // MLM_STEP_DIVISOR))
     store = scratch / ("train-store" if task == "ner" else f"train-store-{task}")
-    init_dir = scratch / f"train-init-{task}" if recipe.from_scratch else None
+    init_dir = scratch / f"train-init-{task}" if recipe.shared_init else None
     try:
         return _measure(task, recipe, sizes, scratch, store, init_dir, peak_gflops)
     finally:

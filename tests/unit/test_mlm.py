@@ -20,6 +20,8 @@ from nlpjobs.tasks.mlm import (
     MlmCollator,
     MlmTask,
     group_texts,
+    head_on_masked_positions,
+    masked_lm_loss,
     perplexity,
     whole_word_mask,
     word_groups,
@@ -233,6 +235,47 @@ def test_missing_text_column_is_a_clear_error(tokenizer) -> None:
     raw = raw_data().rename_column("text", "review")
     with pytest.raises(ValueError, match=r"lacks required column\(s\) \['text'\].*data.columns"):
         MlmTask().prepare(make_job(), raw, tokenizer)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert", "roberta"])
+def test_masked_lm_loss_runs_the_head_on_masked_tokens_with_the_models_own_loss_and_gradients(arch: str) -> None:
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    sizes = {"bert": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+             "distilbert": {"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64},
+             "roberta": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                         "intermediate_size": 64}}[arch]
+    torch.manual_seed(0)
+    model = AutoModelForMaskedLM.from_config(AutoConfig.for_model(arch, vocab_size=300, **sizes)).eval()  # no dropout
+    ids = torch.randint(5, 300, (3, 16))
+    masked = torch.rand(ids.shape) < 0.2
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.where(masked, ids, -100)}
+    expected = model(**batch).loss
+    expected.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    seen: list[tuple[int, ...]] = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    loss = masked_lm_loss(model, batch)
+    hook.remove()
+    loss.backward()
+    assert seen == [(1, int(masked.sum()), 32)]  # the vocabulary projection saw the masked tokens only
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    for name, p in model.named_parameters():
+        if name in grads:
+            torch.testing.assert_close(p.grad, grads[name], rtol=1e-5, atol=1e-6)
+    with head_on_masked_positions(model, masked), torch.no_grad():
+        assert model(input_ids=ids).logits.shape == (1, int(masked.sum()), 300)
+    assert model(input_ids=ids).logits.shape == (3, 16, 300)  # the hook is gone afterwards
+
+
+def test_masked_lm_loss_falls_back_to_the_models_loss_without_a_base_model() -> None:
+    class Plain(torch.nn.Module):
+        def forward(self, **batch: torch.Tensor) -> object:
+            return type("Out", (), {"loss": batch["labels"].float().sum()})()
+
+    batch = {"input_ids": torch.ones(1, 2, dtype=torch.long), "labels": torch.tensor([[3, -100]])}
+    assert masked_lm_loss(Plain(), batch).item() == -97.0
 
 
 def test_perplexity_and_overflow() -> None:

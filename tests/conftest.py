@@ -71,3 +71,19 @@ def s3_env(s3_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch, request: p
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")[:60]
     yield f"s3://{S3_BUCKET}/{slug}-{uuid.uuid4().hex[:8]}"
     storage.reset()
+
+
+#: Test files that take minutes (end-to-end runs, multi-process training), slowest first. With
+#: `--dist loadfile` each worker takes whole files in collection order: starting these first keeps one of
+#: them from starting last and running alone while the other worker idles.
+SLOW_FILES_FIRST = ("test_mlm_e2e.py", "test_pipeline.py", "test_clm_e2e.py", "test_kill_resume.py",
+                    "test_deepspeed.py", "test_seq2seq_e2e.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Collect the slow files first (a stable sort: the order inside each file is kept)."""
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return SLOW_FILES_FIRST.index(name) if name in SLOW_FILES_FIRST else len(SLOW_FILES_FIRST)
+
+    items.sort(key=rank)

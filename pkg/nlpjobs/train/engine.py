@@ -163,7 +163,7 @@ def check_run(job: JobConfig, run_uri: str, is_main: bool) -> bool:
 
 def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
     """Train ``job`` on its committed dataset, resuming from the newest committed checkpoint."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked loader workers; the CLI sets it too
     started = time.time()
     stop = stop_request()
     stop.install()  # the CLI installs it earlier; here for library callers

@@ -48,13 +48,13 @@ test: $(STAMP) ## Lint, the suite (own SeaweedFS server, multi-process runs) and
 ifeq ($(CONTAINERS_ALONGSIDE),1)
 	@log=$$(mktemp); \
 	$(MAKE) --no-print-directory test-containers >"$$log" 2>&1 & ct=$$!; \
-	rc=0; $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS) || rc=$$?; \
 	echo "[make test] main suite exited $$rc; waiting for the container tier"; \
 	ctrc=0; wait $$ct || ctrc=$$?; \
 	echo "[make test] container tier (exit $$ctrc):"; cat "$$log"; rm -f "$$log"; \
 	exit $$(( rc != 0 ? rc : ctrc ))
 else
-	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-containers
 endif
 

@@ -176,8 +176,24 @@ def read_bytes(uri: str) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
+    """Write one object. On file:// the bytes go to a temporary file beside the target, renamed over it:
+    a reader (another rank, another pod on a shared volume) sees the old content or the new, never a
+    truncated file, as with an S3 PUT."""
     fs, path = resolve(uri)
-    retry(lambda: fs.pipe_file(path, data), "writing", uri)
+    if uri.startswith("file://"):
+        retry(lambda: _replace_file(Path(path), data), "writing", uri)
+    else:
+        retry(lambda: fs.pipe_file(path, data), "writing", uri)
+
+
+def _replace_file(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{time.monotonic_ns()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_json(uri: str) -> Any:

@@ -46,9 +46,6 @@ COURSE_CLM_WEIGHT_DECAY = 0.1
 """SPEC §5.5: the course's causal-LM Trainer (cosine schedule; its 1,000 warmup steps of ~65k are 1.5%: none
 in a few dozen steps; no gradient accumulation here, so that one batch is one optimizer step)."""
 
-MLM_STEP_DIVISOR = 4
-"""The masked-LM figure runs train_steps // 4 steps (MiniLM's 30,522-word output projection on every token)."""
-
 MLM_MFU_NOTE = ("; model FLOPs count the masked-LM head on every token, as the course's model computes it: "
                 "nlpjobs runs the head on the masked tokens only, so its figure is above the hardware's actual "
                 "utilisation (the ratio is the throughput ratio)")
@@ -74,6 +71,16 @@ class Recipe:
     """The Sample metric's name (its first score)."""
     scores: tuple[str, ...]
     """Keys of each engine's eval scores; the first is the metric's headline."""
+    step_divisor: int = 1
+    """The figure runs ``train_steps // step_divisor`` steps (masked-LM: 4, its 30,522-word output layer makes a
+    step ~15x a NER step on CPU)."""
+    mfu_note: str = ""
+    """Appended to the MFU figure's note."""
+
+    @property
+    def seq2seq(self) -> bool:
+        """Encoder-decoder recipes: their label tokens are tokens of their own (and Seq2SeqTrainer generates)."""
+        return self.count_labels
 
 
 RECIPES: dict[str, Recipe] = {
@@ -86,7 +93,7 @@ RECIPES: dict[str, Recipe] = {
     "mlm": Recipe("MiniLM-L6 with a new masked-LM head (chunks of 128)",
                   "Trainer + DataCollatorForLanguageModeling(mlm_probability=0.15)", False, True,
                   "eval cross-entropy per masked token (the fixed-mask eval split; one evaluator for both models)",
-                  ("loss", "perplexity")),
+                  ("loss", "perplexity"), step_divisor=4, mfu_note=MLM_MFU_NOTE),
     "summarization": Recipe("scratch mT5 (tiny)", "Seq2SeqTrainer + DataCollatorForSeq2Seq(tokenizer, model=model)",
                             True, True, "eval cross-entropy per label token (token-weighted, teacher-forced; one "
                             "evaluator for both models)", ("loss",)),
@@ -283,7 +290,7 @@ def eval_loss(model: Any, job: Any, manifest: Any) -> dict[str, float]:
                                            ignore_index=-100, reduction="sum"))
             count += int((labels != -100).sum())
     loss = total / count if count else float("nan")
-    return {"loss": loss, "perplexity": perplexity(loss)} if job.task in ("clm", "mlm") else {"loss": loss}
+    return {"loss": loss, "perplexity": perplexity(loss)} if "perplexity" in RECIPES[job.task].scores else {"loss": loss}
 
 
 # ---- the course's Trainer recipes (NER SPEC §1.4-1.7, mlm §2.5, translation §3.4-3.6, summarization §4.6,
@@ -313,7 +320,7 @@ def course_parts(job: Any, manifest: Any, tokenizer: Any, init_dir: Path | None)
 
         model = AutoModelForMaskedLM.from_pretrained(str(init_dir))
         return model, DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15), Trainer, TrainingArguments
-    if job.task in ("translation", "summarization"):
+    if RECIPES[job.task].seq2seq:
         from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
         model = AutoModelForSeq2SeqLM.from_pretrained(str(init_dir))
@@ -341,7 +348,7 @@ def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out
     model, collator, trainer_cls, args_cls = course_parts(job, manifest, tokenizer, init_dir)
     _check_init(model, init, "course Trainer")
     data_collator = CountingCollator(collator, meter, recipe.count_labels)
-    extra = {"predict_with_generate": True} if job.task in ("translation", "summarization") else {}
+    extra = {"predict_with_generate": True} if recipe.seq2seq else {}
     args = args_cls(
         str(out_dir),
         eval_strategy="no",  # the course evaluates (and saves) every epoch or never; here once, after the timed steps
@@ -540,8 +547,8 @@ def measure(sizes: Sizes, scratch: Path, peak_gflops: float | None, task: str = 
     if recipe is None:
         raise ValueError(f"the training figure has no recipe for {task!r}; known: {', '.join(TASKS)}")
     datasets.disable_progress_bars()
-    if task == "mlm":  # its 30k-word output layer makes a step ~15x a NER step on CPU: a quarter of the steps
-        sizes = dataclasses.replace(sizes, train_steps=max(2, sizes.train_steps // MLM_STEP_DIVISOR))
+    if recipe.step_divisor > 1:
+        sizes = dataclasses.replace(sizes, train_steps=max(2, sizes.train_steps // recipe.step_divisor))
     store = scratch / ("train-store" if task == "ner" else f"train-store-{task}")
     init_dir = scratch / f"train-init-{task}" if recipe.shared_init else None
     try:
@@ -599,5 +606,5 @@ def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path
                                   utilisation(co[0], co[3]), True, metric=metric,
                                   note=f"{flops} / measured peak {peak_gflops:,.1f} GFLOP/s"
                                   + ("" if task == "ner" else "; attention-score FLOPs not counted")
-                                  + (MLM_MFU_NOTE if task == "mlm" else "")))
+                                  + recipe.mfu_note))
     return samples

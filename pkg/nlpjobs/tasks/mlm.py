@@ -337,7 +337,7 @@ class MlmTask(Task):
 
         kind, probability = cfg.collator, cfg.probability
         eval_masked = mask_eval_split(evaluation, tokenizer, kind, probability, cfg.seed)
-        masked_tokens = sum(sum(1 for t in row if t != -100) for row in column_values(eval_masked, "labels"))
+        masked_tokens = int(np.count_nonzero(np.asarray(column_values(eval_masked, "labels")) != -100))  # equal-length rows
         if masked_tokens == 0:
             raise TaskDataError("mlm: the fixed eval masks hide no token; use more eval chunks or a higher "
                                 "preprocess.mlm_probability")

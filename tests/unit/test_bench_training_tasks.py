@@ -146,8 +146,43 @@ def test_mlm_eval_loss_scores_the_masked_tokens_unshifted(tmp_path: Path) -> Non
 
 
 def test_cli_routes_the_training_tasks(tmp_path: Path) -> None:
-    assert {"ner", "mlm", "translation", "summarization", "clm"} <= set(cli.TRAIN_TASKS) <= set(training.RECIPES)
-    [sample] = cli.run_figure("train", "qa", SIZES, tmp_path, 10.0)
+    assert set(cli.TRAIN_TASKS) == set(cli.TASKS) == set(training.RECIPES)
+    [sample] = cli.run_figure("train", "pos-tagging", SIZES, tmp_path, 10.0)
     assert sample.note.startswith("not measured")
     with pytest.raises(ValueError, match="no recipe"):
-        training.preset_overrides("qa", SIZES, tmp_path)
+        training.preset_overrides("pos-tagging", SIZES, tmp_path)
+
+
+def test_qa_figure_reports_both_engines_and_the_padding_it_skips(tmp_path: Path, one_thread: object) -> None:
+    samples = training.measure(SIZES, tmp_path, 20.0, "qa")
+    assert [s.figure for s in samples] == [training.TOKENS_FIGURE, training.SAMPLES_FIGURE, training.MFU_FIGURE]
+    [record, *_] = aggregate(samples)
+    assert record.task == "qa" and record.ratio and record.metric["name"].startswith("eval SQuAD F1")
+    for engine in ("nlpjobs", "baseline"):  # a new head after 2 steps: near a uniform guess over ~150 tokens
+        assert 0 <= record.metric[engine] <= 100 and 3.0 < record.metric[f"{engine} loss"] < 7.0
+    assert "default_data_collator" in samples[0].note
+    assert "real tokens on average (63% of a 384-token window is padding)" in samples[0].note  # the 5 questions
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("train-store", "train-init", "trainer-"))]
+
+
+def test_qa_eval_loss_is_the_models_own_loss_on_unpadded_windows(tmp_path: Path) -> None:
+    """The evaluator's start/end cross-entropy ignores padding: per window it equals the model's own loss on
+    that window cut after its last real token, averaged over the windows."""
+    from nlpjobs.data.shards import load_split, load_tokenizer
+    from nlpjobs.tasks import qa_features
+    from nlpjobs.tasks.qa import EXAMPLE_COLUMNS, collate_trimmed
+
+    job, manifest = training._preprocessed(SIZES, tmp_path / "store", "qa")
+    _, model = training.save_initial_model(job, manifest, tmp_path / "init")
+    examples = load_split(manifest, "eval_examples").select_columns(EXAMPLE_COLUMNS)[:]
+    windows = qa_features.prepare_train_features(examples["question"], examples["context"], examples["answers"],
+                                                 load_tokenizer(manifest), job.preprocess.max_length,
+                                                 job.preprocess.stride)
+    losses = []
+    with torch.no_grad():
+        for i in range(len(windows["input_ids"])):
+            batch = collate_trimmed([{k: v[i] for k, v in windows.items() if k != "example_index"}])
+            assert batch["input_ids"].shape[1] < job.preprocess.max_length
+            losses.append(float(model.eval()(**batch).loss))
+    assert len(losses) == 5
+    assert training.qa_scores(model, job, manifest)["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-5)

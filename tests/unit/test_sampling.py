@@ -66,3 +66,11 @@ def test_row_lengths_from_arrow_columns() -> None:
     assert row_lengths(seq2seq).tolist() == [4, 6]
     assert row_lengths(seq2seq.select([1])).tolist() == [6]  # an indices mapping is honoured
     assert row_lengths(datasets.Dataset.from_dict({"x": [1]})) is None
+
+
+def test_rows_padded_to_one_width_are_grouped_by_their_attended_tokens() -> None:
+    padded = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3, 0], [1, 0, 0, 0], [4, 5, 6, 7]],
+                                         "attention_mask": [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]})
+    assert row_lengths(padded).tolist() == [3, 1, 4]  # QA windows stored padded to max_length
+    assert row_lengths(padded.select([2, 1])).tolist() == [4, 1]
+    assert EpochSampler(3, 1, row_lengths(padded), 1).grouped

@@ -19,7 +19,7 @@ from nlpjobs.bench.records import Sample, aggregate, markdown_table, write_resul
 FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale", "generation")
 TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 PREPROCESS_TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
-TRAIN_TASKS = ("ner", "mlm", "translation", "summarization", "clm")
+TRAIN_TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 ``Seq2SeqTrainer`` with the course's collator and hyperparameters) on the same model, the same preprocessed
 data and the same batch size, plus model-FLOPs utilisation against the fp32 matmul peak measured in the same
 run. Tasks: NER (SPEC §1.5), masked-LM adaptation (SPEC §2.5), translation (SPEC §3.6), summarization
-(SPEC §4.6) and causal-LM pretraining (SPEC §5.5).
+(SPEC §4.6), causal-LM pretraining (SPEC §5.5) and extractive QA (SPEC §6.7).
 
 Both engines are timed the same way, from outside: a global optimizer-step hook stamps every optimizer step
 and a wrapper around the collator counts each batch's real (non-pad) tokens and samples. Throughput covers
@@ -50,6 +50,15 @@ MLM_MFU_NOTE = ("; model FLOPs count the masked-LM head on every token, as the c
                 "nlpjobs runs the head on the masked tokens only, so its figure is above the hardware's actual "
                 "utilisation (the ratio is the throughput ratio)")
 
+QA_LAYOUT_NOTE = (
+    "; both store the course's features, every window padded to {max_length}: the course Trainer computes all "
+    "{max_length} positions of every row in a random order, nlpjobs batches windows of similar length together "
+    "and cuts each batch after its last real token (the loss's softmax over the batch's window, as in "
+    "transformers' run_qa.py with dynamic padding); the sample windows hold {mean_real:.0f} real tokens on "
+    "average ({padding:.0f}% of a {max_length}-token window is padding); SQuAD v1.1's 87,599 training examples make "
+    "88,729 windows (SPEC §6.3): nearly all of its contexts fit one window (its padding share is not measured "
+    "here: no Hub)")
+
 TOKENS_FIGURE = "train real tokens/s vs course Trainer"
 SAMPLES_FIGURE = "train samples/s vs course Trainer"
 MFU_FIGURE = "train MFU vs course Trainer"
@@ -76,6 +85,11 @@ class Recipe:
     step ~15x a NER step on CPU)."""
     mfu_note: str = ""
     """Appended to the MFU figure's note."""
+    tied_head: bool = True
+    """The output projection is tied to an embedding table (language-model heads); for the MFU note."""
+    layout_note: str = ""
+    """How each engine lays out its batches, for the throughput note (default: length grouping against the
+    course Trainer's random order)."""
 
     @property
     def seq2seq(self) -> bool:
@@ -85,7 +99,11 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "ner": Recipe("MiniLM-L6", "Trainer + DataCollatorForTokenClassification", False, False,
-                  "eval seqeval overall_f1", ("f1", "accuracy")),
+                  "eval seqeval overall_f1", ("f1", "accuracy"), tied_head=False),
+    "qa": Recipe("MiniLM-L6 with a new question-answering head", "Trainer + default_data_collator", False, True,
+                 "eval SQuAD F1 (n_best 20, max answer 30) and start/end cross-entropy over each window's real "
+                 "tokens (one evaluator for both models)", ("f1", "exact_match", "loss"), step_divisor=4,
+                 tied_head=False, layout_note=QA_LAYOUT_NOTE),
     "translation": Recipe("scratch Marian (2+2 layers, d_model 256)",
                           "Seq2SeqTrainer + DataCollatorForSeq2Seq(tokenizer, model=model)", True, True,
                           "eval cross-entropy per label token (token-weighted, teacher-forced; one evaluator "
@@ -293,6 +311,53 @@ def eval_loss(model: Any, job: Any, manifest: Any) -> dict[str, float]:
     return {"loss": loss, "perplexity": perplexity(loss)} if "perplexity" in RECIPES[job.task].scores else {"loss": loss}
 
 
+def qa_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
+    """SQuAD EM/F1 of ``model`` on the preprocessed eval windows (nlpjobs' post-processing) and the mean
+    start/end cross-entropy over each window's real tokens, the answer positions labelled as for training
+    (SPEC §6.3). Full-width windows in dataset order: neither engine's batching is involved."""
+    import torch
+    import torch.nn.functional as F
+
+    from nlpjobs.data.shards import load_split, load_tokenizer
+    from nlpjobs.metrics import load_metric
+    from nlpjobs.tasks import qa_features
+    from nlpjobs.tasks.qa import EXAMPLE_COLUMNS, predict_answers
+
+    cfg = job.preprocess
+    features = load_split(manifest, "eval")
+    examples = load_split(manifest, "eval_examples").select_columns(EXAMPLE_COLUMNS).with_format("arrow")[:].to_pydict()
+    windows = qa_features.prepare_train_features(examples["question"], examples["context"], examples["answers"],
+                                                 load_tokenizer(manifest), cfg.max_length, cfg.stride)
+    stored = features.select_columns(["input_ids"]).with_format("numpy")[:]["input_ids"]
+    if not np.array_equal(np.asarray(stored), windows["input_ids"]):
+        raise RuntimeError("qa: the labelled eval windows differ from the preprocessed eval features")
+    starts, ends, total = [], [], 0.0
+    model.eval()
+    with torch.no_grad():
+        for lo in range(0, len(stored), job.evaluate.batch_size):
+            batch = {k: torch.as_tensor(windows[k][lo:lo + job.evaluate.batch_size])
+                     for k in ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")}
+            out = model(**{k: batch[k].to(model.device) for k in ("input_ids", "attention_mask", "token_type_ids")})
+            padding = batch["attention_mask"].to(model.device) == 0
+            for logits, key in ((out.start_logits, "start_positions"), (out.end_logits, "end_positions")):
+                masked = logits.float().masked_fill(padding, float("-inf"))
+                total += 0.5 * float(F.cross_entropy(masked, batch[key].to(model.device), reduction="sum"))
+            starts.append(out.start_logits.cpu().numpy())
+            ends.append(out.end_logits.cpu().numpy())
+    predictions = predict_answers(np.concatenate(starts), np.concatenate(ends), features,
+                                  {"id": examples["id"], "context": examples["context"]},
+                                  job.evaluate.n_best, job.evaluate.max_answer_length)
+    result = load_metric("squad").compute(
+        predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
+        references=[{"id": i, "answers": a} for i, a in zip(examples["id"], examples["answers"])])
+    return {"f1": float(result["f1"]), "exact_match": float(result["exact_match"]), "loss": total / len(stored)}
+
+
+def model_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
+    """The task's eval scores of a trained model (``RECIPES[job.task].scores``), one function for both engines."""
+    return qa_scores(model, job, manifest) if job.task == "qa" else eval_loss(model, job, manifest)
+
+
 # ---- the course's Trainer recipes (NER SPEC §1.4-1.7, mlm §2.5, translation §3.4-3.6, summarization §4.6,
 # clm §5.4-5.5) ---------------------------------------------------------------------------------------
 
@@ -325,6 +390,11 @@ def course_parts(job: Any, manifest: Any, tokenizer: Any, init_dir: Path | None)
 
         model = AutoModelForSeq2SeqLM.from_pretrained(str(init_dir))
         return (model, DataCollatorForSeq2Seq(tokenizer, model=model), Seq2SeqTrainer, Seq2SeqTrainingArguments)
+    if job.task == "qa":
+        from transformers import AutoModelForQuestionAnswering, default_data_collator
+
+        model = AutoModelForQuestionAnswering.from_pretrained(str(init_dir))
+        return model, default_data_collator, Trainer, TrainingArguments  # SPEC §6.5: features are pre-padded
     if job.task == "clm":
         from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling
 
@@ -378,7 +448,7 @@ def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out
             trainer.train()
         data_collator.meter = Meter()  # evaluation batches are not training batches
         if job.task != "ner":
-            return eval_loss(trainer.model, job, manifest)
+            return model_scores(trainer.model, job, manifest)
         metrics = trainer.evaluate()
     return {"f1": float(metrics["eval_f1"]), "accuracy": float(metrics["eval_accuracy"])}
 
@@ -413,7 +483,7 @@ def run_nlpjobs(job: Any, steps: int, meter: Meter, manifest: Any = None, init: 
     if result.steps != steps:
         raise RuntimeError(f"nlpjobs trained {result.steps} steps, asked for {steps}")
     if job.task != "ner":
-        return eval_loss(task_cls().load_trained(str(fetch_model(job))), job, manifest)
+        return model_scores(task_cls().load_trained(str(fetch_model(job))), job, manifest)
     metrics = evaluate_saved(job, show_progress=False)
     return {"f1": float(metrics["overall_f1"]), "accuracy": float(metrics["overall_accuracy"])}
 
@@ -449,6 +519,10 @@ def preset_overrides(task: str, sizes: Sizes, store: Path) -> list[str]:
                 f"preprocess.test_size={min(200, sizes.eval_examples)}",
                 f"train.learning_rate={sizes.learning_rate or COURSE_LR}",
                 f"train.weight_decay={COURSE_WEIGHT_DECAY}", "train.scheduler=linear"]
+    if task == "qa":  # the 5 SQuAD sample questions replicated for training (qa_raw_files), the 5 as they are for eval
+        return [*common, f"data.source=files:{store / 'qa-raw'}", "data.train_split=train", "data.eval_split=eval",
+                f"train.learning_rate={sizes.learning_rate or COURSE_LR}",
+                f"train.weight_decay={COURSE_WEIGHT_DECAY}", "train.scheduler=linear"]
     if task == "clm":  # whole files, tens of 128-token chunks each; 2-12 eval files
         return [*common, f"data.max_train_examples={sizes.clm_files}",
                 f"data.max_eval_examples={max(2, min(12, sizes.eval_examples // 25))}",
@@ -461,9 +535,25 @@ def _preprocessed(sizes: Sizes, store: Path, task: str = "ner") -> tuple[Any, An
     """The task's preset on ``sizes`` (:func:`preset_overrides`), preprocessed once."""
     from nlpjobs import stages
 
+    if task == "qa":
+        qa_raw_files(sizes.train_examples, store / "qa-raw")
     job = load_preset(task, preset_overrides(task, sizes, store))
     result = stages.preprocess(job)
     return job, result.manifest
+
+
+def qa_raw_files(train_examples: int, folder: Path) -> None:
+    """The QA preset's 5 SQuAD sample questions as JSON-lines files: ``train_examples`` training rows
+    (replicated with distinct ids, as the preprocessing figure does) and the 5 eval questions once (replicas
+    would be scored identically)."""
+    from nlpjobs.bench.preprocess import replicate_qa
+    from nlpjobs.data import sources
+
+    preset = load_preset("qa")
+    raw = sources.load_raw(preset.data, preset.train.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    replicate_qa(raw["train"], train_examples).to_json(str(folder / "train.jsonl"), lines=True)
+    raw["eval"].to_json(str(folder / "eval.jsonl"), lines=True)
 
 
 def save_initial_model(job: Any, manifest: Any, out_dir: Path) -> tuple[str, Any]:
@@ -514,7 +604,7 @@ def run_engine(engine: str, job: Any, manifest: Any, sizes: Sizes, scratch: Path
         shutil.rmtree(out, ignore_errors=True)
 
 
-def note(task: str, job: Any, sizes: Sizes, label_share: float) -> str:
+def note(task: str, job: Any, sizes: Sizes, label_share: float, manifest: Any = None) -> str:
     """The tokens/s figure's note: what is compared and counted."""
     steps, lr = sizes.train_steps, job.train.learning_rate
     if task == "ner":
@@ -524,12 +614,19 @@ def note(task: str, job: Any, sizes: Sizes, label_share: float) -> str:
     text = (f"course: {recipe.course}; same data, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
             f"{job.train.weight_decay:g}, {job.train.scheduler} schedule without warmup, grad clip 1.0, no "
             f"gradient accumulation, fp32; {recipe.model} from one init (built by nlpjobs, saved, loaded by "
-            f"the course; the engine's own build checked equal); {steps} steps, metric after them only, eval "
-            "loss token-weighted by one evaluator on both trained models")
+            f"the course; the engine's own build checked equal); {steps} steps, metric after them only, from one "
+            "evaluator on both trained models")
     if task in ("clm", "mlm"):
         length = getattr(job.preprocess, "context_length", None) or job.preprocess.chunk_size
         text += (f"; every row a full {length}-token chunk (no padding: length grouping "
                  "changes nothing)")
+    elif recipe.layout_note:
+        from nlpjobs.data.shards import load_split
+        from nlpjobs.train.sampling import real_lengths
+
+        mean_real = float(real_lengths(load_split(manifest, "train")).mean())
+        width = job.preprocess.max_length
+        text += recipe.layout_note.format(max_length=width, mean_real=mean_real, padding=100 * (1 - mean_real / width))
     else:
         text += "; nlpjobs batches rows of similar length together, the course Trainer samples at random"
     if recipe.count_labels:
@@ -586,7 +683,7 @@ def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path
             metric.update({f"nlpjobs {key}": nl[4][key], f"baseline {key}": co[4][key]})
         samples += [
             Sample(task, TOKENS_FIGURE, "tokens/s", nl[0], co[0], True, metric=metric,
-                   note=note(task, job, sizes, nl[3])),
+                   note=note(task, job, sizes, nl[3], manifest)),
             Sample(task, SAMPLES_FIGURE, "samples/s", nl[1], co[1], True, metric=metric),
         ]
         if peak_gflops:
@@ -600,7 +697,7 @@ def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path
                          f"{target_params / 1e6:.1f}M decoder ones, tied output projection included, x label "
                          "tokens/s)")
             else:
-                tied = "" if task == "ner" else ", the tied output projection included"
+                tied = ", the tied output projection included" if recipe.tied_head else ""
                 flops = f"6 x {source_params / 1e6:.1f}M matmul parameters (embeddings excluded{tied}) x real tokens/s"
             samples.append(Sample(task, MFU_FIGURE, "% of fp32 matmul peak", utilisation(nl[0], nl[3]),
                                   utilisation(co[0], co[3]), True, metric=metric,

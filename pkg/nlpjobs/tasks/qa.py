@@ -33,15 +33,68 @@ def offsets_array(column: Any) -> np.ndarray:
     return out
 
 
+SEQUENCE_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+"""Per-token model columns of a feature (start/end positions are one index each)."""
+
+
+def collate_trimmed(features: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack fixed-width features and cut the batch after its last real token (dynamic padding).
+
+    Features are stored padded to ``max_length`` (as the course stores them); the columns after every
+    row's last attended token are padding for the whole batch, and the encoder would spend most of a
+    step on them (SQuAD-like windows are mostly shorter than 384). Right padding keeps positions and
+    labels unchanged; the loss's softmax then ranges over the batch's window instead of 384 positions,
+    as in Hugging Face's run_qa.py with dynamic padding.
+    """
+    from transformers import default_data_collator
+
+    batch = default_data_collator(features)
+    mask = batch.get("attention_mask")
+    if mask is None or mask.dim() != 2 or mask.numel() == 0:
+        return batch
+    full = mask.shape[1]
+    attended = mask.any(dim=0).nonzero()
+    width = int(attended.max()) + 1 if attended.numel() else 1
+    if width == full:
+        return batch
+    for name in ("start_positions", "end_positions"):
+        if name in batch and int(batch[name].max()) >= width:
+            raise ValueError(f"qa: a {name} label points at padding (index {int(batch[name].max())}, last "
+                             f"attended token {width - 1}); the features are not right-padded as prepare() "
+                             "writes them. Preprocess again.")
+    for name in SEQUENCE_COLUMNS:
+        if name in batch and batch[name].dim() == 2 and batch[name].shape[1] == full:
+            batch[name] = batch[name][:, :width]
+    return batch
+
+
+def stack_padded(rows: list[np.ndarray], pad: float) -> np.ndarray:
+    """[rows, longest] array of 1-D rows of different lengths (batches cut to different widths), padded."""
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), pad, dtype=rows[0].dtype if rows else np.float32)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
 def predict_answers(start_logits: np.ndarray, end_logits: np.ndarray, features: datasets.Dataset,
                     examples: dict[str, list[Any]], n_best: int = 20, max_answer_length: int = 30) -> dict[str, str]:
     """Best answer per example id from the eval features' logits (what evaluation does after the forward).
 
     Whole columns through Arrow: formatting every column of every feature row costs more than the search.
+    Logits narrower than the stored windows (batches cut after their last real token) are scored on that
+    prefix; the offsets cut off must all be non-context (-1), else the logits do not belong to the features.
     """
     columns = features.select_columns(["example_id", "offset_mapping"]).with_format("arrow")[:]
+    offsets = offsets_array(columns.column("offset_mapping"))
+    width = np.asarray(start_logits).shape[-1]
+    if offsets.ndim == 3 and offsets.shape[1] > width:
+        if (offsets[:, width:] >= 0).any():
+            raise ValueError(f"qa: logits cover {width} tokens per feature but context tokens lie beyond them "
+                             f"(windows of {offsets.shape[1]}); the logits do not match the eval features")
+        offsets = offsets[:, :width]
     return qa_features.postprocess_predictions(
-        start_logits, end_logits, columns.column("example_id").to_pylist(), offsets_array(columns.column("offset_mapping")),
+        start_logits, end_logits, columns.column("example_id").to_pylist(), offsets,
         {"id": examples["id"], "context": examples["context"]}, n_best, max_answer_length)
 
 
@@ -144,10 +197,13 @@ class QaTask(Task):
         return AutoModelForQuestionAnswering.from_pretrained(resolve_model(job.model.name),
                                                              revision=job.model.revision)
 
+    def collator(self, tokenizer: Any, model: Any) -> Any:
+        return collate_trimmed
+
     def random_guess_loss(self, model: Any, batch: dict[str, Any]) -> float | None:
         import math
 
-        return math.log(batch["input_ids"].shape[1])  # start/end positions over the window
+        return math.log(batch["input_ids"].shape[1])  # start/end positions over the batch's (cut) window
 
     def load_trained(self, model_dir: str) -> Any:
         from transformers import AutoModelForQuestionAnswering
@@ -172,7 +228,8 @@ class QaTask(Task):
             wanted = set(column_values(features, "example_id"))
             examples = examples.select([i for i, e in enumerate(column_values(examples, "id")) if e in wanted])
         example_cols = examples.select_columns(["id", "context", "answers"]).with_format("arrow")[:].to_pydict()
-        predictions = predict_answers(np.stack(rows["start"]), np.stack(rows["end"]), features, example_cols,
+        predictions = predict_answers(stack_padded(rows["start"], -10_000), stack_padded(rows["end"], -10_000),
+                                      features, example_cols,
                                       cfg.n_best, cfg.max_answer_length)
         result = load_metric("squad").compute(
             predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],

@@ -32,7 +32,7 @@ class EpochSampler(Sampler[int]):
             raise ValueError(f"{len(lengths)} lengths for {length} rows")
         self.length, self.seed, self.epoch = length, seed, 0
         self.batch_size = batch_size
-        # All rows equally long (packed blocks, padding to max_length): grouping would only reorder the
+        # All rows equally long (packed blocks): grouping would only reorder the
         # permutation, so keep the plain one.
         self.lengths = lengths if lengths is not None and length and np.ptp(lengths) > 0 else None
 
@@ -71,9 +71,22 @@ class EpochSampler(Sampler[int]):
         return self.length
 
 
+def real_lengths(ds: object) -> np.ndarray:
+    """Attended tokens per row (the attention-mask sum): the row length without the padding of features
+    stored padded to one width (QA windows), and the list length elsewhere."""
+    import pyarrow as pa
+
+    column = ds.select_columns(["attention_mask"]).with_format("arrow")[:].column("attention_mask")  # type: ignore[attr-defined]
+    rows = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    offsets = rows.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    values = rows.values.to_numpy(zero_copy_only=False)
+    cumulative = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    return cumulative[offsets[1:]] - cumulative[offsets[:-1]]
+
+
 def row_lengths(ds: object) -> np.ndarray | None:
-    """Tokens per row of a tokenized split (input ids, plus labels where they are a sequence of their own
-    length, as in seq2seq), read from the Arrow columns without a row loop; None without input_ids."""
+    """Tokens per row of a tokenized split (attended input tokens, plus labels where they are a sequence of
+    their own length, as in seq2seq), read from the Arrow columns without a row loop; None without input_ids."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -85,7 +98,7 @@ def row_lengths(ds: object) -> np.ndarray | None:
     def lengths(name: str) -> np.ndarray:
         return pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
 
-    total = lengths("input_ids")
+    total = real_lengths(ds) if "attention_mask" in ds.column_names else lengths("input_ids")  # type: ignore[attr-defined]
     labels_type = table.schema.field("labels").type if "labels" in columns else None
     if labels_type is not None and (pa.types.is_list(labels_type) or pa.types.is_large_list(labels_type)):
         labels = lengths("labels")

@@ -145,7 +145,8 @@ class TrainConfig:
     group_by_length: bool = True
     """Batch rows of similar length together to cut padding: each epoch shuffles the rows, sorts them by
     length within windows of 50 batches, then shuffles the batches (the longest batch first, so a memory
-    limit shows at step 1). No effect where every row has the same length (packed MLM/CLM blocks)."""
+    limit shows at step 1). Lengths count real (attended) tokens, so QA windows stored padded group too. No
+    effect where every row has the same length (packed MLM/CLM blocks)."""
     collective_timeout_s: int = 1800
     """Seconds a process waits in a collective (all-reduce, barrier) before failing: a dead rank fails the
     whole job within this bound instead of leaving the others hanging."""

@@ -52,12 +52,13 @@ MLM_MFU_NOTE = ("; model FLOPs count the masked-LM head on every token, as the c
 
 QA_LAYOUT_NOTE = (
     "; both store the course's features, every window padded to {max_length}: the course Trainer computes all "
-    "{max_length} positions of every row in a random order, nlpjobs batches windows of similar length together "
-    "and cuts each batch after its last real token (the loss's softmax over the batch's window, as in "
-    "transformers' run_qa.py with dynamic padding); the sample windows hold {mean_real:.0f} real tokens on "
-    "average ({padding:.0f}% of a {max_length}-token window is padding); SQuAD v1.1's 87,599 training examples make "
-    "88,729 windows (SPEC §6.3): nearly all of its contexts fit one window (its padding share is not measured "
-    "here: no Hub)")
+    "{max_length} positions of every row, nlpjobs cuts each batch after its last real token (the loss's softmax "
+    "over the batch's window, as in transformers' run_qa.py with dynamic padding); both sample rows at random "
+    "(train.group_by_length=false for nlpjobs here: the training rows are 5 questions replicated, so grouping "
+    "by length would fill each batch with copies of one question); the sample windows hold {mean_real:.0f} real "
+    "tokens on average ({padding:.0f}% of a {max_length}-token window is padding); SQuAD v1.1's 87,599 training "
+    "examples make 88,729 windows (SPEC §6.3): nearly all of its contexts fit one window (its padding share is "
+    "not measured here: no Hub)")
 
 TOKENS_FIGURE = "train real tokens/s vs course Trainer"
 SAMPLES_FIGURE = "train samples/s vs course Trainer"
@@ -521,6 +522,7 @@ def preset_overrides(task: str, sizes: Sizes, store: Path) -> list[str]:
                 f"train.weight_decay={COURSE_WEIGHT_DECAY}", "train.scheduler=linear"]
     if task == "qa":  # the 5 SQuAD sample questions replicated for training (qa_raw_files), the 5 as they are for eval
         return [*common, f"data.source=files:{store / 'qa-raw'}", "data.train_split=train", "data.eval_split=eval",
+                "train.group_by_length=false",  # replicas of one question share a length: one question per batch
                 f"train.learning_rate={sizes.learning_rate or COURSE_LR}",
                 f"train.weight_decay={COURSE_WEIGHT_DECAY}", "train.scheduler=linear"]
     if task == "clm":  # whole files, tens of 128-token chunks each; 2-12 eval files

@@ -103,7 +103,7 @@ class QaPreprocessConfig(PreprocessConfig):
     """Sliding-window features over question + context."""
 
     max_length: int = 384
-    """Tokens per feature (question + context window, padded to this length)."""
+    """Tokens per feature (question + context window), stored padded to this length; each training and evaluation batch is cut after its last real token."""
     stride: int = 128
     """Tokens of overlap between consecutive context windows."""
     on_bad_answer: Literal["fail", "skip"] = "fail"

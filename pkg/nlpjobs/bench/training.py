@@ -320,9 +320,8 @@ def qa_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
     import torch.nn.functional as F
 
     from nlpjobs.data.shards import load_split, load_tokenizer
-    from nlpjobs.metrics import load_metric
     from nlpjobs.tasks import qa_features
-    from nlpjobs.tasks.qa import EXAMPLE_COLUMNS, predict_answers
+    from nlpjobs.tasks.qa import EXAMPLE_COLUMNS, predict_answers, squad_scores
 
     cfg = job.preprocess
     features = load_split(manifest, "eval")
@@ -345,13 +344,9 @@ def qa_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
                 total += 0.5 * float(F.cross_entropy(masked, batch[key].to(model.device), reduction="sum"))
             starts.append(out.start_logits.cpu().numpy())
             ends.append(out.end_logits.cpu().numpy())
-    predictions = predict_answers(np.concatenate(starts), np.concatenate(ends), features,
-                                  {"id": examples["id"], "context": examples["context"]},
+    predictions = predict_answers(np.concatenate(starts), np.concatenate(ends), features, examples,
                                   job.evaluate.n_best, job.evaluate.max_answer_length)
-    result = load_metric("squad").compute(
-        predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
-        references=[{"id": i, "answers": a} for i, a in zip(examples["id"], examples["answers"])])
-    return {"f1": float(result["f1"]), "exact_match": float(result["exact_match"]), "loss": total / len(stored)}
+    return {**squad_scores(predictions, examples), "loss": total / len(stored)}
 
 
 def model_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
@@ -626,7 +621,8 @@ def note(task: str, job: Any, sizes: Sizes, label_share: float, manifest: Any = 
         from nlpjobs.data.shards import load_split
         from nlpjobs.train.sampling import real_lengths
 
-        mean_real = float(real_lengths(load_split(manifest, "train")).mean())
+        train = load_split(manifest, "train").select_columns(["attention_mask"]).with_format("arrow")[:]
+        mean_real = float(real_lengths(train.column("attention_mask")).mean())
         width = job.preprocess.max_length
         text += recipe.layout_note.format(max_length=width, mean_real=mean_real, padding=100 * (1 - mean_real / width))
     else:

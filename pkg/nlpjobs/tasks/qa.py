@@ -98,6 +98,16 @@ def predict_answers(start_logits: np.ndarray, end_logits: np.ndarray, features: 
         {"id": examples["id"], "context": examples["context"]}, n_best, max_answer_length)
 
 
+def squad_scores(predictions: dict[str, str], examples: dict[str, list[Any]]) -> dict[str, float]:
+    """SQuAD v1.1 EM and F1 of one predicted answer per example id against the examples' gold answers."""
+    from nlpjobs.metrics import load_metric
+
+    result = load_metric("squad").compute(
+        predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
+        references=[{"id": i, "answers": a} for i, a in zip(examples["id"], examples["answers"])])
+    return {"exact_match": float(result["exact_match"]), "f1": float(result["f1"])}
+
+
 @dataclass
 class QaPreprocessConfig(PreprocessConfig):
     """Sliding-window features over question + context."""
@@ -212,7 +222,6 @@ class QaTask(Task):
 
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
         from nlpjobs.data.shards import load_split
-        from nlpjobs.metrics import load_metric
         from nlpjobs.train.evalloop import collect
 
         cfg: QaEvaluateConfig = ctx.job.evaluate  # type: ignore[assignment]
@@ -229,13 +238,8 @@ class QaTask(Task):
             examples = examples.select([i for i, e in enumerate(column_values(examples, "id")) if e in wanted])
         example_cols = examples.select_columns(["id", "context", "answers"]).with_format("arrow")[:].to_pydict()
         predictions = predict_answers(stack_padded(rows["start"], -10_000), stack_padded(rows["end"], -10_000),
-                                      features, example_cols,
-                                      cfg.n_best, cfg.max_answer_length)
-        result = load_metric("squad").compute(
-            predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
-            references=[{"id": i, "answers": a} for i, a in zip(example_cols["id"], example_cols["answers"])])
-        return {"exact_match": float(result["exact_match"]), "f1": float(result["f1"]),
-                "examples": len(predictions), "features": len(features)}
+                                      features, example_cols, cfg.n_best, cfg.max_answer_length)
+        return {**squad_scores(predictions, example_cols), "examples": len(predictions), "features": len(features)}
 
     def summary(self, metrics: dict[str, Any]) -> str:
         return f"EM={metrics.get('exact_match', float('nan')):.2f}  F1={metrics.get('f1', float('nan')):.2f}"

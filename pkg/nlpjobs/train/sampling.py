@@ -8,6 +8,7 @@ uninterrupted run would have seen, and every process of a distributed run comput
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,12 +72,11 @@ class EpochSampler(Sampler[int]):
         return self.length
 
 
-def real_lengths(ds: object) -> np.ndarray:
-    """Attended tokens per row (the attention-mask sum): the row length without the padding of features
-    stored padded to one width (QA windows), and the list length elsewhere."""
+def real_lengths(column: Any) -> np.ndarray:
+    """Attended tokens per row of an Arrow ``attention_mask`` list column (the mask's sum): the row length
+    without the padding of features stored padded to one width (QA windows), the list length elsewhere."""
     import pyarrow as pa
 
-    column = ds.select_columns(["attention_mask"]).with_format("arrow")[:].column("attention_mask")  # type: ignore[attr-defined]
     rows = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     offsets = rows.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
     values = rows.values.to_numpy(zero_copy_only=False)
@@ -90,7 +90,7 @@ def row_lengths(ds: object) -> np.ndarray | None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    columns = [c for c in ("input_ids", "labels") if c in ds.column_names]  # type: ignore[attr-defined]
+    columns = [c for c in ("input_ids", "attention_mask", "labels") if c in ds.column_names]  # type: ignore[attr-defined]
     if "input_ids" not in columns:
         return None
     table = ds.select_columns(columns).with_format("arrow")[:]  # type: ignore[attr-defined]
@@ -98,7 +98,7 @@ def row_lengths(ds: object) -> np.ndarray | None:
     def lengths(name: str) -> np.ndarray:
         return pc.list_value_length(table.column(name)).to_numpy(zero_copy_only=False).astype(np.int64)
 
-    total = real_lengths(ds) if "attention_mask" in ds.column_names else lengths("input_ids")  # type: ignore[attr-defined]
+    total = real_lengths(table.column("attention_mask")) if "attention_mask" in columns else lengths("input_ids")
     labels_type = table.schema.field("labels").type if "labels" in columns else None
     if labels_type is not None and (pa.types.is_list(labels_type) or pa.types.is_large_list(labels_type)):
         labels = lengths("labels")

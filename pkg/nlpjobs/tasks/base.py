@@ -5,6 +5,7 @@ engine, storage, config, CLI and checkpointing are shared.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -27,6 +28,16 @@ def column_values(ds: datasets.Dataset, name: str) -> list[Any]:
     than this on a 6,000-row column of strings).
     """
     return ds.select_columns([name]).with_format("arrow")[:].column(name).to_pylist()
+
+
+def fresh_fingerprint() -> str:
+    """A new random fingerprint for ``Dataset.map``/``filter`` in ``prepare()``.
+
+    Without one, datasets pickles the function, with the tokenizer it closes over (tens of ms a call), only to
+    name a cache file. The preprocess stage reuses its own shards by cache key and never datasets' cache, so a
+    random name loses nothing: every run recomputes, as it did.
+    """
+    return uuid.uuid4().hex
 
 
 class TaskDataError(ValueError):

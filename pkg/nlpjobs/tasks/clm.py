@@ -34,7 +34,7 @@ import numpy as np
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
 from nlpjobs.data.corpora.codeparrot import DS_KEYWORDS, any_keyword_in_string
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values, fresh_fingerprint
 from nlpjobs.train.evalloop import perplexity  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -312,7 +312,8 @@ def chunk_dataset(ds: datasets.Dataset, tokenizer: Any, cfg: ClmPreprocessConfig
         return out
 
     mapped = ds.map(fn, batched=True, batch_size=cfg.map_batch_size, remove_columns=ds.column_names,
-                    num_proc=cfg.num_proc if cfg.num_proc > 1 else None, desc=desc)
+                    num_proc=cfg.num_proc if cfg.num_proc > 1 else None, desc=desc,
+                    new_fingerprint=fresh_fingerprint())
     marker = np.asarray(column_values(mapped, "_stat"), dtype=bool)
     stat_rows = mapped.select(np.flatnonzero(marker))
     totals = {key: int(sum(column_values(stat_rows, f"_{key}"))) for key in STAT_KEYS}
@@ -449,7 +450,7 @@ class ClmTask(Task):
             info["keyword_filter"] = {}
             for split, ds in raw.items():
                 kept = ds.filter(lambda b: [any_keyword_in_string(c, cfg.keyword_filter) for c in b["content"]],
-                                 batched=True, desc=f"keyword filter {split}")
+                                 batched=True, desc=f"keyword filter {split}", new_fingerprint=fresh_fingerprint())
                 log.info("%s: %.2f%% of data after filtering (%d of %d)", split,
                          100 * len(kept) / max(len(ds), 1), len(kept), len(ds))
                 info["keyword_filter"][split] = {"kept": len(kept), "total": len(ds)}

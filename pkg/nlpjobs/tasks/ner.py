@@ -9,7 +9,7 @@ import datasets
 import numpy as np
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values, fresh_fingerprint
 
 
 @dataclass
@@ -125,7 +125,8 @@ class NerTask(Task):
         for split, ds in raw.items():
             mapped = ds.map(tokenize_and_align, batched=True, batch_size=cfg.map_batch_size,
                             num_proc=cfg.num_proc if cfg.num_proc > 1 else None,
-                            remove_columns=ds.column_names, desc=f"tokenize {split}")
+                            remove_columns=ds.column_names, desc=f"tokenize {split}",
+                            new_fingerprint=fresh_fingerprint())
             truncated[split] = int(sum(column_values(mapped, "_truncated")))
             splits[split] = mapped.remove_columns("_truncated")
         return Prepared(splits=splits, info={"label_names": names, "truncated_examples": truncated,

@@ -10,7 +10,7 @@ import numpy as np
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
 from nlpjobs.tasks import qa_features
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values, fresh_fingerprint
 
 EXAMPLE_COLUMNS = ["id", "context", "question", "answers"]
 
@@ -189,9 +189,11 @@ class QaTask(Task):
         num_proc = cfg.num_proc if cfg.num_proc > 1 else None
         splits = {
             "train": train.map(train_features, batched=True, batch_size=cfg.map_batch_size, num_proc=num_proc,
-                               remove_columns=train.column_names, desc="train features"),
+                               remove_columns=train.column_names, desc="train features",
+                               new_fingerprint=fresh_fingerprint()),
             "eval": raw["eval"].map(eval_features, batched=True, batch_size=cfg.map_batch_size, num_proc=num_proc,
-                                    remove_columns=raw["eval"].column_names, desc="eval features"),
+                                    remove_columns=raw["eval"].column_names, desc="eval features",
+                                    new_fingerprint=fresh_fingerprint()),
             "eval_examples": raw["eval"].select_columns(EXAMPLE_COLUMNS),
         }
         with_answer = int(np.count_nonzero(np.asarray(column_values(splits["train"], "start_positions"))))

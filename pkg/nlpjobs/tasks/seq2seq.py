@@ -21,7 +21,7 @@ import datasets
 import numpy as np
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
-from nlpjobs.tasks.base import EvalContext, Task, TaskDataError, column_values
+from nlpjobs.tasks.base import EvalContext, Task, TaskDataError, column_values, fresh_fingerprint
 
 SCRATCH_PREFIX = "scratch:"
 
@@ -259,7 +259,8 @@ def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: 
                 "_src_cut": src_cut, "_tgt_cut": tgt_cut}
 
     mapped = ds.map(encode, batched=True, batch_size=cfg.map_batch_size,
-                    num_proc=cfg.num_proc if cfg.num_proc > 1 else None, remove_columns=ds.column_names, desc=desc)
+                    num_proc=cfg.num_proc if cfg.num_proc > 1 else None, remove_columns=ds.column_names, desc=desc,
+                    new_fingerprint=fresh_fingerprint())
     src_cut = np.asarray(column_values(mapped, "_src_cut"), dtype=bool)
     tgt_cut = np.asarray(column_values(mapped, "_tgt_cut"), dtype=bool)
     counts = {"source": int(src_cut.sum()), "target": int(tgt_cut.sum()), "examples": int((src_cut | tgt_cut).sum())}

@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values, fresh_fingerprint
 from nlpjobs.tasks.seq2seq import (
     Seq2SeqEvaluateConfig,
     Seq2SeqPreprocessConfig,
@@ -80,7 +80,7 @@ def keep_long_titles(ds: datasets.Dataset, min_words: int) -> datasets.Dataset:
         return [isinstance(b, str) and bool(b.strip()) and isinstance(t, str) and len(t.split()) >= min_words
                 for b, t in zip(batch["body"], batch["title"])]
 
-    return ds.filter(ok, batched=True, desc="title filter")
+    return ds.filter(ok, batched=True, desc="title filter", new_fingerprint=fresh_fingerprint())
 
 
 def rouge_scores(predictions: list[str], references: list[str], languages: list[str],
@@ -155,7 +155,8 @@ class SummarizationTask(Seq2SeqTask):
         self.check_columns(raw)
         mixed, kept, short = {}, {}, {}
         for split, ds in self._with_languages(job, raw).items():
-            ds = ds.filter(lambda b: [x in cfg.languages for x in b["language"]], batched=True, desc="languages")
+            ds = ds.filter(lambda b: [x in cfg.languages for x in b["language"]], batched=True, desc="languages",
+                           new_fingerprint=fresh_fingerprint())
             if len(ds) == 0:
                 raise TaskDataError(f"summarization: split {split!r} has no rows in languages {cfg.languages}; "
                                     "check preprocess.languages and the data's 'language' column")

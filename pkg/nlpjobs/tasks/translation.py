@@ -8,7 +8,7 @@ from typing import Any
 import datasets
 
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values, fresh_fingerprint
 from nlpjobs.tasks.seq2seq import Seq2SeqPreprocessConfig, Seq2SeqTask, marian_tokenizer, tokenize_pairs
 
 SRC, TGT = "_source", "_target"
@@ -55,7 +55,8 @@ def extract_pairs(ds: datasets.Dataset, source_lang: str, target_lang: str, spli
             tgt.append(pair.get(target_lang))
         return {SRC: src, TGT: tgt}
 
-    flat = ds.map(flatten, batched=True, remove_columns=ds.column_names, desc=f"pairs {split}")
+    flat = ds.map(flatten, batched=True, remove_columns=ds.column_names, desc=f"pairs {split}",
+                  new_fingerprint=fresh_fingerprint())
     keep = [i for i, (s, t) in enumerate(zip(column_values(flat, SRC), column_values(flat, TGT))) if isinstance(s, str) and isinstance(t, str)]
     if not keep:
         raise TaskDataError(f"translation: split {split!r} has no row with both {source_lang!r} and {target_lang!r} "

@@ -20,6 +20,7 @@ from nlpjobs.tasks.mlm import (
     MlmCollator,
     MlmTask,
     group_texts,
+    mask_eval_split,
     head_on_masked_positions,
     masked_lm_loss,
     perplexity,
@@ -201,6 +202,23 @@ def test_fixed_mask_eval_set_is_identical_across_preprocess_runs(tokenizer, kind
     collate = MlmCollator(tokenizer, kind)
     a, b = collate(rows), collate(rows)
     assert torch.equal(a["input_ids"], b["input_ids"]) and a["labels"].tolist() == ev1["labels"][:4]
+
+
+def test_eval_masks_from_whole_arrays_equal_the_collators_row_by_row(tokenizer) -> None:
+    """mask_eval_split masks equal chunks as arrays: the same generator draws, so the same masks and labels as
+    the training collator (DataCollatorForLanguageModeling on padded rows) with the same seed, batch by batch."""
+    chunks = group_texts(tokenized(tokenizer, ["".join(r) for r in REVIEWS] * 4), 128)
+    ds = datasets.Dataset.from_dict({k: chunks[k] for k in ("input_ids", "attention_mask", "labels")})
+    assert len(ds) == 29 and (np.asarray(ds["input_ids"]) == tokenizer.sep_token_id).any()
+    fast = mask_eval_split(ds, tokenizer, "standard", 0.15, seed=3, batch_size=8)
+    collate = MlmCollator(tokenizer, "standard", 0.15, torch.Generator().manual_seed(3))
+    rows = [ds[i] for i in range(len(ds))]
+    slow = [collate(rows[i:i + 8]) for i in range(0, len(rows), 8)]
+    for key in ("input_ids", "labels", "attention_mask"):
+        assert np.asarray(fast[key]).tolist() == torch.cat([b[key] for b in slow]).tolist(), key
+    labels = np.asarray(fast["labels"])
+    original = np.asarray(ds["input_ids"])
+    assert (labels[np.isin(original, tokenizer.all_special_ids)] == -100).all()  # specials never masked
 
 
 def test_downsampling_is_seeded_and_eval_from_train_is_disjoint(tokenizer) -> None:

@@ -11,10 +11,11 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values
+from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values, fresh_fingerprint
 from nlpjobs.train.evalloop import perplexity  # noqa: F401 (re-exported)
 
 DEFAULT_PROBABILITY = {"standard": 0.15, "whole_word": 0.2}
@@ -216,17 +217,48 @@ def mask_eval_split(ds: datasets.Dataset, tokenizer: Any, kind: str, probability
     collator = MlmCollator(tokenizer, kind, probability, torch.Generator().manual_seed(seed))
     columns = ["input_ids", "attention_mask", "labels"] + (["word_ids"] if kind == "whole_word" else [])
     out: dict[str, list[np.ndarray]] = {"input_ids": [], "attention_mask": [], "labels": []}
+    grid = _chunk_grid(ds) if kind == "standard" else None
+    special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
     for start in range(0, len(ds), batch_size):
-        batch = ds.select_columns(columns)[start:start + batch_size]
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        masked = collator(rows)
+        if grid is not None:  # the collator's masking on whole arrays: same generator draws, same masks
+            ids, attention = grid[0][start:start + batch_size], grid[1][start:start + batch_size]
+            inputs = torch.from_numpy(ids.astype(np.int64))
+            masked = dict(zip(("input_ids", "labels"), collator.standard.torch_mask_tokens(
+                inputs, special_tokens_mask=torch.isin(inputs, special_ids))))
+            masked["attention_mask"] = torch.from_numpy(attention)
+        else:
+            batch = ds.select_columns(columns)[start:start + batch_size]
+            masked = collator([dict(zip(batch, values)) for values in zip(*batch.values())])
         for key in out:
             out[key].append(masked[key].numpy())  # [rows, chunk_size]: every chunk has the same length
-    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                  "attention_mask": datasets.Sequence(datasets.Value("int8")),
-                                  "labels": datasets.Sequence(datasets.Value("int64"))})
-    return datasets.Dataset.from_dict({k: np.concatenate(v) if v else np.zeros((0, 0), np.int64) for k, v in out.items()},
-                                      features=features)
+    dtypes = {"input_ids": np.int32, "attention_mask": np.int8, "labels": np.int64}
+    return datasets.Dataset(pa.table({k: _list_array(np.concatenate(v) if v else np.zeros((0, 0)), dtypes[k])
+                                      for k, v in out.items()}))
+
+
+def _list_array(rows: np.ndarray, dtype: type) -> pa.ListArray:
+    """A [rows, width] array as an Arrow list column in one copy (datasets.from_dict goes row by row)."""
+    n, width = rows.shape
+    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32) if n else np.zeros(1, np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1).astype(dtype, copy=False)))
+
+
+def _chunk_grid(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+    """(input_ids, attention_mask) as [rows, chunk_size] arrays read from Arrow, when every chunk is raw
+    (labels == input_ids) and equally long; else None (the collator then pads and checks row by row)."""
+    import pyarrow.compute as pc
+
+    if len(ds) == 0:
+        return None
+    table = ds.select_columns(["input_ids", "attention_mask", "labels"]).with_format("arrow")[:]
+    lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    if lengths.min() != lengths.max() or lengths[0] == 0:
+        return None
+    flat = {k: pc.list_flatten(table.column(k)).to_numpy(zero_copy_only=False).reshape(len(ds), -1)
+            for k in table.column_names}
+    if flat["attention_mask"].shape != flat["input_ids"].shape or not np.array_equal(flat["labels"], flat["input_ids"]):
+        return None
+    return flat["input_ids"], flat["attention_mask"].astype(np.int64)
 
 
 def max_positions(model_name: str, revision: str | None, tokenizer: Any) -> int | None:
@@ -301,7 +333,7 @@ class MlmTask(Task):
                 bad = next(t for t in texts if not isinstance(t, str))
                 raise TaskDataError(f"mlm: the text column holds a {type(bad).__name__} ({bad!r}); every row "
                                     "needs a string")
-            enc = tokenizer(texts)  # no truncation: long texts are chunked
+            enc = tokenizer(texts, return_token_type_ids=False)  # no truncation: long texts are chunked
             columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
             if whole_word:  # only whole-word masking needs to know where words start
                 columns["word_ids"] = [enc.word_ids(i) for i in range(len(texts))]
@@ -311,7 +343,8 @@ class MlmTask(Task):
             # one map: the course tokenizes in batches of map_batch_size rows and then groups the same batches
             ds = raw[split]
             grouped = ds.map(tokenize_and_group, batched=True, batch_size=cfg.map_batch_size, num_proc=num_proc,
-                             remove_columns=ds.column_names, desc=f"tokenize and group {split}")
+                             remove_columns=ds.column_names, desc=f"tokenize and group {split}",
+                             new_fingerprint=fresh_fingerprint())
             if len(grouped) == 0:
                 tokens = sum(len(x) for x in tokenizer(column_values(ds, "text"))["input_ids"])
                 raise TaskDataError(f"mlm: the {split} split has {tokens} tokens, not one chunk of "

@@ -312,7 +312,7 @@ def _random_eval_set(tokenizer, n_examples: int, seed: int) -> tuple[dict[str, l
     return feats, {"id": ids, "context": contexts}
 
 
-@pytest.mark.parametrize("logits", ["normal", "integer", "some_ties"])
+@pytest.mark.parametrize("logits", ["normal", "integer", "some_ties", "minus_inf"])
 def test_postprocess_equals_course_on_random_logits(tokenizer, logits: str) -> None:
     feats, examples = _random_eval_set(tokenizer, 50, seed=7)
     n_feat = len(feats["example_id"])
@@ -330,6 +330,12 @@ def test_postprocess_equals_course_on_random_logits(tokenizer, logits: str) -> N
             end[r, rng.choice(64, 2, replace=False)] = np.sort(end[r])[-20]
         start[1::5, :2] = [0.0, -0.0]
         start[1::5, 2:] -= 10.0
+    if logits == "minus_inf":  # masked logits: every pair of a feature at -inf (the course keeps its first valid
+        # pair), only out-of-context tokens finite (no valid pair: the feature loses), or some -inf starts
+        start[0::7] = -np.inf
+        context = np.array(feats["offset_mapping"])[:, :, 0] >= 0
+        start[3::7][context[3::7]] = -np.inf
+        start[5::7, 10:20] = -np.inf
     offsets = np.array(feats["offset_mapping"])
     args = (start, end, feats["example_id"], offsets, examples)
     got = postprocess_predictions(*args)

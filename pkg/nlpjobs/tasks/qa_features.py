@@ -250,6 +250,12 @@ def _check_logits(start: np.ndarray, end: np.ndarray, offsets: np.ndarray, n_ids
         raise ValueError(f"{n_ids} feature example ids for {start.shape[0]} features")
 
 
+def _gather_rows(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``np.take_along_axis(x, idx, axis=1)`` for a C-contiguous 2-D ``x``: one flat ``take`` (several times
+    faster on [features, k] indices, where take_along_axis's index construction dominates)."""
+    return x.reshape(-1).take(idx + (np.arange(x.shape[0]) * x.shape[1])[:, None])
+
+
 def _top_k_desc(x: np.ndarray, k: int) -> np.ndarray:
     """Per row, ``np.argsort(row)[-1:-k-1:-1]`` exactly, without sorting whole rows where possible.
 
@@ -260,22 +266,67 @@ def _top_k_desc(x: np.ndarray, k: int) -> np.ndarray:
     n_rows, length = x.shape
     if k + 1 >= length:
         return np.argsort(x, axis=1)[:, -1 : -k - 1 : -1]
+    x = np.ascontiguousarray(x)
     full, top = x, np.empty((n_rows, k), dtype=np.intp)
     threshold = np.partition(x, length - k - 1, axis=1)[:, length - k - 1]
     above = x >= threshold[:, None]
-    clean = above.sum(axis=1) == k + 1  # no tie at the threshold, no NaN
+    clean = np.count_nonzero(above, axis=1) == k + 1  # no tie at the threshold, no NaN
     if not clean.all():
         x, above = x[clean], above[clean]
-    cand = (np.flatnonzero(above) % length).reshape(-1, k + 1)
-    vals = np.take_along_axis(x, cand, axis=1)
+    flat = np.flatnonzero(above)
+    vals = x.reshape(-1)[flat].reshape(-1, k + 1)
+    cand = (flat % length).reshape(-1, k + 1)
     order = np.argsort(vals, axis=1)[:, ::-1]
-    ranked = np.take_along_axis(vals, order, axis=1)
-    top[clean] = np.take_along_axis(cand, order, axis=1)[:, :k]
+    ranked = _gather_rows(vals, order)
+    top[clean] = _gather_rows(cand, order)[:, :k]
     ambiguous = ~clean
     ambiguous[clean] = (ranked[:, :-1] == ranked[:, 1:]).any(axis=1)
     if ambiguous.any():
         top[ambiguous] = np.argsort(full[ambiguous], axis=1)[:, -1 : -k - 1 : -1]
     return top
+
+
+def _best_pairs(start: np.ndarray, end: np.ndarray, offsets: np.ndarray, s_idx: np.ndarray, e_idx: np.ndarray,
+                max_answer_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per feature, the course's best (start rank, end rank) pair as ``s_rank * k + e_rank``, its score and
+    whether the feature has a valid pair at all.
+
+    Valid: both tokens in the context (offset >= 0) and ``0 <= e - s < max_answer_length``. The score matrix is
+    built with -inf already in place of out-of-context candidates ([F, k] work) and the span mask applied once,
+    so the [F, k, k] arrays are few (this step reads and writes memory more than it computes). Features whose
+    best is -inf (no valid pair, or valid pairs all at -inf, where the course keeps the first valid one) are
+    settled on the full validity mask; NaN logits take that mask for every feature.
+    """
+    n_feat, k = s_idx.shape
+    rows = np.arange(n_feat)[:, None]
+    index_type = np.int16 if start.shape[1] <= np.iinfo(np.int16).max else np.int32
+    # 0 <= e - s < max_answer_length as one unsigned comparison (a negative span wraps to a huge value)
+    span = e_idx.astype(index_type)[:, None, :] - s_idx.astype(index_type)[:, :, None]
+    span_ok = span.view(np.dtype(index_type).str.replace("i", "u")) < max_answer_length
+    # in-context flags gathered at the 2k candidates only: reading all of the [F, L, 2] offsets costs more
+    s_ctx, e_ctx = offsets[rows, s_idx, 0] >= 0, offsets[rows, e_idx, 0] >= 0
+    s_val, e_val = _gather_rows(start, s_idx), _gather_rows(end, e_idx)
+    minus_inf = np.array(-np.inf, dtype=np.result_type(s_val, e_val))  # no float64 upcast
+
+    def validity(which: np.ndarray | slice) -> np.ndarray:
+        return (s_ctx[which][:, :, None] & e_ctx[which][:, None, :] & span_ok[which]).reshape(-1, k * k)
+
+    if np.isnan(s_val).any() or np.isnan(e_val).any():  # -inf + NaN is NaN: mask the plain sums instead
+        masked = np.where(validity(slice(None)), (s_val[:, :, None] + e_val[:, None, :]).reshape(n_feat, k * k),
+                          minus_inf)
+    else:
+        pair = np.where(s_ctx, s_val, minus_inf)[:, :, None] + np.where(e_ctx, e_val, minus_inf)[:, None, :]
+        masked = np.where(span_ok, pair, minus_inf).reshape(n_feat, k * k)
+    best = masked.argmax(axis=1)
+    best_score = masked[rows[:, 0], best]
+    feat_ok = np.ones(n_feat, dtype=bool)
+    unsure = np.flatnonzero(best_score == -np.inf)
+    if unsure.size:
+        valid = validity(unsure)
+        feat_ok[unsure] = valid.any(axis=1)
+        first_valid = valid.argmax(axis=1)
+        best[unsure] = np.where(feat_ok[unsure], first_valid, best[unsure])
+    return best, best_score, feat_ok
 
 
 def postprocess_predictions(
@@ -307,27 +358,11 @@ def postprocess_predictions(
     if n_feat == 0 or not ids:
         return preds
 
-    rows = np.arange(n_feat)[:, None]
     k = min(n_best, start.shape[1])
+    start, end = np.ascontiguousarray(start), np.ascontiguousarray(end)
     s_idx = _top_k_desc(start, k)
     e_idx = _top_k_desc(end, k)
-    span = e_idx[:, None, :] - s_idx[:, :, None]
-    in_context = offsets[:, :, 0] >= 0  # 2-D gathers below: far cheaper than indexing the [F, L, 2] array
-    valid = (
-        np.take_along_axis(in_context, s_idx, axis=1)[:, :, None]
-        & np.take_along_axis(in_context, e_idx, axis=1)[:, None, :]
-        & (span >= 0)
-        & (span < max_answer_length)
-    ).reshape(n_feat, k * k)
-    scores = (np.take_along_axis(start, s_idx, axis=1)[:, :, None]
-              + np.take_along_axis(end, e_idx, axis=1)[:, None, :]).reshape(n_feat, k * k)
-    masked = np.where(valid, scores, np.array(-np.inf, dtype=scores.dtype))  # no float64 upcast
-    best = masked.argmax(axis=1)
-    feat_ok = valid.any(axis=1)
-    # Valid candidates all scoring -inf: the course keeps the first valid one.
-    fix = feat_ok & ~valid[rows[:, 0], best]
-    best[fix] = valid[fix].argmax(axis=1)
-    best_score = masked[rows[:, 0], best]
+    best, best_score, feat_ok = _best_pairs(start, end, offsets, s_idx, e_idx, max_answer_length)
 
     position = {eid: i for i, eid in enumerate(ids)}
     ex_pos = np.array([position.get(eid, -1) for eid in feature_example_ids], dtype=np.int64)

@@ -451,3 +451,17 @@ def test_find_answer_mismatches() -> None:
     assert find_answer_mismatches(contexts, answers) == [2]
     with pytest.raises(ValueError):
         find_answer_mismatches(contexts[:2], answers)
+
+
+def test_context_mask_from_runs_and_from_scattered_sequence_ids() -> None:
+    from types import SimpleNamespace
+
+    from nlpjobs.tasks.qa_features import _context_mask
+
+    def windows(*rows: list) -> SimpleNamespace:
+        return SimpleNamespace(encodings=[SimpleNamespace(sequence_ids=r) for r in rows])
+
+    runs = windows([None, 0, None, 1, 1, None], [None, 0, 0, None, None, None], [None, 0, None, 1, 1, 1])
+    assert _context_mask(runs, (3, 6)).astype(int).tolist() == [[0, 0, 0, 1, 1, 0], [0] * 6, [0, 0, 0, 1, 1, 1]]
+    scattered = windows([None, 0, None, 1, 1, None], [None, 1, None, 1, None, 1])
+    assert _context_mask(scattered, (2, 6)).astype(int).tolist() == [[0, 0, 0, 1, 1, 0], [0, 1, 0, 1, 0, 1]]

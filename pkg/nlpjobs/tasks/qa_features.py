@@ -85,9 +85,24 @@ def _grid(rows: Sequence[Sequence[Any]], shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _context_mask(inputs: BatchEncoding, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean [F, L] mask of context tokens (``sequence_ids == 1``; None is not context)."""
-    ids = (s == 1 for enc in inputs.encodings for s in enc.sequence_ids)
-    return np.fromiter(ids, dtype=bool, count=shape[0] * shape[1]).reshape(shape)
+    """Boolean [F, L] mask of context tokens (``sequence_ids == 1``; None is not context).
+
+    A window's context tokens are one run (question, separator, context, separator, padding): each run is
+    found with list methods (C speed) instead of a test per token. Should some tokenizer scatter them, the
+    mask is read token by token.
+    """
+    first, stop = np.zeros(shape[0], np.int64), np.zeros(shape[0], np.int64)
+    for i, enc in enumerate(inputs.encodings):
+        ids = enc.sequence_ids
+        count = ids.count(1)
+        if count:
+            start = ids.index(1)
+            if ids[start:start + count].count(1) != count:  # not one run
+                flags = (s == 1 for enc in inputs.encodings for s in enc.sequence_ids)
+                return np.fromiter(flags, dtype=bool, count=shape[0] * shape[1]).reshape(shape)
+            first[i], stop[i] = start, start + count
+    positions = np.arange(shape[1])
+    return (positions >= first[:, None]) & (positions < stop[:, None])
 
 
 def _model_columns(inputs: BatchEncoding, shape: tuple[int, int]) -> dict[str, np.ndarray]:

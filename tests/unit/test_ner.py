@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertTokenizerFast, DataCollatorForTokenClassification
 
 from nlpjobs.config import load_job
 from nlpjobs.tasks.base import TaskDataError
-from nlpjobs.tasks.ner import NerTask, align_labels_with_tokens, b_to_i_map
+from nlpjobs.tasks.ner import NerTask, align_labels_batch, align_labels_with_tokens, b_to_i_map
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
@@ -53,6 +54,45 @@ def test_continuation_of_b_becomes_i_and_first_token_only_option(cased_tokenizer
     b_to_i = b_to_i_map(LABELS)
     assert align_labels_with_tokens([1, 1], enc.word_ids(), b_to_i) == [-100, 1, 1, 2, -100]
     assert align_labels_with_tokens([1, 1], enc.word_ids(), b_to_i, label_all_tokens=False) == [-100, 1, 1, -100, -100]
+
+
+def reference_alignment(tags: list[int], word_ids: list[int | None], b_to_i: list[int],
+                        label_all_tokens: bool) -> list[int]:
+    """The per-token loop (the course's, with a name-based B->I map): the batch version must equal it."""
+    out, previous = [], None
+    for word_id in word_ids:
+        if word_id is None:
+            out.append(-100)
+        elif word_id != previous:
+            out.append(tags[word_id])
+        else:
+            out.append(b_to_i[tags[word_id]] if label_all_tokens else -100)
+        previous = word_id
+    return out
+
+
+@pytest.mark.parametrize("label_all_tokens", [True, False])
+def test_batch_alignment_equals_the_per_token_loop(label_all_tokens: bool) -> None:
+    rng = np.random.default_rng(5)
+    b_to_i = b_to_i_map(LABELS)
+    tags, word_ids = [], []
+    for _ in range(300):
+        n_words = int(rng.integers(0, 12))
+        tags.append(rng.integers(0, len(LABELS), n_words).tolist())
+        pieces = [w for w in range(n_words) for _ in range(int(rng.integers(1, 4)))]
+        kept = pieces[: int(rng.integers(0, len(pieces) + 1))]  # truncation drops trailing words
+        specials = rng.random() < 0.8  # some tokenizers add none: a sentence may have no token at all
+        inner = [None] if rng.random() < 0.1 else []  # a special token between two pieces of one word
+        if inner and len(kept) > 1:
+            kept = kept[:1] + inner + kept[1:]
+        word_ids.append([None, *kept, None] if specials else kept)
+    labels, truncated = align_labels_batch(tags, word_ids, b_to_i, label_all_tokens)
+    assert labels.to_pylist() == [reference_alignment(t, w, b_to_i.tolist(), label_all_tokens)
+                                           for t, w in zip(tags, word_ids)]
+    last = [max((w for w in ids if w is not None), default=-1) for ids in word_ids]
+    assert truncated.tolist() == [lw + 1 < len(t) for lw, t in zip(last, tags)]
+    assert 20 < int(truncated.sum()) < 280 and any(len(w) == 0 for w in word_ids)
+    assert align_labels_batch([], [], b_to_i)[0].to_pylist() == []
 
 
 def test_b_to_i_uses_names_not_id_parity() -> None:

@@ -15,7 +15,15 @@ import pyarrow as pa
 import torch
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values, fresh_fingerprint
+from nlpjobs.tasks.base import (
+    EvalContext,
+    Prepared,
+    Task,
+    TaskDataError,
+    column_values,
+    fresh_fingerprint,
+    list_column,
+)
 from nlpjobs.train.evalloop import perplexity  # noqa: F401 (re-exported)
 
 DEFAULT_PROBABILITY = {"standard": 0.15, "whole_word": 0.2}
@@ -232,15 +240,10 @@ def mask_eval_split(ds: datasets.Dataset, tokenizer: Any, kind: str, probability
         for key in out:
             out[key].append(masked[key].numpy())  # [rows, chunk_size]: every chunk has the same length
     dtypes = {"input_ids": np.int32, "attention_mask": np.int8, "labels": np.int64}
-    return datasets.Dataset(pa.table({k: _list_array(np.concatenate(v) if v else np.zeros((0, 0)), dtypes[k])
-                                      for k, v in out.items()}))
-
-
-def _list_array(rows: np.ndarray, dtype: type) -> pa.ListArray:
-    """A [rows, width] array as an Arrow list column in one copy (datasets.from_dict goes row by row)."""
-    n, width = rows.shape
-    offsets = pa.array(np.arange(0, n * width + 1, width, dtype=np.int32) if n else np.zeros(1, np.int32))
-    return pa.ListArray.from_arrays(offsets, pa.array(rows.reshape(-1).astype(dtype, copy=False)))
+    columns = {k: np.concatenate(v).astype(dtypes[k], copy=False) if v else np.zeros((0, 0), dtypes[k])
+               for k, v in out.items()}
+    return datasets.Dataset(pa.table({k: list_column(v.reshape(-1), np.full(len(v), v.shape[1]))
+                                      for k, v in columns.items()}))
 
 
 def _chunk_grid(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values, fresh_fingerprint
+from nlpjobs.tasks.base import (
+    EvalContext,
+    Prepared,
+    Task,
+    TaskDataError,
+    column_values,
+    fresh_fingerprint,
+    list_column,
+)
 
 
 @dataclass
@@ -40,17 +51,37 @@ def align_labels_with_tokens(labels: list[int], word_ids: list[int | None], b_to
                              label_all_tokens: bool = True) -> list[int]:
     """Token labels for one sentence (SPEC §1.3): -100 for special tokens; the word's label on its first
     token; on continuation tokens the I- label (or -100 with ``label_all_tokens=False``)."""
-    out: list[int] = []
-    previous: int | None = None
-    for word_id in word_ids:
-        if word_id is None:
-            out.append(-100)
-        elif word_id != previous:
-            out.append(labels[word_id])
-        else:
-            out.append(int(b_to_i[labels[word_id]]) if label_all_tokens else -100)
-        previous = word_id
-    return out
+    aligned, _ = align_labels_batch([labels], [word_ids], np.asarray(b_to_i), label_all_tokens)
+    return aligned.to_pylist()[0]
+
+
+def align_labels_batch(tags: Sequence[Sequence[int]], word_ids: Sequence[Sequence[int | None]], b_to_i: np.ndarray,
+                       label_all_tokens: bool = True) -> tuple[pa.ListArray, np.ndarray]:
+    """:func:`align_labels_with_tokens` for a batch of sentences at once, on flat arrays (no Python step per
+    token): (token labels per sentence as an Arrow list column, whether each sentence lost words to
+    truncation)."""
+    n = len(word_ids)
+    n_tokens = np.fromiter(map(len, word_ids), np.int64, n)
+    n_tags = np.fromiter(map(len, tags), np.int64, n)
+    words = np.fromiter(chain.from_iterable(word_ids), np.float64, int(n_tokens.sum()))  # None -> NaN
+    special = np.isnan(words)
+    word = np.where(special, -1, words).astype(np.int64)
+    row = np.repeat(np.arange(n), n_tokens)
+    tag_starts = np.cumsum(n_tags) - n_tags
+    flat_tags = np.fromiter(chain.from_iterable(tags), np.int64, int(n_tags.sum()))
+    label = flat_tags[np.where(special, 0, tag_starts[row] + word)] if flat_tags.size else np.zeros_like(word)
+    token_starts = np.cumsum(n_tokens) - n_tokens
+    previous = np.empty_like(word)
+    previous[1:] = word[:-1]
+    previous[token_starts[n_tokens > 0]] = -1  # a sentence's first token follows nothing
+    continuation = ~special & (word == previous)
+    label = np.where(continuation, b_to_i[label] if label_all_tokens else -100, label)
+    label[special] = -100
+    last_word = np.full(n, -1, np.int64)
+    if word.size:
+        nonempty = n_tokens > 0
+        last_word[nonempty] = np.maximum.reduceat(word, token_starts[nonempty])
+    return list_column(label, n_tokens), last_word + 1 < n_tags
 
 
 def check_tags(split: str, ds: datasets.Dataset, names: list[str]) -> None:
@@ -104,22 +135,19 @@ class NerTask(Task):
         names = label_names_of(raw["train"], cfg.label_names)
         for split, ds in raw.items():
             check_tags(split, ds, names)
-        b_to_i = b_to_i_map(names).tolist()  # list indexing: no NumPy scalar per token
+        b_to_i = b_to_i_map(names)
         max_length = cfg.max_length or min(tokenizer.model_max_length, 100_000)
 
-        def tokenize_and_align(batch: dict[str, list]) -> dict[str, list]:
+        def tokenize_and_align(batch: dict[str, list]) -> pa.Table:
             # Input ids and labels only: the collator's padding makes the attention mask, and single-sentence
             # token type ids are all 0 (what the model assumes without them). A third less to build and store.
             enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length,
                             return_attention_mask=False, return_token_type_ids=False)
-            labels, truncated = [], []
-            for i, tags in enumerate(batch["ner_tags"]):
-                word_ids = enc.word_ids(i)
-                labels.append(align_labels_with_tokens(tags, word_ids, b_to_i, cfg.label_all_tokens))
-                truncated.append(max((w for w in word_ids if w is not None), default=-1) + 1 < len(tags))
-            enc["labels"] = labels
-            enc["_truncated"] = truncated
-            return dict(enc)
+            word_ids = [e.word_ids for e in enc.encodings]
+            labels, truncated = align_labels_batch(batch["ner_tags"], word_ids, b_to_i, cfg.label_all_tokens)
+            # an Arrow table: the labels column is built whole (datasets would convert per-row arrays one by one)
+            return pa.table({"input_ids": pa.array(enc["input_ids"], type=pa.list_(pa.int32())), "labels": labels,
+                             "_truncated": truncated})
 
         splits, truncated = {}, {}
         for split, ds in raw.items():

@@ -313,6 +313,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+MOVED = {"preprocess.lead_sentences": "evaluate.lead_sentences"}
+"""Settings that moved to another section: a job file still using the old place is told where."""
+
+
 def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Instantiate dataclass ``cls`` from ``values``; unknown keys and wrong types raise ConfigError."""
     hints = typing.get_type_hints(cls)
@@ -323,6 +327,8 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
+            if dotted in MOVED:
+                hint = f" It moved: set {MOVED[dotted]} instead."
             raise ConfigError(f"{dotted}: unknown setting.{hint} Allowed here: {', '.join(sorted(fields))}")
         kwargs[key] = _coerce(value, hints[key], dotted)
     obj = cls(**kwargs)

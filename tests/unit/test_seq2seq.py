@@ -243,7 +243,7 @@ def _summ_job(seed: int) -> object:
                           "preprocess": {"shuffle_seed": seed, "vocab_size": 150, "max_source_length": 64}})
 
 
-def test_bilingual_mix_is_filtered_shuffled_with_the_seed_and_has_a_lead3_baseline() -> None:
+def test_bilingual_mix_is_filtered_shuffled_with_the_seed_and_keeps_the_eval_bodies() -> None:
     task = get_task("summarization")
     raw = _summ_raw()
     first = task.prepare(_summ_job(42), raw, None)
@@ -259,8 +259,12 @@ def test_bilingual_mix_is_filtered_shuffled_with_the_seed_and_has_a_lead3_baseli
     langs = first.splits["eval"]["language"]
     assert langs != sorted(langs) and langs != sorted(langs, reverse=True)  # mixed, not grouped
     assert first.tokenizer is not None and first.info["tokenizer_trained"] and first.tokenizer.is_fast
-    lead = first.info["lead_baseline"]
-    assert lead["sentences"] == 3 and 0 < lead["rouge1"] <= 100 and set(lead) >= {"rouge1", "rouge2", "rougeL"}
+    # the eval bodies for evaluate's lead-3, row for row with the eval features
+    texts = first.splits["eval_texts"]
+    assert texts.column_names == ["body", "language"] and list(texts["language"]) == list(langs)
+    bodies = first.tokenizer(list(texts["body"]), max_length=64, truncation=True)["input_ids"]
+    assert bodies == list(first.splits["eval"]["input_ids"])
+    assert "lead_baseline" not in first.info
 
 
 def test_config_errors_name_the_fix() -> None:
@@ -272,6 +276,12 @@ def test_config_errors_name_the_fix() -> None:
     with pytest.raises(ConfigError, match="supported"):
         job_from_dict({"task": "summarization", "data": {"source": "files:/x"}, "model": {"name": "scratch:mt5-tiny"},
                        "preprocess": {"languages": ["en", "de"]}})
+    with pytest.raises(ConfigError, match="preprocess.lead_sentences: unknown setting. It moved: set evaluate.lead_sentences"):
+        job_from_dict({"task": "summarization", "data": {"source": "files:/x"}, "model": {"name": "scratch:mt5-tiny"},
+                       "preprocess": {"lead_sentences": 3}})
+    with pytest.raises(ConfigError, match="evaluate.lead_sentences: got 0"):
+        job_from_dict({"task": "summarization", "data": {"source": "files:/x"}, "model": {"name": "scratch:mt5-tiny"},
+                       "evaluate": {"lead_sentences": 0}})
 
 
 def test_lead3_of_a_long_article_matches_splitting_it_whole() -> None:

@@ -513,8 +513,8 @@ def summarization_case(sizes: Sizes, scratch: Path) -> Case:
             "both keep (title >= 3 words, non-empty body): the course shuffles before its title filter and nlpjobs "
             "after it, so on unfiltered rows the row order differs; eval: seeded rows, at most eval_sample, all of "
             "which prepare() keeps. The mT5 tokenizer trained once and given to both; max lengths "
-            f"{cfg.max_source_length}/{cfg.max_target_length} (the preset's; the course's 512/30). prepare() also "
-            "scores the lead-3 ROUGE baseline on the eval rows (the course does that in §4.5)")
+            f"{cfg.max_source_length}/{cfg.max_target_length} (the preset's; the course's 512/30). The lead-3 ROUGE "
+            "baseline is scored by evaluate, as the course scores it in §4.5, in neither timing")
     return Case("summarization", job, raw, tokenizer, course, tokenizer_only, compare, note)
 
 

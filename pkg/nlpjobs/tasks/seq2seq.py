@@ -19,9 +19,10 @@ from typing import Any, ClassVar
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
-from nlpjobs.tasks.base import EvalContext, Task, TaskDataError, column_values, fresh_fingerprint
+from nlpjobs.tasks.base import EvalContext, Task, TaskDataError, column_values, fresh_fingerprint, list_column
 
 SCRATCH_PREFIX = "scratch:"
 
@@ -243,7 +244,7 @@ def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: 
     ls, lt = cfg.max_source_length, cfg.max_target_length
     suffix = special_token_suffix(tokenizer)
 
-    def encode(batch: dict[str, list]) -> dict[str, list]:
+    def encode(batch: dict[str, list]) -> pa.Table:
         src = [cfg.source_prefix + s for s in batch[sources]]
         tgt = batch[targets]
         ids = tokenizer(src, max_length=ls + 1, truncation=True, return_attention_mask=False)["input_ids"]
@@ -255,8 +256,12 @@ def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: 
                         lambda texts: tokenizer(texts, max_length=ls, truncation=True)["input_ids"])
         _truncate_again(lab, tgt_cut, tgt, lt, suffix,
                         lambda texts: tokenizer(text_target=texts, max_length=lt, truncation=True)["input_ids"])
-        return {"input_ids": ids, "attention_mask": [[1] * len(x) for x in ids], "labels": lab,
-                "_src_cut": src_cut, "_tgt_cut": tgt_cut}
+        # an Arrow table with the column types datasets would infer, without its scan of every Python value
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        return pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int32())),
+                         "attention_mask": list_column(np.ones(int(lengths.sum()), np.int8), lengths),
+                         "labels": pa.array(lab, type=pa.list_(pa.int64())),
+                         "_src_cut": pa.array(src_cut, type=pa.bool_()), "_tgt_cut": pa.array(tgt_cut, type=pa.bool_())})
 
     mapped = ds.map(encode, batched=True, batch_size=cfg.map_batch_size,
                     num_proc=cfg.num_proc if cfg.num_proc > 1 else None, remove_columns=ds.column_names, desc=desc,

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
-import numpy as np
 
 from nlpjobs.config import ConfigError, JobConfig
 from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values, fresh_fingerprint
@@ -16,7 +15,6 @@ from nlpjobs.tasks.seq2seq import (
     Seq2SeqEvaluateConfig,
     Seq2SeqPreprocessConfig,
     Seq2SeqTask,
-    decode_pairs,
     t5_tokenizer,
     tokenize_pairs,
 )
@@ -27,7 +25,7 @@ ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 @dataclass
 class SummarizationPreprocessConfig(Seq2SeqPreprocessConfig):
-    """Body → title pairs, short-title filter, bilingual mix, lead-3 baseline."""
+    """Body → title pairs, short-title filter, bilingual mix."""
 
     max_source_length: int = 512
     """Body tokens per example (SPEC §4.3: 512); longer bodies are truncated and counted."""
@@ -49,9 +47,6 @@ class SummarizationPreprocessConfig(Seq2SeqPreprocessConfig):
     eval_sample: int | None = None
     """Keep the first N eval examples after filtering and the bilingual shuffle (data.max_eval_examples
     cuts before, in source order, which may drop a whole language)."""
-    lead_sentences: int = 3
-    """Sentences of the lead-N baseline (lead-3)."""
-
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
         unsupported = [x for x in [*self.languages, self.default_language] if x not in SUPPORTED]
@@ -60,18 +55,25 @@ class SummarizationPreprocessConfig(Seq2SeqPreprocessConfig):
                               f"splitting (ROUGE-Lsum, lead-3) exists for {list(SUPPORTED)}")
         if not self.languages:
             raise ConfigError(f"{prefix}.languages: must name at least one language")
-        if self.min_target_words < 0 or self.lead_sentences < 1:
-            raise ConfigError(f"{prefix}.min_target_words must be >= 0 and lead_sentences >= 1")
+        if self.min_target_words < 0:
+            raise ConfigError(f"{prefix}.min_target_words must be >= 0")
         if self.eval_sample is not None and self.eval_sample < 1:
             raise ConfigError(f"{prefix}.eval_sample: must be >= 1 or null")
 
 
 @dataclass
 class SummarizationEvaluateConfig(Seq2SeqEvaluateConfig):
-    """Generation for summaries (titles are short)."""
+    """Generation for summaries (titles are short) and the lead-N baseline they are scored beside."""
 
     generation_max_length: int | None = 30
     """max_length passed to generate() (the target length, 30)."""
+    lead_sentences: int = 3
+    """Sentences of the lead-N baseline (lead-3), scored on the same eval rows and references as the model."""
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        if self.lead_sentences < 1:
+            raise ConfigError(f"{prefix}.lead_sentences: got {self.lead_sentences}, must be >= 1")
 
 
 def keep_long_titles(ds: datasets.Dataset, min_words: int) -> datasets.Dataset:
@@ -114,7 +116,7 @@ class SummarizationTask(Seq2SeqTask):
     evaluate_config = SummarizationEvaluateConfig
     required_columns = ("body", "title")
     pipeline_task = "summarization"
-    preprocess_version = "2"  # 2: lead-N scored on its own sentence lines (not split again)
+    preprocess_version = "3"  # 3: eval_texts split; lead-N scored by evaluate (2: in the manifest)
     headline_metric = "rouge1"
     scratch_archs = ("mt5",)
 
@@ -183,16 +185,12 @@ class SummarizationTask(Seq2SeqTask):
             tokenized, counts = tokenize_pairs(ds, tokenizer, "body", "title", cfg, f"tokenize {split}")
             splits[split] = tokenized.add_column("language", column_values(ds, "language"))
             truncated[split], detail[split] = counts["examples"], counts
-        # lead-3 on the same eval rows and the same (decoded, truncated) references the model is scored on
-        eval_ds = mixed["eval"]
-        _, references = decode_pairs(tokenizer, [], [np.asarray(x, dtype=np.int64)
-                                                     for x in column_values(splits["eval"], "labels")])
-        lead = lead_baseline(column_values(eval_ds, "body"), references, column_values(eval_ds, "language"),
-                             cfg.lead_sentences)
+        # the eval bodies, for the lead-N baseline evaluate scores beside the model (a metric, not tokenization)
+        splits["eval_texts"] = mixed["eval"].select_columns(["body", "language"])
         info = {"languages": kept, "short_titles_removed": short, "min_target_words": cfg.min_target_words,
                 "truncated_examples": truncated, "truncated_by_side": detail,
                 "max_source_length": cfg.max_source_length, "max_target_length": cfg.max_target_length,
-                "default_language": cfg.default_language, "lead_baseline": {"sentences": cfg.lead_sentences, **lead}, "tokenizer_trained": trained is not None}
+                "default_language": cfg.default_language, "tokenizer_trained": trained is not None}
         return Prepared(splits=splits, info=info, tokenizer=trained)
 
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
@@ -203,7 +201,12 @@ class SummarizationTask(Seq2SeqTask):
         languages = (column_values(eval_split, "language")[:out["examples"]] if "language" in eval_split.column_names
                      else [ctx.manifest.info.get("default_language", "en")] * out["examples"])
         metrics: dict[str, Any] = rouge_scores(out["predictions"], out["references"], languages)
-        lead = {k: v for k, v in ctx.manifest.info.get("lead_baseline", {}).items() if k in ROUGE_KEYS}
+        if "eval_texts" in ctx.manifest.splits:  # lead-N on the same rows and references as the model
+            cfg: SummarizationEvaluateConfig = ctx.job.evaluate  # type: ignore[assignment]
+            bodies = column_values(load_split(ctx.manifest, "eval_texts"), "body")[:out["examples"]]
+            lead = lead_baseline(bodies, out["references"], languages, cfg.lead_sentences)
+        else:  # shards of preprocess version 2 carry it in the manifest
+            lead = {k: v for k, v in ctx.manifest.info.get("lead_baseline", {}).items() if k in ROUGE_KEYS}
         gate = baseline_gate(metrics, lead)
         metrics.update({"eval_loss": out["eval_loss"], "gen_len": out["gen_len"], "examples": out["examples"],
                         "lead3": lead, "beats_lead3": gate,

@@ -31,6 +31,7 @@ from typing import Any, Literal
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
 from nlpjobs.data.corpora.codeparrot import DS_KEYWORDS, any_keyword_in_string
@@ -303,13 +304,15 @@ def chunk_dataset(ds: datasets.Dataset, tokenizer: Any, cfg: ClmPreprocessConfig
     """``ds.map`` of :func:`chunk_texts`; each batch adds one marker row carrying its counts (so they survive
     num_proc and the datasets cache), removed afterwards by index selection."""
 
-    def fn(batch: dict[str, list]) -> dict[str, list]:
+    def fn(batch: dict[str, list]) -> pa.Table:
         chunks, stats = chunk_texts(tokenizer, batch["content"], cfg.context_length, cfg.packing)
         rows = len(chunks)
-        out: dict[str, list] = {"input_ids": [*chunks, []], "_stat": [False] * rows + [True]}
+        # typed Arrow columns: datasets would otherwise scan every token id to infer the types
+        out = {"input_ids": pa.array([*chunks, []], type=pa.list_(pa.int32())),
+               "_stat": pa.array([False] * rows + [True], type=pa.bool_())}
         for key in STAT_KEYS:
-            out[f"_{key}"] = [0] * rows + [stats[key]]
-        return out
+            out[f"_{key}"] = pa.array([0] * rows + [stats[key]], type=pa.int64())
+        return pa.table(out)
 
     mapped = ds.map(fn, batched=True, batch_size=cfg.map_batch_size, remove_columns=ds.column_names,
                     num_proc=cfg.num_proc if cfg.num_proc > 1 else None, desc=desc,

@@ -44,12 +44,13 @@ def timed(fn: Callable[[], T]) -> tuple[T, float]:
     return result, time.perf_counter() - start
 
 
-def timed_median(fn: Callable[[], T], min_seconds: float = 0.5, max_calls: int = 50) -> tuple[T, float, int]:
-    """``fn()`` called until ``min_seconds`` have passed (at least 3, at most ``max_calls`` calls): the last
-    result, the median seconds per call and the number of calls. For millisecond figures, where one call
-    mostly measures timer and cache noise."""
+def timed_median(fn: Callable[[], T], min_seconds: float = 0.5, max_calls: int = 50,
+                 min_calls: int = 3) -> tuple[T, float, int]:
+    """``fn()`` called until ``min_seconds`` have passed (at least ``min_calls``, at most ``max_calls`` calls):
+    the last result, the median seconds per call and the number of calls. For short figures, where one call
+    mostly measures timer, cache and neighbour noise."""
     seconds: list[float] = []
-    while len(seconds) < 3 or (sum(seconds) < min_seconds and len(seconds) < max_calls):
+    while len(seconds) < min_calls or (sum(seconds) < min_seconds and len(seconds) < max_calls):
         result, t = timed(fn)
         seconds.append(t)
     return result, statistics.median(seconds), len(seconds)
@@ -94,10 +95,13 @@ class Sizes:
     generation_examples: int = 200
     """Eval examples generated for and scored by both engines in the seq2seq generation figure."""
     matmul_size: int = 1024
+    preprocess_min_seconds: float = 1.5
+    """Each preprocessing implementation runs until this long has passed within a repeat (one call for the
+    slower tasks, a few for QA or MLM, whose calls take 0.3-0.5 s on 2 cores); its time is the median call."""
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(repeats=1, ner_train_examples=1000, ner_eval_examples=200, qa_examples=50, mlm_reviews=100, translation_pairs=1000,
                    summarization_examples=500, clm_files=12,
                    qa_postproc_examples=100, train_steps=6, train_examples=200, eval_examples=50, storage_mb=8, scale_examples=400,
-                   generation_examples=32, matmul_size=512)
+                   generation_examples=32, matmul_size=512, preprocess_min_seconds=0.0)

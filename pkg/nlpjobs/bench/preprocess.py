@@ -17,7 +17,7 @@ from typing import Any
 
 import datasets
 
-from nlpjobs.bench.common import Sizes, load_preset, log, timed
+from nlpjobs.bench.common import Sizes, load_preset, log, timed, timed_median
 from nlpjobs.bench.records import Sample
 from nlpjobs.tasks.qa_features import course_label_loop
 
@@ -596,7 +596,8 @@ def measure(task_name: str, sizes: Sizes, scratch: Path) -> list[Sample]:
     """``sizes.repeats`` repeats of: nlpjobs prepare(), the course's map, the tokenizer alone, the whole stage.
 
     Each implementation first runs once on 64 examples (untimed warm-up); the order of the three timed
-    runs rotates from repeat to repeat so none always runs first.
+    runs rotates from repeat to repeat so none always runs first; each is timed as the median of its calls
+    over at least ``sizes.preprocess_min_seconds``.
     """
     from nlpjobs.tasks import get_task
 
@@ -626,7 +627,8 @@ def measure(task_name: str, sizes: Sizes, scratch: Path) -> list[Sample]:
     for r in range(sizes.repeats):
         seconds: dict[str, float] = {}
         for name in names[r % len(names):] + names[:r % len(names)]:
-            _, seconds[name] = timed(lambda fn=runs[name]: fn(case.raw))
+            _, seconds[name], _ = timed_median(lambda fn=runs[name]: fn(case.raw), sizes.preprocess_min_seconds,
+                                              min_calls=1)
         t_stage = _stage_end_to_end(case.stage_job or case.job, scratch)
         log(f"{task_name} preprocess repeat {r + 1}/{sizes.repeats}: "
             + ", ".join(f"{k} {v:.2f}s" for k, v in seconds.items()) + f", whole stage {t_stage:.2f}s")

@@ -147,3 +147,12 @@ def test_integer_tags_without_names_need_label_names(cased_tokenizer: BertTokeni
     ds = datasets.Dataset.from_dict({"tokens": [WORDS], "ner_tags": [TAGS]})
     with pytest.raises(TaskDataError, match="preprocess.label_names"):
         NerTask().prepare(job, datasets.DatasetDict({"train": ds, "eval": ds}), cased_tokenizer)
+
+
+def test_list_column_rebuilds_the_rows_and_refuses_a_length_mismatch() -> None:
+    from nlpjobs.tasks.base import list_column
+
+    column = list_column(np.array([5, 6, 7, 8], np.int64), np.array([2, 0, 2]))
+    assert column.to_pylist() == [[5, 6], [], [7, 8]] and str(column.type) == "list<item: int64>"
+    with pytest.raises(ValueError, match="3 values for rows of 4"):
+        list_column(np.arange(3), np.array([2, 2]))

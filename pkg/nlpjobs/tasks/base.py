@@ -52,6 +52,8 @@ def list_column(values: np.ndarray, row_lengths: np.ndarray) -> pa.ListArray:
     np.cumsum(row_lengths, out=offsets[1:])
     if offsets[-1] != len(values):
         raise ValueError(f"{len(values)} values for rows of {int(offsets[-1])} in all")
+    if offsets[-1] > np.iinfo(np.int32).max:  # Arrow list offsets are int32; one map batch is far below
+        raise ValueError(f"{int(offsets[-1])} values in one list column; use a smaller map_batch_size")
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
 
 

@@ -240,10 +240,10 @@ def mask_eval_split(ds: datasets.Dataset, tokenizer: Any, kind: str, probability
         for key in out:
             out[key].append(masked[key].numpy())  # [rows, chunk_size]: every chunk has the same length
     dtypes = {"input_ids": np.int32, "attention_mask": np.int8, "labels": np.int64}
-    columns = {k: np.concatenate(v).astype(dtypes[k], copy=False) if v else np.zeros((0, 0), dtypes[k])
-               for k, v in out.items()}
+    arrays = {k: np.concatenate(v).astype(dtypes[k], copy=False) if v else np.zeros((0, 0), dtypes[k])
+              for k, v in out.items()}
     return datasets.Dataset(pa.table({k: list_column(v.reshape(-1), np.full(len(v), v.shape[1]))
-                                      for k, v in columns.items()}))
+                                      for k, v in arrays.items()}))
 
 
 def _chunk_grid(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:

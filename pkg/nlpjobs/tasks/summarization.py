@@ -201,12 +201,10 @@ class SummarizationTask(Seq2SeqTask):
         languages = (column_values(eval_split, "language")[:out["examples"]] if "language" in eval_split.column_names
                      else [ctx.manifest.info.get("default_language", "en")] * out["examples"])
         metrics: dict[str, Any] = rouge_scores(out["predictions"], out["references"], languages)
-        if "eval_texts" in ctx.manifest.splits:  # lead-N on the same rows and references as the model
-            cfg: SummarizationEvaluateConfig = ctx.job.evaluate  # type: ignore[assignment]
-            bodies = column_values(load_split(ctx.manifest, "eval_texts"), "body")[:out["examples"]]
-            lead = lead_baseline(bodies, out["references"], languages, cfg.lead_sentences)
-        else:  # shards of preprocess version 2 carry it in the manifest
-            lead = {k: v for k, v in ctx.manifest.info.get("lead_baseline", {}).items() if k in ROUGE_KEYS}
+        # lead-N on the same rows and references as the model
+        cfg: SummarizationEvaluateConfig = ctx.job.evaluate  # type: ignore[assignment]
+        bodies = column_values(load_split(ctx.manifest, "eval_texts"), "body")[:out["examples"]]
+        lead = lead_baseline(bodies, out["references"], languages, cfg.lead_sentences)
         gate = baseline_gate(metrics, lead)
         metrics.update({"eval_loss": out["eval_loss"], "gen_len": out["gen_len"], "examples": out["examples"],
                         "lead3": lead, "beats_lead3": gate,

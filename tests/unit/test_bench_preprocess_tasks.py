@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pytest
 
 from nlpjobs.bench.common import Sizes
 from nlpjobs.bench.preprocess import CASES, course_mlm_fns
-from nlpjobs.tasks.mlm import group_texts
+from nlpjobs.tasks.mlm import group_flat
 
 TASKS = ("mlm", "translation", "summarization", "clm")
 SMALL = Sizes(repeats=1, mlm_reviews=12, translation_pairs=300, summarization_examples=150, clm_files=4)
@@ -62,6 +63,6 @@ def test_course_group_texts_matches_nlpjobs() -> None:
     _, course_group = course_mlm_fns(tokenizer=None, chunk_size=4)
     batch = {"input_ids": [[101, 5, 6, 102], [101, 7, 102]], "attention_mask": [[1, 1, 1, 1], [1, 1, 1]],
              "word_ids": [[None, 0, 1, None], [None, 0, None]]}
-    ours = group_texts({k: [list(x) for x in v] for k, v in batch.items()}, 4)
+    ours = group_flat(np.array([101, 5, 6, 102, 101, 7, 102], np.int32), 4, batch["word_ids"])
     assert course_group(batch) == {k: v if k == "word_ids" else v.tolist() for k, v in ours.items()}
     assert ours["input_ids"].tolist() == [[101, 5, 6, 102]] == ours["labels"].tolist()  # remainder dropped

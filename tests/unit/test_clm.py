@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pandas
 import pytest
 import torch
@@ -28,6 +29,15 @@ PANDAS = Path(pandas.__file__).parent
 @pytest.fixture(scope="module")
 def gpt2() -> Any:
     return clm.load_base_tokenizer("offline:gpt2")
+
+
+@pytest.fixture(scope="module")
+def bert_tokenizer() -> Any:
+    from transformers import AutoTokenizer
+
+    from nlpjobs.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("offline:minilm"))
 
 
 @pytest.fixture(scope="module")
@@ -142,10 +152,24 @@ def test_drop_tail_chunking_on_real_files(gpt2: Any, real_texts: list[str]) -> N
     assert stats["dropped_tails"] == sum(1 for ids in full if len(ids) % length)
     assert stats["dropped_tokens"] == sum(len(ids) % length for ids in full)
     assert stats["kept_tokens"] + stats["dropped_tokens"] == sum(map(len, full))
-    assert all(len(c) == length for c in chunks)
+    assert chunks.shape == (stats["chunks"], length) and chunks.dtype == np.int32
     # the chunks are each file's consecutive 128-token pieces, its short last piece dropped
     expected = [ids[i:i + length] for ids in full for i in range(0, len(ids) // length * length, length)]
-    assert chunks == expected
+    assert chunks.tolist() == expected
+    # ... which are the course's overflow windows of the full length (SPEC §5.2)
+    course = gpt2(real_texts, truncation=True, max_length=length, return_overflowing_tokens=True, return_length=True)
+    assert chunks.tolist() == [ids for n, ids in zip(course["length"], course["input_ids"]) if n == length]
+
+
+def test_drop_tail_with_a_tokenizer_that_adds_special_tokens(bert_tokenizer: Any, real_texts: list[str]) -> None:
+    # [CLS] ... [SEP] around every window: the tokenizer's own overflow windows, as in the course
+    chunks, stats = clm.chunk_texts(bert_tokenizer, real_texts, 32, "drop_tail")
+    course = bert_tokenizer(real_texts, truncation=True, max_length=32, return_overflowing_tokens=True,
+                            return_length=True)
+    kept = [ids for n, ids in zip(course["length"], course["input_ids"]) if n == 32]
+    assert chunks.tolist() == kept and len(kept) > len(real_texts)
+    assert stats["dropped_tails"] == len(course["length"]) - len(kept)
+    assert stats["dropped_tokens"] == sum(n for n in course["length"] if n != 32)
 
 
 def test_drop_tail_drops_short_files(gpt2: Any) -> None:
@@ -160,10 +184,10 @@ def test_eos_join_packing(gpt2: Any) -> None:
     chunks, stats = clm.chunk_texts(gpt2, texts, 5, "eos_join")
     eos = gpt2.eos_token_id
     stream = [*gpt2(texts[0]).input_ids, eos, *gpt2(texts[2]).input_ids, eos, *gpt2(texts[3]).input_ids, eos]
-    assert chunks == [stream[i:i + 5] for i in range(0, len(stream) // 5 * 5, 5)]
+    assert chunks.tolist() == [stream[i:i + 5] for i in range(0, len(stream) // 5 * 5, 5)]
     assert stats["dropped_tokens"] == len(stream) % 5 and stats["chunks"] == len(stream) // 5
     assert chunks[1][1] == eos  # file boundaries are marked, the empty file adds nothing
-    assert sum(c.count(eos) for c in chunks) == sum(1 for i in range(len(stream) // 5 * 5) if stream[i] == eos)
+    assert int((chunks == eos).sum()) == sum(1 for i in range(len(stream) // 5 * 5) if stream[i] == eos)
 
 
 def test_chunk_dataset_counts_survive_map(gpt2: Any, real_texts: list[str]) -> None:
@@ -171,7 +195,7 @@ def test_chunk_dataset_counts_survive_map(gpt2: Any, real_texts: list[str]) -> N
     ds = datasets.Dataset.from_dict({"content": real_texts, "path": [str(i) for i in range(len(real_texts))]})
     chunks, totals = clm.chunk_dataset(ds, gpt2, cfg)
     expected, stats = clm.chunk_texts(gpt2, real_texts, 64, "drop_tail")
-    assert chunks.column_names == ["input_ids"] and chunks["input_ids"] == expected
+    assert chunks.column_names == ["input_ids"] and chunks["input_ids"] == expected.tolist()
     assert totals == stats
 
 
@@ -352,5 +376,5 @@ def test_prepare_keyword_filter_and_eos_join_with_a_named_tokenizer(gpt2: Any, r
     assert prepared.info["keyword_filter"]["train"] == {"kept": len(keep), "total": len(texts)}
     assert len(prepared.tokenizer) == 50257 and prepared.info["tokenizer"]["retrained"] is False
     expected, _ = clm.chunk_texts(gpt2, keep, 64, "eos_join")
-    assert prepared.splits["train"]["input_ids"] == expected
+    assert prepared.splits["train"]["input_ids"] == expected.tolist()
     assert prepared.info["chunking"]["train"]["documents"] == len(keep)

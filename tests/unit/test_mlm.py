@@ -3,8 +3,10 @@ tokenizer (the distilbert-base-uncased vocabulary) on real IMDb reviews."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import datasets
 import numpy as np
@@ -13,13 +15,14 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
+from nlpjobs.bench.preprocess import course_mlm_fns
 from nlpjobs.config import ConfigError, job_from_dict
 from nlpjobs.models import resolve_model
 from nlpjobs.tasks.base import EvalContext
 from nlpjobs.tasks.mlm import (
     MlmCollator,
     MlmTask,
-    group_texts,
+    group_flat,
     head_on_masked_positions,
     mask_eval_split,
     masked_lm_loss,
@@ -111,10 +114,17 @@ def tokenized(tokenizer, texts):
             "word_ids": [enc.word_ids(i) for i in range(len(texts))]}
 
 
-def test_group_texts_reproduces_the_course_chunking(tokenizer) -> None:
+def grouped(batch: dict[str, list], chunk_size: int) -> dict[str, Any]:
+    flat = np.fromiter(itertools.chain.from_iterable(batch["input_ids"]), np.int32)
+    return group_flat(flat, chunk_size, batch["word_ids"])
+
+
+def test_group_flat_reproduces_the_course_chunking(tokenizer) -> None:
     batch = tokenized(tokenizer, ["".join(r) for r in REVIEWS])
     assert [len(x) for x in batch["input_ids"]] == [200, 559, 192]  # the course's lengths, 951 tokens
-    out = group_texts(batch, 128)
+    out = grouped(batch, 128)
+    course = course_mlm_fns(tokenizer)[1](batch)
+    assert {k: np.asarray(v).tolist() for k, v in out.items()} == course
     assert set(out) == {"input_ids", "attention_mask", "word_ids", "labels"}
     assert [len(x) for x in out["input_ids"]] == [128] * 7  # 951 // 128 = 7 chunks; the 55 left over are dropped
     flat = [t for doc in batch["input_ids"] for t in doc]
@@ -123,7 +133,7 @@ def test_group_texts_reproduces_the_course_chunking(tokenizer) -> None:
     assert [w for c in out["word_ids"] for w in c] == [w for doc in batch["word_ids"] for w in doc][:896]
     # documents are joined: chunk 1 holds review 0's [SEP] followed by review 1's [CLS] (SPEC §2.3 step 4)
     assert out["input_ids"][1][199 - 128:201 - 128].tolist() == [tokenizer.sep_token_id, tokenizer.cls_token_id]
-    assert [len(x) for x in group_texts(batch, 64)["input_ids"]] == [64] * 14  # 951 // 64
+    assert [len(x) for x in grouped(batch, 64)["input_ids"]] == [64] * 14  # 951 // 64
 
 
 def test_word_groups_split_at_word_changes_and_special_tokens() -> None:
@@ -157,7 +167,7 @@ def test_whole_word_masking_masks_whole_words_only(tokenizer) -> None:
 
 
 def test_standard_collator_masks_tokens_and_drops_word_ids(tokenizer) -> None:
-    chunks = group_texts(tokenized(tokenizer, ["".join(r) for r in REVIEWS]), 128)
+    chunks = grouped(tokenized(tokenizer, ["".join(r) for r in REVIEWS]), 128)
     rows = [{k: chunks[k][i] for k in ("input_ids", "attention_mask", "labels", "word_ids")} for i in range(7)]
     torch.manual_seed(0)
     batch = MlmCollator(tokenizer, "standard")(rows)
@@ -207,7 +217,7 @@ def test_fixed_mask_eval_set_is_identical_across_preprocess_runs(tokenizer, kind
 def test_eval_masks_from_whole_arrays_equal_the_collators_row_by_row(tokenizer) -> None:
     """mask_eval_split masks equal chunks as arrays: the same generator draws, so the same masks and labels as
     the training collator (DataCollatorForLanguageModeling on padded rows) with the same seed, batch by batch."""
-    chunks = group_texts(tokenized(tokenizer, ["".join(r) for r in REVIEWS] * 4), 128)
+    chunks = grouped(tokenized(tokenizer, ["".join(r) for r in REVIEWS] * 4), 128)
     ds = datasets.Dataset.from_dict({k: chunks[k] for k in ("input_ids", "attention_mask", "labels")})
     assert len(ds) == 29 and (np.asarray(ds["input_ids"]) == tokenizer.sep_token_id).any()
     fast = mask_eval_split(ds, tokenizer, "standard", 0.15, seed=3, batch_size=8)
@@ -227,7 +237,7 @@ def test_downsampling_is_seeded_and_eval_from_train_is_disjoint(tokenizer) -> No
     again = task.prepare(make_job(train_size=20, test_size=5, eval_from="train"), raw_data(), tokenizer)
     assert (len(out.splits["train"]), len(out.splits["eval"])) == (20, 5)
     assert out.splits["train"]["input_ids"] == again.splits["train"]["input_ids"]
-    all_chunks = group_texts(tokenized(tokenizer, ["".join(r) for r in REVIEWS] * 4), 128)["input_ids"]
+    all_chunks = grouped(tokenized(tokenizer, ["".join(r) for r in REVIEWS] * 4), 128)["input_ids"]
     eval_ids = [[t if lab == -100 else lab for t, lab in zip(ids, labels)]
                 for ids, labels in zip(out.splits["eval"]["input_ids"], out.splits["eval"]["labels"])]
     train_ids = list(out.splits["train"]["input_ids"])

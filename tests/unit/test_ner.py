@@ -86,13 +86,15 @@ def test_batch_alignment_equals_the_per_token_loop(label_all_tokens: bool) -> No
         if inner and len(kept) > 1:
             kept = kept[:1] + inner + kept[1:]
         word_ids.append([None, *kept, None] if specials else kept)
-    labels, truncated = align_labels_batch(tags, word_ids, b_to_i, label_all_tokens)
+    flat = np.array([-1 if w is None else w for ids in word_ids for w in ids], dtype=np.int64)
+    labels, truncated = align_labels_batch(tags, flat, np.array([len(w) for w in word_ids]), b_to_i, label_all_tokens)
     assert labels.to_pylist() == [reference_alignment(t, w, b_to_i.tolist(), label_all_tokens)
                                            for t, w in zip(tags, word_ids)]
     last = [max((w for w in ids if w is not None), default=-1) for ids in word_ids]
     assert truncated.tolist() == [lw + 1 < len(t) for lw, t in zip(last, tags)]
     assert 20 < int(truncated.sum()) < 280 and any(len(w) == 0 for w in word_ids)
-    assert align_labels_batch([], [], b_to_i)[0].to_pylist() == []
+    none = np.zeros(0, np.int64)
+    assert align_labels_batch([], none, none, b_to_i)[0].to_pylist() == []
 
 
 def test_b_to_i_uses_names_not_id_parity() -> None:
@@ -156,3 +158,13 @@ def test_list_column_rebuilds_the_rows_and_refuses_a_length_mismatch() -> None:
     assert column.to_pylist() == [[5, 6], [], [7, 8]] and str(column.type) == "list<item: int64>"
     with pytest.raises(ValueError, match="3 values for rows of 4"):
         list_column(np.arange(3), np.array([2, 2]))
+
+
+def test_a_byte_level_tokenizer_needs_add_prefix_space_for_words() -> None:
+    from nlpjobs.tasks.clm import load_base_tokenizer
+
+    job = load_job(ROOT / "jobs/local/ner.yaml")
+    gpt2 = load_base_tokenizer("offline:gpt2")
+    assert not gpt2.add_prefix_space
+    with pytest.raises(AssertionError, match="add_prefix_space=True"):  # the tokenizer's own check, before any map
+        NerTask().prepare(job, _raw([TAGS]), gpt2)

@@ -35,7 +35,16 @@ import pyarrow as pa
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
 from nlpjobs.data.corpora.codeparrot import DS_KEYWORDS, any_keyword_in_string
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values, fresh_fingerprint
+from nlpjobs.tasks.base import (
+    EvalContext,
+    Prepared,
+    Task,
+    TaskDataError,
+    column_values,
+    fresh_fingerprint,
+    list_column,
+)
+from nlpjobs.text.encode import block_starts, encode_ids, take_blocks
 from nlpjobs.train.evalloop import perplexity  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -265,32 +274,36 @@ def single_token_ids(tokenizer: Any, words: list[str]) -> tuple[list[int], list[
 
 
 def chunk_texts(tokenizer: Any, texts: list[str], context_length: int,
-                packing: str = "drop_tail") -> tuple[list[list[int]], dict[str, int]]:
-    """Full ``context_length`` chunks of ``texts`` and counts (documents, chunks, dropped tails/tokens)."""
+                packing: str = "drop_tail") -> tuple[np.ndarray, dict[str, int]]:
+    """Full ``context_length`` chunks of ``texts`` as a [chunks, context_length] int32 array, and counts
+    (documents, chunks, dropped tails/tokens)."""
     stats = {"documents": len(texts), "chunks": 0, "dropped_tails": 0, "dropped_tokens": 0, "kept_tokens": 0}
-    chunks: list[list[int]] = []
-    if packing == "drop_tail":  # SPEC §5.2, the course's tokenize()
+    if packing not in ("drop_tail", "eos_join"):
+        raise ConfigError(f"preprocess.packing: got {packing!r}, allowed values are 'drop_tail', 'eos_join'")
+    if packing == "drop_tail" and (not tokenizer.is_fast or tokenizer.backend_tokenizer.num_special_tokens_to_add(False)):
+        # a tokenizer that wraps every window in special tokens: its own overflow windows (SPEC §5.2)
         out = tokenizer(texts, truncation=True, max_length=context_length, return_overflowing_tokens=True,
                         return_length=True)
-        for length, input_ids in zip(out["length"], out["input_ids"]):
-            if length == context_length:
-                chunks.append(input_ids)
-            else:
-                stats["dropped_tails"] += 1
-                stats["dropped_tokens"] += int(length)
-    elif packing == "eos_join":  # the course's exercise (L4240): join with EOS, then chunk
-        eos = tokenizer.eos_token_id
-        stream: list[int] = []
-        for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
-            if ids:
-                stream.extend(ids)
-                stream.append(eos)
+        lengths = np.asarray(out["length"], dtype=np.int64)
+        full = lengths == context_length
+        stats.update(dropped_tails=int((~full).sum()), dropped_tokens=int(lengths[~full].sum()))
+        chunks = np.asarray([ids for ids, keep in zip(out["input_ids"], full) if keep], dtype=np.int32)
+    elif packing == "drop_tail":
+        # SPEC §5.2, the course's tokenize(): truncation with overflow and no special tokens cuts every document
+        # into consecutive context_length windows; the windows are taken from whole-document ids instead
+        ids, lengths = encode_ids(tokenizer, texts)
+        tails = lengths % context_length
+        stats.update(dropped_tails=int(np.count_nonzero(tails)), dropped_tokens=int(tails.sum()))
+        chunks = take_blocks(ids, block_starts(lengths, context_length), context_length)
+    else:  # eos_join, the course's exercise (L4240): join with EOS, then chunk
+        ids, lengths = encode_ids(tokenizer, texts, add_special_tokens=False)
+        nonempty = lengths > 0
+        ends = np.cumsum(lengths)[nonempty]  # an EOS after every non-empty document
+        stream = np.insert(ids, ends, np.int32(tokenizer.eos_token_id))
         full = len(stream) // context_length * context_length
-        chunks = [stream[i:i + context_length] for i in range(0, full, context_length)]
-        stats["dropped_tails"] = int(full < len(stream))
-        stats["dropped_tokens"] = len(stream) - full
-    else:
-        raise ConfigError(f"preprocess.packing: got {packing!r}, allowed values are 'drop_tail', 'eos_join'")
+        chunks = stream[:full].reshape(-1, context_length)
+        stats.update(dropped_tails=int(full < len(stream)), dropped_tokens=len(stream) - full)
+    chunks = chunks.reshape(-1, context_length)
     stats["chunks"] = len(chunks)
     stats["kept_tokens"] = len(chunks) * context_length
     return chunks, stats
@@ -308,7 +321,7 @@ def chunk_dataset(ds: datasets.Dataset, tokenizer: Any, cfg: ClmPreprocessConfig
         chunks, stats = chunk_texts(tokenizer, batch["content"], cfg.context_length, cfg.packing)
         rows = len(chunks)
         # typed Arrow columns: datasets would otherwise scan every token id to infer the types
-        out = {"input_ids": pa.array([*chunks, []], type=pa.list_(pa.int32())),
+        out = {"input_ids": list_column(chunks.ravel(), np.array([*[cfg.context_length] * rows, 0])),
                "_stat": pa.array([False] * rows + [True], type=pa.bool_())}
         for key in STAT_KEYS:
             out[f"_{key}"] = pa.array([0] * rows + [stats[key]], type=pa.int64())

@@ -24,6 +24,7 @@ from nlpjobs.tasks.base import (
     fresh_fingerprint,
     list_column,
 )
+from nlpjobs.text.encode import encode_ids, flat_ids, rust_backend
 from nlpjobs.train.evalloop import perplexity  # noqa: F401 (re-exported)
 
 DEFAULT_PROBABILITY = {"standard": 0.15, "whole_word": 0.2}
@@ -75,25 +76,22 @@ class MlmPreprocessConfig(PreprocessConfig):
 # ---- preprocessing ------------------------------------------------------------------------------
 
 
-def group_texts(examples: dict[str, list[list[Any]]], chunk_size: int) -> dict[str, Any]:
-    """Concatenate every column of the batch, drop the remainder after the last full ``chunk_size`` block,
-    slice into blocks and set ``labels`` to a copy of ``input_ids`` (SPEC §2.3).
+def group_flat(ids: np.ndarray, chunk_size: int, word_ids: list[list[int | None]] | None = None) -> dict[str, Any]:
+    """The course's ``group_texts`` (SPEC §2.3) of one unpadded tokenized batch, given as its ids row after row
+    (``ids``, flat) and, for whole-word masking, its word ids per row: the batch concatenated, the remainder
+    after the last full ``chunk_size`` block dropped, sliced into blocks, ``labels`` a copy of ``input_ids``.
 
     Integer columns come back as [chunks, chunk_size] int64 arrays (datasets stores them without inspecting
-    every Python int); ``word_ids``, which holds None for special tokens, as lists of lists.
+    every Python int), the attention mask all ones as the tokenizer gives it without padding; ``word_ids``,
+    which holds None for special tokens, as lists of lists.
     """
-    lengths = [len(x) for x in examples["input_ids"]]
-    total = (sum(lengths) // chunk_size) * chunk_size
-    result: dict[str, Any] = {}
-    for key, rows in examples.items():
-        flat = itertools.chain.from_iterable(rows)
-        if key == "word_ids":
-            words = list(itertools.islice(flat, total))
-            result[key] = [words[i:i + chunk_size] for i in range(0, total, chunk_size)]
-        else:
-            values = np.fromiter(flat, dtype=np.int64, count=sum(lengths))
-            result[key] = values[:total].reshape(-1, chunk_size)
-    result["labels"] = result["input_ids"].copy()
+    total = len(ids) // chunk_size * chunk_size
+    input_ids = ids[:total].astype(np.int64).reshape(-1, chunk_size)
+    result: dict[str, Any] = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+    if word_ids is not None:
+        words = list(itertools.islice(itertools.chain.from_iterable(word_ids), total))
+        result["word_ids"] = [words[i:i + chunk_size] for i in range(0, total, chunk_size)]
+    result["labels"] = input_ids.copy()
     return result
 
 
@@ -336,11 +334,12 @@ class MlmTask(Task):
                 bad = next(t for t in texts if not isinstance(t, str))
                 raise TaskDataError(f"mlm: the text column holds a {type(bad).__name__} ({bad!r}); every row "
                                     "needs a string")
-            enc = tokenizer(texts, return_token_type_ids=False)  # no truncation: long texts are chunked
-            columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-            if whole_word:  # only whole-word masking needs to know where words start
-                columns["word_ids"] = [enc.word_ids(i) for i in range(len(texts))]
-            return group_texts(columns, cfg.chunk_size)
+            # no truncation: long texts are chunked
+            if not whole_word:
+                return group_flat(encode_ids(tokenizer, texts)[0], cfg.chunk_size)
+            with rust_backend(tokenizer) as backend:  # only whole-word masking needs to know where words start
+                encodings = backend.encode_batch(texts)
+            return group_flat(flat_ids(encodings)[0], cfg.chunk_size, [e.word_ids for e in encodings])
 
         def chunks(split: str) -> datasets.Dataset:
             # one map: the course tokenizes in batches of map_batch_size rows and then groups the same batches

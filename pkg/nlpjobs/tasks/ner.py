@@ -21,6 +21,7 @@ from nlpjobs.tasks.base import (
     fresh_fingerprint,
     list_column,
 )
+from nlpjobs.text.encode import WordEncoder
 
 
 @dataclass
@@ -51,21 +52,20 @@ def align_labels_with_tokens(labels: list[int], word_ids: list[int | None], b_to
                              label_all_tokens: bool = True) -> list[int]:
     """Token labels for one sentence (SPEC §1.3): -100 for special tokens; the word's label on its first
     token; on continuation tokens the I- label (or -100 with ``label_all_tokens=False``)."""
-    aligned, _ = align_labels_batch([labels], [word_ids], np.asarray(b_to_i), label_all_tokens)
+    words = np.array([-1 if w is None else w for w in word_ids], dtype=np.int64)
+    aligned, _ = align_labels_batch([labels], words, np.array([len(words)]), np.asarray(b_to_i), label_all_tokens)
     return aligned.to_pylist()[0]
 
 
-def align_labels_batch(tags: Sequence[Sequence[int]], word_ids: Sequence[Sequence[int | None]], b_to_i: np.ndarray,
+def align_labels_batch(tags: Sequence[Sequence[int]], word: np.ndarray, n_tokens: np.ndarray, b_to_i: np.ndarray,
                        label_all_tokens: bool = True) -> tuple[pa.ListArray, np.ndarray]:
     """:func:`align_labels_with_tokens` for a batch of sentences at once, on flat arrays (no Python step per
-    token): (token labels per sentence as an Arrow list column, whether each sentence lost words to
-    truncation)."""
-    n = len(word_ids)
-    n_tokens = np.fromiter(map(len, word_ids), np.int64, n)
+    token). ``word``: each token's word index in its sentence (-1 for special tokens), sentence after
+    sentence, ``n_tokens[i]`` tokens each. Returns (token labels per sentence as an Arrow list column, whether
+    each sentence lost words to truncation)."""
+    n = len(n_tokens)
     n_tags = np.fromiter(map(len, tags), np.int64, n)
-    words = np.fromiter(chain.from_iterable(word_ids), np.float64, int(n_tokens.sum()))  # None -> NaN
-    special = np.isnan(words)
-    word = np.where(special, -1, words).astype(np.int64)
+    special = word < 0
     row = np.repeat(np.arange(n), n_tokens)
     tag_starts = np.cumsum(n_tags) - n_tags
     flat_tags = np.fromiter(chain.from_iterable(tags), np.int64, int(n_tags.sum()))
@@ -138,16 +138,18 @@ class NerTask(Task):
         b_to_i = b_to_i_map(names)
         max_length = cfg.max_length or min(tokenizer.model_max_length, 100_000)
 
+        tokenizer([["word"]], is_split_into_words=True)  # the tokenizer's own checks of word input (e.g. RoBERTa's)
+        encode = WordEncoder(tokenizer, max_length)  # each distinct word tokenized once, over both splits
+
         def tokenize_and_align(batch: dict[str, list]) -> pa.Table:
             # Input ids and labels only: the collator's padding makes the attention mask, and single-sentence
             # token type ids are all 0 (what the model assumes without them). A third less to build and store.
-            enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length,
-                            return_attention_mask=False, return_token_type_ids=False)
-            word_ids = [e.word_ids for e in enc.encodings]
-            labels, truncated = align_labels_batch(batch["ner_tags"], word_ids, b_to_i, cfg.label_all_tokens)
+            # tokenizer(words, is_split_into_words=True, truncation=True, max_length=...) as flat arrays
+            ids, words, lengths = encode(batch["tokens"])
+            labels, truncated = align_labels_batch(batch["ner_tags"], words, lengths, b_to_i, cfg.label_all_tokens)
             # an Arrow table: the labels column is built whole (datasets would convert per-row arrays one by one)
-            return pa.table({"input_ids": pa.array(enc["input_ids"], type=pa.list_(pa.int32())), "labels": labels,
-                             "_truncated": truncated})
+            return pa.table({"input_ids": list_column(ids, lengths), "labels": labels, "_truncated": truncated})
+
 
         splits, truncated = {}, {}
         for split, ds in raw.items():

@@ -20,7 +20,7 @@ from nlpjobs.tasks.seq2seq import (
     t5_tokenizer,
     tokenize_pairs,
 )
-from nlpjobs.tasks.summarization import baseline_gate, keep_long_titles, lead_baseline, rouge_scores
+from nlpjobs.tasks.summarization import baseline_gate, lead_baseline, long_titles, rouge_scores
 from nlpjobs.tasks.translation import bleu
 from nlpjobs.text.sentences import lead_n, sentences_newline, split_sentences
 
@@ -209,11 +209,10 @@ def test_gate_compares_every_variant() -> None:
 
 
 def test_title_filter_keeps_more_than_two_words() -> None:
-    ds = datasets.Dataset.from_dict({
-        "body": ["a b c", "a b c", "a b c", "", "a b c"],
-        "title": ["great", "great book", "a great book", "a great book", "  very  good   read  "]})
-    kept = keep_long_titles(ds, 3)
-    assert kept["title"] == ["a great book", "  very  good   read  "]  # > 2 words; empty body dropped
+    bodies = ["a b c", "a b c", "a b c", "", "a b c", None, " \n "]
+    titles = ["great", "great book", "a great book", "a great book", "  very  good   read  ", "a b c", "a b c"]
+    # > 2 words; empty, missing or blank body dropped
+    assert long_titles(bodies, titles, 3).tolist() == [False, False, True, False, True, False, False]
 
 
 # ---- the summarization prepare: bilingual mix, seeded -------------------------------------------

@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
 from nlpjobs.tasks.base import EvalContext, Task, TaskDataError, column_values, fresh_fingerprint, list_column
+from nlpjobs.text.encode import rust_backend
 
 SCRATCH_PREFIX = "scratch:"
 
@@ -244,16 +245,24 @@ def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: 
     ls, lt = cfg.max_source_length, cfg.max_target_length
     suffix = special_token_suffix(tokenizer)
 
+    def source_ids(texts: list[str], max_length: int) -> list[list[int]]:
+        if not tokenizer.is_fast:
+            return tokenizer(texts, max_length=max_length, truncation=True, return_attention_mask=False)["input_ids"]
+        # the same ids from the Rust backend, without offsets and the call's per-row dicts; the backend is in
+        # source mode outside a text_target call
+        with rust_backend(tokenizer, max_length) as backend:
+            return [e.ids for e in backend.encode_batch_fast(texts)]
+
     def encode(batch: dict[str, list]) -> pa.Table:
         src = [cfg.source_prefix + s for s in batch[sources]]
         tgt = batch[targets]
-        ids = tokenizer(src, max_length=ls + 1, truncation=True, return_attention_mask=False)["input_ids"]
+        ids = source_ids(src, ls + 1)
         lab = tokenizer(text_target=tgt, max_length=lt + 1, truncation=True,
                         return_attention_mask=False)["input_ids"]
         src_cut = [len(x) > ls for x in ids]
         tgt_cut = [len(x) > lt for x in lab]
         _truncate_again(ids, src_cut, src, ls, suffix,
-                        lambda texts: tokenizer(texts, max_length=ls, truncation=True)["input_ids"])
+                        lambda texts: source_ids(texts, ls))
         _truncate_again(lab, tgt_cut, tgt, lt, suffix,
                         lambda texts: tokenizer(text_target=texts, max_length=lt, truncation=True)["input_ids"])
         # an Arrow table with the column types datasets would infer, without its scan of every Python value

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
+import numpy as np
 
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values, fresh_fingerprint
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values
 from nlpjobs.tasks.seq2seq import (
     Seq2SeqEvaluateConfig,
     Seq2SeqPreprocessConfig,
@@ -76,13 +77,10 @@ class SummarizationEvaluateConfig(Seq2SeqEvaluateConfig):
             raise ConfigError(f"{prefix}.lead_sentences: got {self.lead_sentences}, must be >= 1")
 
 
-def keep_long_titles(ds: datasets.Dataset, min_words: int) -> datasets.Dataset:
-    """Rows whose body is non-empty and whose title has at least ``min_words`` words (SPEC §4.1)."""
-    def ok(batch: dict[str, list]) -> list[bool]:
-        return [isinstance(b, str) and bool(b.strip()) and isinstance(t, str) and len(t.split()) >= min_words
-                for b, t in zip(batch["body"], batch["title"])]
-
-    return ds.filter(ok, batched=True, desc="title filter", new_fingerprint=fresh_fingerprint())
+def long_titles(bodies: list[Any], titles: list[Any], min_words: int) -> np.ndarray:
+    """Which rows have a non-empty body and a title of at least ``min_words`` words (SPEC §4.1)."""
+    return np.fromiter((isinstance(b, str) and bool(b.strip()) and isinstance(t, str) and len(t.split()) >= min_words
+                        for b, t in zip(bodies, titles)), bool, len(titles))
 
 
 def rouge_scores(predictions: list[str], references: list[str], languages: list[str],
@@ -157,21 +155,22 @@ class SummarizationTask(Seq2SeqTask):
         self.check_columns(raw)
         mixed, kept, short = {}, {}, {}
         for split, ds in self._with_languages(job, raw).items():
-            ds = ds.filter(lambda b: [x in cfg.languages for x in b["language"]], batched=True, desc="languages",
-                           new_fingerprint=fresh_fingerprint())
-            if len(ds) == 0:
+            # the course's two filters and shuffle as one row order, then one Arrow take (no per-row map)
+            languages = column_values(ds, "language")
+            in_languages = np.fromiter((x in cfg.languages for x in languages), bool, len(languages))
+            if not in_languages.any():
                 raise TaskDataError(f"summarization: split {split!r} has no rows in languages {cfg.languages}; "
                                     "check preprocess.languages and the data's 'language' column")
-            before = len(ds)
-            ds = keep_long_titles(ds, cfg.min_target_words)
-            short[split] = before - len(ds)
-            if len(ds) == 0:
+            long = long_titles(column_values(ds, "body"), column_values(ds, "title"), cfg.min_target_words)
+            rows = np.flatnonzero(in_languages & long)
+            short[split] = int(in_languages.sum()) - len(rows)
+            if len(rows) == 0:
                 raise TaskDataError(f"summarization: every title of split {split!r} has fewer than "
                                     f"{cfg.min_target_words} words; lower preprocess.min_target_words")
-            ds = ds.shuffle(seed=cfg.shuffle_seed)  # mix the languages (SPEC §4.1)
-            if split == "eval" and cfg.eval_sample and cfg.eval_sample < len(ds):
-                ds = ds.select(range(cfg.eval_sample))
-            mixed[split] = ds.select_columns(["body", "title", "language"]).flatten_indices()
+            rows = rows[np.random.default_rng(cfg.shuffle_seed).permutation(len(rows))]  # = .shuffle(seed) (SPEC §4.1)
+            if split == "eval" and cfg.eval_sample and cfg.eval_sample < len(rows):
+                rows = rows[:cfg.eval_sample]
+            mixed[split] = datasets.Dataset(ds.select_columns(["body", "title", "language"]).with_format("arrow")[rows])
             kept[split] = dict(sorted(Counter(column_values(mixed[split], "language")).items()))
         trained = None
         if tokenizer is None:  # scratch: mT5: one SentencePiece unigram model on bodies and titles of train

@@ -24,6 +24,7 @@ import pyarrow as pa
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
 from nlpjobs.tasks.base import EvalContext, Task, TaskDataError, column_values, fresh_fingerprint, list_column
 from nlpjobs.text.encode import rust_backend
+from nlpjobs.text.marian import MarianIds
 
 SCRATCH_PREFIX = "scratch:"
 
@@ -244,8 +245,11 @@ def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: 
     """
     ls, lt = cfg.max_source_length, cfg.max_target_length
     suffix = special_token_suffix(tokenizer)
+    marian = MarianIds(tokenizer) if MarianIds.handles(tokenizer) else None
 
     def source_ids(texts: list[str], max_length: int) -> list[list[int]]:
+        if marian is not None:  # straight from its SentencePiece model (text/marian.py)
+            return marian(texts, max_length)
         if not tokenizer.is_fast:
             return tokenizer(texts, max_length=max_length, truncation=True, return_attention_mask=False)["input_ids"]
         # the same ids from the Rust backend, without offsets and the call's per-row dicts; the backend is in
@@ -253,18 +257,21 @@ def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: 
         with rust_backend(tokenizer, max_length) as backend:
             return [e.ids for e in backend.encode_batch_fast(texts)]
 
+    def target_ids(texts: list[str], max_length: int) -> list[list[int]]:
+        if marian is not None:
+            return marian(texts, max_length, target=True)
+        return tokenizer(text_target=texts, max_length=max_length, truncation=True,
+                         return_attention_mask=False)["input_ids"]
+
     def encode(batch: dict[str, list]) -> pa.Table:
         src = [cfg.source_prefix + s for s in batch[sources]]
         tgt = batch[targets]
         ids = source_ids(src, ls + 1)
-        lab = tokenizer(text_target=tgt, max_length=lt + 1, truncation=True,
-                        return_attention_mask=False)["input_ids"]
+        lab = target_ids(tgt, lt + 1)
         src_cut = [len(x) > ls for x in ids]
         tgt_cut = [len(x) > lt for x in lab]
-        _truncate_again(ids, src_cut, src, ls, suffix,
-                        lambda texts: source_ids(texts, ls))
-        _truncate_again(lab, tgt_cut, tgt, lt, suffix,
-                        lambda texts: tokenizer(text_target=texts, max_length=lt, truncation=True)["input_ids"])
+        _truncate_again(ids, src_cut, src, ls, suffix, lambda texts: source_ids(texts, ls))
+        _truncate_again(lab, tgt_cut, tgt, lt, suffix, lambda texts: target_ids(texts, lt))
         # an Arrow table with the column types datasets would infer, without its scan of every Python value
         lengths = np.fromiter(map(len, ids), np.int64, len(ids))
         return pa.table({"input_ids": pa.array(ids, type=pa.list_(pa.int32())),

@@ -234,24 +234,25 @@ def test_unanswerable_example_gets_cls_labels(tokenizer) -> None:
     assert (starts[idx == 1] > 0).any()
 
 
-def test_tokenizer_call_matches_spec(tokenizer) -> None:
-    calls = []
+@pytest.mark.parametrize(("max_length", "stride", "side"), [(384, 128, "right"), (64, 16, "right"), (48, 8, "left")])
+def test_windows_equal_the_course_call(tokenizer, max_length: int, stride: int, side: str) -> None:
+    from nlpjobs.tasks.qa_features import _encode_windows, _model_columns, _offsets, _tokenize
 
-    class Spy:
-        is_fast = True
-
-        def __call__(self, *args, **kwargs):
-            calls.append((args, kwargs))
-            return tokenizer(*args, **kwargs)
-
-    answer = {"text": ["Nobody"], "answer_start": [0]}
-    prepare_train_features(["  Who?  "], ["Nobody."], [answer], Spy(), max_length=32, stride=8)
-    prepare_eval_features(["a"], ["\tWho? "], ["Nobody."], Spy())
-    for args, kwargs in calls:
-        assert args == (["Who?"], ["Nobody."])
-        assert kwargs["truncation"] == "only_second" and kwargs["padding"] == "max_length"
-        assert kwargs["return_overflowing_tokens"] and kwargs["return_offsets_mapping"]
-    assert [(c[1]["max_length"], c[1]["stride"]) for c in calls] == [(32, 8), (384, 128)]
+    questions = ["  Who?  ", QUESTION, "\tWhat is the capital of France? ", ""]
+    contexts = ["Nobody.", _long_context(), "Paris is the capital of France.", "An empty question."]
+    tokenizer.padding_side = side
+    try:
+        windows = _encode_windows(questions, contexts, tokenizer, max_length, stride)
+        course = _tokenize(questions, contexts, tokenizer, max_length, stride)  # the course's call (SPEC §6.3)
+    finally:
+        tokenizer.padding_side = "right"
+    columns = _model_columns(windows)
+    assert list(columns) == [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in course]
+    for key, values in columns.items():
+        assert values.tolist() == course[key], key
+    assert _offsets(windows).tolist() == [[list(o) for o in row] for row in course["offset_mapping"]]
+    assert windows.sample_map.tolist() == course["overflow_to_sample_mapping"]
+    assert [e.sequence_ids for e in windows.encodings] == [course.sequence_ids(i) for i in range(len(windows.encodings))]
 
 
 # --- evaluation features -------------------------------------------------------------------------
@@ -459,9 +460,9 @@ def test_context_mask_from_runs_and_from_scattered_sequence_ids() -> None:
     from nlpjobs.tasks.qa_features import _context_mask
 
     def windows(*rows: list) -> SimpleNamespace:
-        return SimpleNamespace(encodings=[SimpleNamespace(sequence_ids=r) for r in rows])
+        return SimpleNamespace(encodings=[SimpleNamespace(sequence_ids=r) for r in rows], shape=(len(rows), 6))
 
     runs = windows([None, 0, None, 1, 1, None], [None, 0, 0, None, None, None], [None, 0, None, 1, 1, 1])
-    assert _context_mask(runs, (3, 6)).astype(int).tolist() == [[0, 0, 0, 1, 1, 0], [0] * 6, [0, 0, 0, 1, 1, 1]]
+    assert _context_mask(runs).astype(int).tolist() == [[0, 0, 0, 1, 1, 0], [0] * 6, [0, 0, 0, 1, 1, 1]]
     scattered = windows([None, 0, None, 1, 1, None], [None, 1, None, 1, None, 1])
-    assert _context_mask(scattered, (2, 6)).astype(int).tolist() == [[0, 0, 0, 1, 1, 0], [0, 1, 0, 1, 0, 1]]
+    assert _context_mask(scattered).astype(int).tolist() == [[0, 0, 0, 1, 1, 0], [0, 1, 0, 1, 0, 1]]

@@ -18,11 +18,13 @@ import numpy as np
 
 
 @contextmanager
-def rust_backend(tokenizer: Any, max_length: int | None = None) -> Iterator[Any]:
-    """The Rust tokenizer behind ``tokenizer`` (a ``PreTrainedTokenizerFast``), set up as
-    ``tokenizer(..., truncation=max_length is not None, max_length=max_length)`` sets it: no padding,
-    truncation to ``max_length`` on the tokenizer's truncation side, special tokens in the text kept whole
-    unless the tokenizer splits them. Its previous settings are restored on exit."""
+def rust_backend(tokenizer: Any, max_length: int | None = None, *, stride: int = 0,
+                 strategy: str = "longest_first", pad_to_max_length: bool = False) -> Iterator[Any]:
+    """The Rust tokenizer behind ``tokenizer`` (a ``PreTrainedTokenizerFast``), set up as ``tokenizer(...,
+    truncation=strategy if max_length else False, max_length=max_length, stride=stride,
+    padding="max_length" if pad_to_max_length else False)`` sets it, on the tokenizer's truncation and padding
+    sides, special tokens in the text kept whole unless the tokenizer splits them. Its previous settings are
+    restored on exit."""
     backend = tokenizer.backend_tokenizer
     truncation, padding, split_special = backend.truncation, backend.padding, backend.encode_special_tokens
     try:
@@ -30,7 +32,10 @@ def rust_backend(tokenizer: Any, max_length: int | None = None) -> Iterator[Any]
         if max_length is None:
             backend.no_truncation()
         else:
-            backend.enable_truncation(max_length, direction=tokenizer.truncation_side)
+            backend.enable_truncation(max_length, stride=stride, strategy=strategy, direction=tokenizer.truncation_side)
+            if pad_to_max_length:
+                backend.enable_padding(length=max_length, direction=tokenizer.padding_side, pad_id=tokenizer.pad_token_id,
+                                       pad_type_id=tokenizer.pad_token_type_id, pad_token=tokenizer.pad_token)
         backend.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
         yield backend
     finally:

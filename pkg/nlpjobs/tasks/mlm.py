@@ -241,7 +241,7 @@ def mask_eval_split(ds: datasets.Dataset, tokenizer: Any, kind: str, probability
     arrays = {k: np.concatenate(v).astype(dtypes[k], copy=False) if v else np.zeros((0, 0), dtypes[k])
               for k, v in out.items()}
     return datasets.Dataset(pa.table({k: list_column(v.reshape(-1), np.full(len(v), v.shape[1]))
-                                      for k, v in arrays.items()}))
+                                      for k, v in arrays.items()}), fingerprint=fresh_fingerprint())
 
 
 def _chunk_grid(ds: datasets.Dataset) -> tuple[np.ndarray, np.ndarray] | None:

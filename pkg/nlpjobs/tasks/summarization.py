@@ -11,7 +11,7 @@ import datasets
 import numpy as np
 
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values, fresh_fingerprint
 from nlpjobs.tasks.seq2seq import (
     Seq2SeqEvaluateConfig,
     Seq2SeqPreprocessConfig,
@@ -170,7 +170,8 @@ class SummarizationTask(Seq2SeqTask):
             rows = rows[np.random.default_rng(cfg.shuffle_seed).permutation(len(rows))]  # = .shuffle(seed) (SPEC §4.1)
             if split == "eval" and cfg.eval_sample and cfg.eval_sample < len(rows):
                 rows = rows[:cfg.eval_sample]
-            mixed[split] = datasets.Dataset(ds.select_columns(["body", "title", "language"]).with_format("arrow")[rows])
+            table = ds.select_columns(["body", "title", "language"]).with_format("arrow")[rows]
+            mixed[split] = datasets.Dataset(table, fingerprint=fresh_fingerprint())  # no hash of every row
             kept[split] = dict(sorted(Counter(column_values(mixed[split], "language")).items()))
         trained = None
         if tokenizer is None:  # scratch: mT5: one SentencePiece unigram model on bodies and titles of train

@@ -255,6 +255,16 @@ def test_windows_equal_the_course_call(tokenizer, max_length: int, stride: int, 
     assert [e.sequence_ids for e in windows.encodings] == [course.sequence_ids(i) for i in range(len(windows.encodings))]
 
 
+def test_windows_need_a_padding_token() -> None:
+    from nlpjobs.tasks.clm import load_base_tokenizer
+    from nlpjobs.tasks.qa_features import _encode_windows
+
+    gpt2 = load_base_tokenizer("offline:gpt2")
+    assert gpt2.pad_token is None
+    with pytest.raises(ValueError, match="no padding token"):
+        _encode_windows(["Who?"], ["Nobody."], gpt2, 32, 8)
+
+
 # --- evaluation features -------------------------------------------------------------------------
 
 

@@ -103,6 +103,9 @@ def _encode_windows(questions: Sequence[str], contexts: Sequence[str], tokenizer
         raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("extractive QA preprocessing needs a fast tokenizer (offsets, sequence_ids)")
+    if tokenizer.pad_token is None:
+        raise ValueError("extractive QA pads every window to max_length, but the tokenizer has no padding token; "
+                         "set one (tokenizer.pad_token = ...) or pick a model whose tokenizer has one")
     with rust_backend(tokenizer, max_length, stride=stride, strategy="only_second", pad_to_max_length=True) as backend:
         first = backend.encode_batch(list(zip([q.strip() for q in questions], contexts)))
     encodings, sample_map = [], []

@@ -161,6 +161,16 @@ def test_drop_tail_chunking_on_real_files(gpt2: Any, real_texts: list[str]) -> N
     assert chunks.tolist() == [ids for n, ids in zip(course["length"], course["input_ids"]) if n == length]
 
 
+def test_drop_tail_with_left_truncation_keeps_the_tokenizer_s_windows(gpt2: Any, real_texts: list[str]) -> None:
+    gpt2.truncation_side = "left"
+    try:
+        chunks, _ = clm.chunk_texts(gpt2, real_texts, 128, "drop_tail")
+        course = gpt2(real_texts, truncation=True, max_length=128, return_overflowing_tokens=True, return_length=True)
+    finally:
+        gpt2.truncation_side = "right"
+    assert chunks.tolist() == [ids for n, ids in zip(course["length"], course["input_ids"]) if n == 128]
+
+
 def test_drop_tail_with_a_tokenizer_that_adds_special_tokens(bert_tokenizer: Any, real_texts: list[str]) -> None:
     # [CLS] ... [SEP] around every window: the tokenizer's own overflow windows, as in the course
     chunks, stats = clm.chunk_texts(bert_tokenizer, real_texts, 32, "drop_tail")

@@ -280,8 +280,10 @@ def chunk_texts(tokenizer: Any, texts: list[str], context_length: int,
     stats = {"documents": len(texts), "chunks": 0, "dropped_tails": 0, "dropped_tokens": 0, "kept_tokens": 0}
     if packing not in ("drop_tail", "eos_join"):
         raise ConfigError(f"preprocess.packing: got {packing!r}, allowed values are 'drop_tail', 'eos_join'")
-    if packing == "drop_tail" and (not tokenizer.is_fast or tokenizer.backend_tokenizer.num_special_tokens_to_add(False)):
-        # a tokenizer that wraps every window in special tokens: its own overflow windows (SPEC §5.2)
+    own_windows = (not tokenizer.is_fast or tokenizer.truncation_side != "right"
+                   or tokenizer.backend_tokenizer.num_special_tokens_to_add(False))
+    if packing == "drop_tail" and own_windows:
+        # special tokens around every window, or windows cut from the end: the tokenizer's own (SPEC §5.2)
         out = tokenizer(texts, truncation=True, max_length=context_length, return_overflowing_tokens=True,
                         return_length=True)
         lengths = np.asarray(out["length"], dtype=np.int64)

@@ -15,7 +15,6 @@ from nlpjobs.text.encode import (
     WordEncoder,
     block_starts,
     encode_ids,
-    encode_words,
     flat_ids,
     rust_backend,
     take_blocks,
@@ -111,24 +110,24 @@ def _word_tokenizers() -> list[Any]:
 
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("max_length", [512, 6, 3])
-def test_encode_words_equals_the_tokenizer_call(side: str, max_length: int) -> None:
+def test_word_encoder_equals_the_tokenizer_call(side: str, max_length: int) -> None:
     for tok in _word_tokenizers():
         tok.truncation_side = side
-        ids, words, lengths = encode_words(tok, SENTENCES, max_length)
+        ids, words, lengths = WordEncoder(tok, max_length)(SENTENCES)
         expected = tok(SENTENCES, is_split_into_words=True, truncation=True, max_length=max_length)
         assert _rows(ids, lengths) == expected["input_ids"], (type(tok).__name__, side, max_length)
         word_ids = [[-1 if w is None else w for w in expected.word_ids(i)] for i in range(len(SENTENCES))]
         assert _rows(words, lengths) == word_ids, (type(tok).__name__, side, max_length)
 
 
-def test_encode_words_sentence_by_sentence_where_the_post_processor_is_not_a_wrapper(
+def test_word_encoder_sentence_by_sentence_where_the_post_processor_is_not_a_wrapper(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import nlpjobs.text.encode as encode
 
     monkeypatch.setattr(encode, "_special_tokens_around", lambda backend: None)
     for tok in _word_tokenizers():
         tok.truncation_side = "right"
-        ids, words, lengths = encode_words(tok, SENTENCES, 6)
+        ids, words, lengths = WordEncoder(tok, 6)(SENTENCES)
         expected = tok(SENTENCES, is_split_into_words=True, truncation=True, max_length=6)
         assert _rows(ids, lengths) == expected["input_ids"]
         assert _rows(words, lengths) == [[-1 if w is None else w for w in expected.word_ids(i)]

@@ -290,6 +290,7 @@ def chunk_texts(tokenizer: Any, texts: list[str], context_length: int,
         full = lengths == context_length
         stats.update(dropped_tails=int((~full).sum()), dropped_tokens=int(lengths[~full].sum()))
         chunks = np.asarray([ids for ids, keep in zip(out["input_ids"], full) if keep], dtype=np.int32)
+        chunks = chunks.reshape(-1, context_length)  # also when none is kept
     elif packing == "drop_tail":
         # SPEC §5.2, the course's tokenize(): truncation with overflow and no special tokens cuts every document
         # into consecutive context_length windows; the windows are taken from whole-document ids instead
@@ -305,7 +306,6 @@ def chunk_texts(tokenizer: Any, texts: list[str], context_length: int,
         full = len(stream) // context_length * context_length
         chunks = stream[:full].reshape(-1, context_length)
         stats.update(dropped_tails=int(full < len(stream)), dropped_tokens=len(stream) - full)
-    chunks = chunks.reshape(-1, context_length)
     stats["chunks"] = len(chunks)
     stats["kept_tokens"] = len(chunks) * context_length
     return chunks, stats

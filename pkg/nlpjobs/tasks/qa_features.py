@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nlpjobs.text.encode import rust_backend
+
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
 
@@ -52,6 +54,13 @@ def find_answer_mismatches(contexts: Sequence[str], answers: Sequence[Mapping[st
     return bad
 
 
+def _check_inputs(questions: Sequence[str], contexts: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> None:
+    if len(questions) != len(contexts):
+        raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("extractive QA preprocessing needs a fast tokenizer (offsets, sequence_ids)")
+
+
 def _tokenize(
     questions: Sequence[str],
     contexts: Sequence[str],
@@ -60,10 +69,7 @@ def _tokenize(
     stride: int,
 ) -> BatchEncoding:
     """The course's tokenizer call (SPEC §6.3), with questions stripped first."""
-    if len(questions) != len(contexts):
-        raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("extractive QA preprocessing needs a fast tokenizer (offsets, sequence_ids)")
+    _check_inputs(questions, contexts, tokenizer)
     return tokenizer(
         [q.strip() for q in questions],
         list(contexts),
@@ -97,12 +103,7 @@ def _encode_windows(questions: Sequence[str], contexts: Sequence[str], tokenizer
                     max_length: int, stride: int) -> _Windows:
     """:func:`_tokenize`'s windows straight from the Rust backend, without the per-window dicts of Python
     lists the call builds (a fifth of QA preprocessing)."""
-    from nlpjobs.text.encode import rust_backend
-
-    if len(questions) != len(contexts):
-        raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
-    if not getattr(tokenizer, "is_fast", False):
-        raise ValueError("extractive QA preprocessing needs a fast tokenizer (offsets, sequence_ids)")
+    _check_inputs(questions, contexts, tokenizer)
     if tokenizer.pad_token is None:
         raise ValueError("extractive QA pads every window to max_length, but the tokenizer has no padding token; "
                          "set one (tokenizer.pad_token = ...) or pick a model whose tokenizer has one")

@@ -107,8 +107,8 @@ class WordEncoder:
     def __init__(self, tokenizer: Any, max_length: int, max_words: int = 1_000_000) -> None:
         self.tokenizer, self.max_length, self.max_words = tokenizer, max_length, max_words
         self._index: dict[str, int] = {}
-        self._pieces: list[np.ndarray] = []
-        self._counts: list[np.ndarray] = []
+        self._pieces = np.zeros(0, np.int32)  # every known word's pieces, word after word
+        self._counts = np.zeros(0, np.int64)  # pieces per known word
         with rust_backend(tokenizer) as backend:
             self._around = _special_tokens_around(backend)
             self._n_special = backend.num_special_tokens_to_add(False)
@@ -119,7 +119,7 @@ class WordEncoder:
         if self._around is None or self.max_length <= self._n_special:
             return self._sentence_by_sentence(sentences)
         if len(self._index) > self.max_words:
-            self._index, self._pieces, self._counts = {}, [], []
+            self._index, self._pieces, self._counts = {}, self._pieces[:0], self._counts[:0]
         n_words = np.fromiter(map(len, sentences), np.int64, len(sentences))
         known = len(self._index)
         index = self._index
@@ -127,11 +127,7 @@ class WordEncoder:
                               int(n_words.sum()))
         if len(index) > known:
             self._learn(list(index)[known:])
-        if len(self._pieces) > 1:
-            self._pieces, self._counts = [np.concatenate(self._pieces)], [np.concatenate(self._counts)]
-        pieces, piece_counts = (self._pieces[0], self._counts[0]) if self._pieces else (np.zeros(0, np.int32),
-                                                                                        np.zeros(0, np.int64))
-        return self._assemble(pieces, piece_counts, word_of, n_words)
+        return self._assemble(word_of, n_words)
 
     def _learn(self, words: list[str]) -> None:
         """Pieces of new words, in a few long pre-split sequences (one call per word costs twice as much) that
@@ -144,12 +140,12 @@ class WordEncoder:
         pieces, _ = flat_ids(encodings)
         counts = [np.bincount(np.asarray(e.word_ids, np.int64), minlength=b - a)
                   for e, a, b in zip(encodings, bounds[:-1], bounds[1:])]
-        self._pieces.append(pieces)
-        self._counts.append(np.concatenate(counts).astype(np.int64))
+        self._pieces = np.concatenate([self._pieces, pieces])
+        self._counts = np.concatenate([self._counts, *counts]).astype(np.int64)
 
-    def _assemble(self, pieces: np.ndarray, piece_counts: np.ndarray, word_of: np.ndarray,
-                  n_words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _assemble(self, word_of: np.ndarray, n_words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         prefix, suffix = self._around  # type: ignore[misc]
+        pieces, piece_counts = self._pieces, self._counts
         n_special, room = self._n_special, self.max_length - self._n_special
         # every word of every sentence, as its pieces
         counts = piece_counts[word_of]
@@ -191,8 +187,3 @@ class WordEncoder:
         words = np.fromiter(chain.from_iterable(e.word_ids for e in encodings), np.float64, len(ids))  # None: NaN
         return ids, np.where(np.isnan(words), -1, words).astype(np.int64), lengths
 
-
-def encode_words(tokenizer: Any, sentences: Sequence[Sequence[str]],
-                 max_length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One batch of :class:`WordEncoder`."""
-    return WordEncoder(tokenizer, max_length)(sentences)

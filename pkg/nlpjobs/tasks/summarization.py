@@ -170,7 +170,8 @@ class SummarizationTask(Seq2SeqTask):
             rows = rows[np.random.default_rng(cfg.shuffle_seed).permutation(len(rows))]  # = .shuffle(seed) (SPEC §4.1)
             if split == "eval" and cfg.eval_sample and cfg.eval_sample < len(rows):
                 rows = rows[:cfg.eval_sample]
-            table = ds.select_columns(["body", "title", "language"]).with_format("arrow")[rows]
+            # one chunk: the indexed read gives one Arrow chunk per row, which map() would walk row by row
+            table = ds.select_columns(["body", "title", "language"]).with_format("arrow")[rows].combine_chunks()
             mixed[split] = datasets.Dataset(table, fingerprint=fresh_fingerprint())  # no hash of every row
             kept[split] = dict(sorted(Counter(column_values(mixed[split], "language")).items()))
         trained = None

@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,9 +138,56 @@ def _filesystem(scheme: str) -> fsspec.AbstractFileSystem:
     return _FS_CACHE[scheme]
 
 
+_S3_CLIENT: list[Any] = []
+_S3_CLIENT_LOCK = threading.Lock()
+
+
+def _s3_client() -> Any:
+    """boto3's S3 client, for whole-object reads (GET into memory or a local file).
+
+    s3fs reads a body through aiohttp on its event-loop thread; botocore's blocking stream costs about half
+    the client CPU per byte (``make bench``, storage figures), which is what limits reads when the object
+    store shares the node's cores. Same endpoint, credentials and timeouts as the s3fs filesystem.
+    """
+    with _S3_CLIENT_LOCK:
+        if not _S3_CLIENT:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(connect_timeout=5, read_timeout=60, max_pool_connections=32,
+                            retries={"total_max_attempts": 2, "mode": "standard"})  # retry() owns retries
+            _S3_CLIENT.append(boto3.session.Session().client(
+                "s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"),
+                config=config))
+        return _S3_CLIENT[0]
+
+
+def _s3_body(path: str) -> Any:
+    """The streaming body of object ``bucket/key``; a missing object is FileNotFoundError (as in s3fs)."""
+    from botocore.exceptions import ClientError
+
+    bucket, _, key = path.partition("/")
+    try:
+        return _s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        if str(exc.response.get("Error", {}).get("Code")) in {"NoSuchKey", "404", "NotFound"}:
+            raise FileNotFoundError(errno.ENOENT, "no such object", f"s3://{path}") from exc
+        raise
+
+
+def _s3_get_file(path: str, local: Path) -> None:
+    """Stream object ``bucket/key`` into the local file ``local`` (truncated first: a retry starts over)."""
+    body = _s3_body(path)
+    with open(local, "wb") as out:
+        for chunk in body.iter_chunks(1 << 20):
+            out.write(chunk)
+
+
 def reset() -> None:
-    """Forget cached filesystems (after changing AWS_* variables, e.g. in tests)."""
+    """Forget cached filesystems and clients (after changing AWS_* variables, e.g. in tests)."""
     _FS_CACHE.clear()
+    with _S3_CLIENT_LOCK:
+        _S3_CLIENT.clear()
 
 
 def resolve(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -172,6 +220,8 @@ def exists(uri: str) -> bool:
 
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
+    if uri.startswith("s3://"):
+        return retry(lambda: _s3_body(path).read(), "reading", uri)
     return retry(lambda: fs.cat_file(path), "reading", uri)
 
 
@@ -283,17 +333,36 @@ def download(uri: str, local: str | Path) -> Path:
     fs, path = resolve(uri)
     local = Path(local)
 
+    def get_file(src: str, dst: Path) -> None:
+        if uri.startswith("s3://"):
+            _s3_get_file(src, dst)
+        else:
+            fs.get_file(src, str(dst))
+
     def _get() -> None:
         if fs.isdir(path):
             for src in fs.find(path):
                 dst = local / src[len(path):].lstrip("/")
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(src, str(dst))
+                get_file(src, dst)
         else:
             local.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(path, str(local))
+            get_file(path, local)
 
     retry(_get, "downloading", uri)
+    return local
+
+
+def download_file(uri: str, local: str | Path) -> Path:
+    """Copy the single object or file ``uri`` to the local path ``local`` (no directory lookup first: one
+    request per shard on S3)."""
+    fs, path = resolve(uri)
+    local = Path(local)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("s3://"):
+        retry(lambda: _s3_get_file(path, local), "downloading", uri)
+    else:
+        retry(lambda: fs.get_file(path, str(local)), "downloading", uri)
     return local
 
 

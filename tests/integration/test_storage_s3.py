@@ -92,6 +92,24 @@ def test_upload_download_tree(s3_env: str, tmp_path: Path) -> None:
     assert got.read_bytes() == files["config.json"]
 
 
+def test_download_file(s3_env: str, tmp_path: Path) -> None:
+    """One object to a local file: streamed in 1 MiB pieces, an existing file replaced, a missing object
+    FileNotFoundError (the shard loader turns it into 'corrupted ... missing')."""
+    payload = bytes(range(251)) * 12_000  # 3 MB: several pieces of the stream
+    obj = storage.join(s3_env, "shard-00000.arrow")
+    storage.write_bytes(obj, payload)
+    target = tmp_path / "mirror" / "shard.arrow"
+    target.parent.mkdir()
+    target.write_bytes(b"stale and longer " * 300_000)
+    assert storage.download_file(obj, target) == target
+    assert target.read_bytes() == payload
+    with pytest.raises(FileNotFoundError):
+        storage.download_file(storage.join(s3_env, "no-such-shard.arrow"), tmp_path / "x")
+    local = tmp_path / "local.bin"
+    local.write_bytes(payload[:1000])
+    assert storage.download_file(f"file://{local}", tmp_path / "copy" / "c.bin").read_bytes() == payload[:1000]
+
+
 def test_copy_tree_and_remove(s3_env: str, tmp_path: Path) -> None:
     files = _make_tree(tmp_path / "src")
     src, dst = storage.join(s3_env, "src"), storage.join(s3_env, "dst")
@@ -266,8 +284,12 @@ def test_server_down_then_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert "unreachable" in str(info.value)
         assert elapsed < 15, f"failing took {elapsed:.1f}s"
 
+        with pytest.raises(StorageError, match="unreachable"):
+            storage.download_file(obj, tmp_path / "copy.bin")
+
         server.restart()
         assert storage.read_bytes(obj) == payload  # same cached filesystem, data persisted
+        assert storage.download_file(obj, tmp_path / "copy.bin").read_bytes() == payload
         storage.write_bytes(obj + ".2", b"after")
         assert storage.listdir("s3://restart-test/state") == ["data.bin", "data.bin.2"]
     finally:

@@ -199,7 +199,7 @@ def _local_copy(manifest: Manifest, shard: dict[str, Any]) -> Path:
 
 def _download_shard(manifest: Manifest, shard: dict[str, Any], local: Path) -> None:
     tmp = local.with_suffix(f".part-{uuid.uuid4().hex[:6]}")
-    storage.download(storage.join(manifest.uri, shard["file"]), tmp)
+    storage.download_file(storage.join(manifest.uri, shard["file"]), tmp)
     tmp.replace(local)
 
 

@@ -90,7 +90,7 @@ class Sizes:
     """Evaluation examples behind the metric reported beside the training throughput."""
     scale_examples: int = 4000
     """Largest of the three NER training sizes of the scale figure (a quarter and half of it are the others)."""
-    storage_mb: int = 64
+    storage_mb: int = 256
     """Approximate size of the shards read back in the storage figure."""
     generation_examples: int = 200
     """Eval examples generated for and scored by both engines in the seq2seq generation figure."""

@@ -16,6 +16,7 @@ from nlpjobs.tasks.seq2seq import (
     check_model_vocab,
     check_tokenizer_size,
     decode_pairs,
+    has_target_mode,
     marian_tokenizer,
     t5_tokenizer,
     tokenize_pairs,
@@ -91,6 +92,47 @@ def test_one_pass_truncation_equals_the_tokenizers_own(marian: object, side: str
         assert out["labels"][:] == tok(text_target=FR, max_length=5, truncation=True)["input_ids"]
     finally:
         tok.truncation_side = "right"
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_fast_tokenizer_targets_equal_text_target(side: str) -> None:
+    """mT5's fast tokenizer has no target mode: labels come from the Rust backend as the source side does,
+    equal to ``tokenizer(text_target=...)`` with truncation on either side."""
+    tok = t5_tokenizer(EN * 20 + FR * 20, vocab_size=90, max_length=64)
+    assert not has_target_mode(tok)
+    tok.truncation_side = side
+    ds = datasets.Dataset.from_dict({"src": EN, "tgt": FR})
+    cfg = Seq2SeqPreprocessConfig(max_source_length=5, max_target_length=4, map_batch_size=4)
+    out, counts = tokenize_pairs(ds, tok, "src", "tgt", cfg, "t")
+    assert out["labels"][:] == tok(text_target=FR, max_length=4, truncation=True)["input_ids"]
+    assert out["input_ids"][:] == tok(EN, max_length=5, truncation=True)["input_ids"]
+    assert counts["target"] == sum(len(x) > 4 for x in tok(text_target=FR)["input_ids"]) > 0
+
+
+def test_a_target_mode_is_honoured() -> None:
+    """A tokenizer whose target mode changes its special tokens (as mBART/NLLB do) keeps its text_target call."""
+    from tokenizers.processors import TemplateProcessing
+
+    base = t5_tokenizer(EN * 20 + FR * 20, vocab_size=90, max_length=64)
+
+    class TargetMarked(type(base)):  # type: ignore[misc]
+        def _switch_to_target_mode(self) -> None:
+            self._tokenizer.post_processor = TemplateProcessing(
+                single="<unk> $A </s>", special_tokens=[("<unk>", self.unk_token_id), ("</s>", self.eos_token_id)])
+
+        def _switch_to_input_mode(self) -> None:
+            self._tokenizer.post_processor = TemplateProcessing(
+                single="$A </s>", special_tokens=[("</s>", self.eos_token_id)])
+
+    tok = TargetMarked(tokenizer_object=base.backend_tokenizer, eos_token="</s>", unk_token="<unk>",
+                       pad_token="<pad>")
+    tok._switch_to_input_mode()
+    assert has_target_mode(tok) and has_target_mode(marian_tokenizer(EN, FR, vocab_size=60, max_length=16))
+    ds = datasets.Dataset.from_dict({"src": EN, "tgt": FR})
+    out, _ = tokenize_pairs(ds, tok, "src", "tgt", Seq2SeqPreprocessConfig(max_source_length=6, max_target_length=5), "t")
+    assert out["labels"][:] == tok(text_target=FR, max_length=5, truncation=True)["input_ids"]
+    assert all(row[0] == tok.unk_token_id for row in out["labels"])
+    assert out["input_ids"][:] == tok(EN, max_length=6, truncation=True)["input_ids"]
 
 
 def test_collator_pads_labels_with_minus_100_and_starts_decoder_inputs_with_pad(marian: object) -> None:

@@ -210,6 +210,15 @@ def special_token_suffix(tokenizer: Any) -> int | None:
     return len(built) - built.index(marker) - 1 if built.count(marker) == 1 else None
 
 
+def has_target_mode(tokenizer: Any) -> bool:
+    """Whether ``tokenizer(text_target=...)`` tokenizes differently from ``tokenizer(text)``: the tokenizer
+    class overrides ``_switch_to_target_mode`` (mBART, NLLB, M2M100, Marian... switch special tokens or the
+    SentencePiece model); T5/mT5, BART, Pegasus and most others do not."""
+    from transformers import PreTrainedTokenizerBase
+
+    return type(tokenizer)._switch_to_target_mode is not PreTrainedTokenizerBase._switch_to_target_mode
+
+
 def _cut_one_token(row: list[int], suffix: int) -> list[int]:
     """A row truncated to n+1 tokens, as truncation to n would give it: one content token fewer before the
     ``suffix`` special tokens (right-side truncation of a single sequence)."""
@@ -257,9 +266,13 @@ def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: 
         with rust_backend(tokenizer, max_length) as backend:
             return [e.ids for e in backend.encode_batch_fast(texts)]
 
+    same_sides = not has_target_mode(tokenizer)
+
     def target_ids(texts: list[str], max_length: int) -> list[list[int]]:
         if marian is not None:
             return marian(texts, max_length, target=True)
+        if same_sides:  # text_target would tokenize exactly as the source side does
+            return source_ids(texts, max_length)
         return tokenizer(text_target=texts, max_length=max_length, truncation=True,
                          return_attention_mask=False)["input_ids"]
 

@@ -6,6 +6,7 @@ Run with ``PYTHONPATH=pkg`` until the package is installed. Course line numbers 
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 from typing import Any
@@ -313,6 +314,36 @@ def test_rouge_bootstrap_mid_is_rouge_scores_aggregator() -> None:
                                                rouge_types=["rouge1"], use_aggregator=False)["rouge1"]
     aggregated = load_metric("rouge").compute(predictions=predictions, references=references, rouge_types=["rouge1"])
     assert min(per_example) <= aggregated["rouge1"] <= max(per_example)
+
+
+def test_summarization_rouge_is_the_same_in_every_process() -> None:
+    """evaluate seeds ROUGE's bootstrap from NumPy's global state when the module is loaded, which differs
+    from process to process; summarization's scores pass a fixed seed, and it is the seed's draws."""
+    import subprocess
+
+    from nlpjobs.tasks.summarization import ROUGE_BOOTSTRAP_SEED, rouge_scores
+
+    rng = np.random.default_rng(1)
+    words = [f"w{i}" for i in range(30)]
+    predictions = [" ".join(rng.choice(words, rng.integers(3, 16))) for _ in range(40)]
+    references = [" ".join(rng.choice(words, rng.integers(3, 16))) for _ in range(40)]
+    script = ("import json, sys, numpy as np\n"
+              "from nlpjobs.metrics import load_metric\n"
+              "from nlpjobs.tasks.summarization import rouge_scores\n"
+              "np.random.seed(int(sys.argv[1]))\n"
+              "p, r = json.load(sys.stdin)\n"
+              "unseeded = load_metric('rouge').compute(predictions=p, references=r, use_stemmer=True)['rouge1']\n"
+              "print(json.dumps([rouge_scores(p, r, ['en'] * len(p)), unseeded]))")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script, str(seed)], input=json.dumps([predictions, references]),
+                                      capture_output=True, text=True, check=True).stdout) for seed in (3, 4)]
+    assert runs[0][0] == runs[1][0] == rouge_scores(predictions, references, ["en"] * 40)
+    assert runs[0][1] != runs[1][1]  # without the seed the two processes' bootstraps differ
+    from nlpjobs.metrics.rouge_metric.rouge_metric import bootstrap_mid
+
+    per_example = load_metric("rouge").compute(predictions=predictions, references=references, use_stemmer=True,
+                                               use_aggregator=False)["rouge1"]
+    np.random.seed(ROUGE_BOOTSTRAP_SEED)  # rouge1 is the first type resampled after seeding
+    assert runs[0][0]["rouge1"] == round(bootstrap_mid(np.array(per_example)) * 100, 4)
 
 
 def test_rouge_module_options() -> None:

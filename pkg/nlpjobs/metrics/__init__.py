@@ -41,10 +41,14 @@ def metric_path(name: str) -> Path:
 
 
 @cache
-def load_metric(name: str) -> evaluate.EvaluationModule:
+def load_metric(name: str, seed: int | None = None) -> evaluate.EvaluationModule:
     """Load the local evaluate module for ``name`` (seqeval, squad, sacrebleu, rouge), offline.
 
-    Cached per process: use ``compute(predictions=..., references=...)`` directly, not ``add_batch``.
-    The module keeps its inputs in memory (no Arrow cache files or locks on disk).
+    Cached per process (and seed): use ``compute(predictions=..., references=...)`` directly, not
+    ``add_batch``. The module keeps its inputs in memory (no Arrow cache files or locks on disk).
+    ``seed``: NumPy's global seed while ``compute`` runs (ROUGE's bootstrap draws from it); None lets
+    evaluate take one from the global generator's state at load time, i.e. a different one per process
+    unless the process seeded NumPy.
     """
-    return evaluate.load(str(metric_path(name)), keep_in_memory=True)
+    extra = {} if seed is None else {"seed": seed}
+    return evaluate.load(str(metric_path(name)), keep_in_memory=True, **extra)

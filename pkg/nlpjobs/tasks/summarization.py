@@ -83,15 +83,24 @@ def long_titles(bodies: list[Any], titles: list[Any], min_words: int) -> np.ndar
                         for b, t in zip(bodies, titles)), bool, len(titles))
 
 
+ROUGE_BOOTSTRAP_SEED = 0
+
+
 def rouge_scores(predictions: list[str], references: list[str], languages: list[str],
                  predictions_split: bool = False) -> dict[str, float]:
     """ROUGE-1/2/L/Lsum F-measure × 100 (4 decimals), stemmed, one sentence per line (SPEC §4.5);
-    ``predictions_split``: the predictions already hold one sentence per line (lead-N)."""
+    ``predictions_split``: the predictions already hold one sentence per line (lead-N).
+
+    The bootstrap's resamples are seeded (``ROUGE_BOOTSTRAP_SEED``): the same predictions score the same in
+    every run and process (evaluate would seed it from NumPy's state at load time, which differs from
+    process to process), and the model and its lead-N baseline over the same rows are resampled with the
+    same indices."""
     from nlpjobs.metrics import load_metric
 
     preds = predictions if predictions_split else [sentences_newline(p, lang) for p, lang in zip(predictions, languages)]
     refs = [sentences_newline(r, lang) for r, lang in zip(references, languages)]
-    result = load_metric("rouge").compute(predictions=preds, references=refs, use_stemmer=True)
+    result = load_metric("rouge", seed=ROUGE_BOOTSTRAP_SEED).compute(predictions=preds, references=refs,
+                                                                     use_stemmer=True)
     return {k: round(float(result[k]) * 100, 4) for k in ROUGE_KEYS}
 
 

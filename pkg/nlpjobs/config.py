@@ -91,7 +91,7 @@ class PreprocessConfig:
     """Worker processes for tokenization (datasets.map num_proc). A fast tokenizer already uses every core
     in one process; each extra process pays its start-up and a pickled tokenizer, so raise it only for
     corpora far larger than a few thousand examples or slow (Python) tokenizers (`make bench`, 5,000 CoNLL
-    sentences on 2 cores: 2 processes take 5.5x as long as 1)."""
+    sentences on 2 cores: 2 processes are 5-8x slower than 1)."""
     map_batch_size: int = 1000
     """Examples per tokenizer call."""
 

@@ -333,9 +333,10 @@ def chunk_dataset(ds: datasets.Dataset, tokenizer: Any, cfg: ClmPreprocessConfig
                     num_proc=cfg.num_proc if cfg.num_proc > 1 else None, desc=desc,
                     new_fingerprint=fresh_fingerprint())
     marker = np.asarray(column_values(mapped, "_stat"), dtype=bool)
-    stat_rows = mapped.select(np.flatnonzero(marker))
+    # fresh fingerprints: datasets would otherwise hash every selected row index to name the result
+    stat_rows = mapped.select(np.flatnonzero(marker), new_fingerprint=fresh_fingerprint())
     totals = {key: int(sum(column_values(stat_rows, f"_{key}"))) for key in STAT_KEYS}
-    chunks = mapped.select(np.flatnonzero(~marker)).select_columns(["input_ids"])
+    chunks = mapped.select(np.flatnonzero(~marker), new_fingerprint=fresh_fingerprint()).select_columns(["input_ids"])
     return chunks, totals
 
 

@@ -143,7 +143,7 @@ class SummarizationTask(Seq2SeqTask):
             out = {}
             for split, ds in raw.items():
                 if "language" not in ds.column_names:
-                    ds = ds.add_column("language", [cfg.default_language] * len(ds))
+                    ds = ds.add_column("language", [cfg.default_language] * len(ds), new_fingerprint=fresh_fingerprint())
                 out[split] = ds
             return out
         from nlpjobs.data import sources
@@ -156,7 +156,7 @@ class SummarizationTask(Seq2SeqTask):
                 loaded = sources.load_raw(dataclasses.replace(job.data, config_name=config_name), job.train.seed)
             for split, ds in loaded.items():
                 ds = ds.remove_columns("language") if "language" in ds.column_names else ds
-                parts[split].append(ds.add_column("language", [lang] * len(ds)))
+                parts[split].append(ds.add_column("language", [lang] * len(ds), new_fingerprint=fresh_fingerprint()))
         return {split: datasets.concatenate_datasets(dss) for split, dss in parts.items()}
 
     def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
@@ -193,7 +193,9 @@ class SummarizationTask(Seq2SeqTask):
         splits, truncated, detail = {}, {}, {}
         for split, ds in mixed.items():
             tokenized, counts = tokenize_pairs(ds, tokenizer, "body", "title", cfg, f"tokenize {split}")
-            splits[split] = tokenized.add_column("language", column_values(ds, "language"))
+            # a fresh fingerprint: datasets would otherwise pickle the whole column to name the result
+            splits[split] = tokenized.add_column("language", column_values(ds, "language"),
+                                                 new_fingerprint=fresh_fingerprint())
             truncated[split], detail[split] = counts["examples"], counts
         # the eval bodies, for the lead-N baseline evaluate scores beside the model (a metric, not tokenization)
         splits["eval_texts"] = mixed["eval"].select_columns(["body", "language"])

@@ -175,8 +175,12 @@ def _s3_body(path: str) -> Any:
         raise
 
 
-def _s3_get_file(path: str, local: Path) -> None:
-    """Stream object ``bucket/key`` into the local file ``local`` (truncated first: a retry starts over)."""
+def _get_file(fs: fsspec.AbstractFileSystem, remote: bool, path: str, local: Path) -> None:
+    """Copy one object or file to ``local``. S3: streamed from one GET into ``local``, truncated first (a
+    retry starts over)."""
+    if not remote:
+        fs.get_file(path, str(local))
+        return
     body = _s3_body(path)
     with open(local, "wb") as out:
         for chunk in body.iter_chunks(1 << 20):
@@ -332,22 +336,17 @@ def download(uri: str, local: str | Path) -> Path:
     """Copy a file or prefix from ``uri`` to the local path ``local``."""
     fs, path = resolve(uri)
     local = Path(local)
-
-    def get_file(src: str, dst: Path) -> None:
-        if uri.startswith("s3://"):
-            _s3_get_file(src, dst)
-        else:
-            fs.get_file(src, str(dst))
+    remote = uri.startswith("s3://")
 
     def _get() -> None:
         if fs.isdir(path):
             for src in fs.find(path):
                 dst = local / src[len(path):].lstrip("/")
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                get_file(src, dst)
+                _get_file(fs, remote, src, dst)
         else:
             local.parent.mkdir(parents=True, exist_ok=True)
-            get_file(path, local)
+            _get_file(fs, remote, path, local)
 
     retry(_get, "downloading", uri)
     return local
@@ -359,10 +358,7 @@ def download_file(uri: str, local: str | Path) -> Path:
     fs, path = resolve(uri)
     local = Path(local)
     local.parent.mkdir(parents=True, exist_ok=True)
-    if uri.startswith("s3://"):
-        retry(lambda: _s3_get_file(path, local), "downloading", uri)
-    else:
-        retry(lambda: fs.get_file(path, str(local)), "downloading", uri)
+    retry(lambda: _get_file(fs, uri.startswith("s3://"), path, local), "downloading", uri)
     return local
 
 

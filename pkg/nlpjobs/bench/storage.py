@@ -149,7 +149,8 @@ def measure(sizes: Sizes, scratch: Path) -> list[Sample]:
             mirror = shards.local_mirror(remote)
             local_dir = scratch / "storage-local"
             for r in range(sizes.repeats):
-                _read_all(remote), _read_all(local)  # both copies in the page cache (and connections open)
+                _read_all(remote)  # both copies in the page cache (and the connections open)
+                _read_all(local)
                 _, t_s3 = timed(lambda: _read_all(remote))
                 _, t_local = timed(lambda: _read_all(local))
                 shutil.rmtree(mirror, ignore_errors=True)  # a cold mirror: load_split must download

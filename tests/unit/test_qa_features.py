@@ -255,6 +255,82 @@ def test_windows_equal_the_course_call(tokenizer, max_length: int, stride: int, 
     assert [e.sequence_ids for e in windows.encodings] == [course.sequence_ids(i) for i in range(len(windows.encodings))]
 
 
+def _roberta_like():
+    """GPT-2's byte-level BPE with RoBERTa's pair template (<s> A </s></s> B </s>) and a padding token."""
+    from tokenizers.processors import RobertaProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    from nlpjobs.tasks.clm import load_base_tokenizer
+
+    backend = load_base_tokenizer("offline:gpt2").backend_tokenizer
+    backend.add_special_tokens(["<s>", "</s>", "<pad>"])
+    backend.post_processor = RobertaProcessing(sep=("</s>", backend.token_to_id("</s>")),
+                                               cls=("<s>", backend.token_to_id("<s>")))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+def _t5_like():
+    from nlpjobs.tasks.seq2seq import t5_tokenizer
+
+    return t5_tokenizer(_SENTENCES * 4, vocab_size=200, max_length=64)
+
+
+@pytest.mark.parametrize("kind", ["minilm", "roberta", "t5"])
+@pytest.mark.parametrize(("max_length", "stride", "side"), [(384, 128, "right"), (64, 16, "right"), (48, 8, "left")])
+def test_assembled_windows_equal_the_course_call(tokenizer, kind: str, max_length: int, stride: int,
+                                                 side: str) -> None:
+    """Windows built from each side tokenized on its own equal the course's pair call: model inputs, which
+    tokens are context, their offsets, the example of every window; on WordPiece (BERT template with type
+    ids), byte-level BPE (RoBERTa's template) and Metaspace/Unigram (T5's), both padding sides."""
+    from nlpjobs.tasks.qa_features import _tokenize
+    from nlpjobs.text.pairs import assemble_pair_windows
+
+    tok = {"minilm": tokenizer, "roberta": _roberta_like, "t5": _t5_like}[kind]
+    tok = tok() if callable(tok) and kind != "minilm" else tok
+    questions = ["  Who?  ", QUESTION, "\tWhat is the capital of France? ", "", "Where?"]
+    contexts = ["Nobody.", _long_context(), "Paris is the capital of France.", "An empty question.", ""]
+    tok.padding_side = side
+    try:
+        names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k == "input_ids"
+                 or k in tok.model_input_names]
+        ours = assemble_pair_windows([q.strip() for q in questions], contexts, tok, max_length, stride, names)
+        course = _tokenize(questions, contexts, tok, max_length, stride)
+    finally:
+        tok.padding_side = "right"
+    if kind == "roberta":  # its post-processor trims offsets: the tokenizer's own windows are used
+        assert ours is None
+        return
+    assert ours is not None
+    assert ours.sample_map.tolist() == course["overflow_to_sample_mapping"]
+    for key in names:
+        assert ours.columns[key].tolist() == course[key], key
+    context = [[s == 1 for s in course.sequence_ids(i)] for i in range(len(course["input_ids"]))]
+    assert ours.context.tolist() == context
+    offsets = np.array(course["offset_mapping"])
+    assert (ours.offsets[ours.context] == offsets[ours.context]).all()
+    assert len(set(ours.sample_map.tolist())) == len(questions) and (ours.sample_map == 1).sum() > 2  # overflow
+
+
+def test_assembly_leaves_what_it_does_not_reproduce_to_the_tokenizer(tokenizer) -> None:
+    """Left truncation, a question leaving no room for the context and a stride not shorter than the room
+    go through the tokenizer's own windows (and its errors)."""
+    from nlpjobs.tasks.qa_features import prepare_eval_features
+    from nlpjobs.text.pairs import assemble_pair_windows
+
+    names = ["input_ids"]
+    assert assemble_pair_windows(["Who?"], [_long_context()], tokenizer, 64, 16, names) is not None
+    tokenizer.truncation_side = "left"
+    try:
+        assert assemble_pair_windows(["Who?"], [_long_context()], tokenizer, 64, 16, names) is None
+    finally:
+        tokenizer.truncation_side = "right"
+    long_question = " ".join(["lighthouse"] * 70)
+    assert assemble_pair_windows([long_question], ["Short."], tokenizer, 64, 16, names) is None
+    assert assemble_pair_windows(["Who?"], [_long_context()], tokenizer, 64, 60, names) is None
+    with pytest.raises(Exception, match="(?i)truncat|stride|sequence"):
+        prepare_eval_features(["q"], [long_question], ["Short."], tokenizer, max_length=64, stride=16)
+
+
 def test_windows_need_a_padding_token() -> None:
     from nlpjobs.tasks.clm import load_base_tokenizer
     from nlpjobs.tasks.qa_features import _encode_windows

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nlpjobs.text.encode import rust_backend
+from nlpjobs.text.pairs import PairWindows, assemble_pair_windows
 
 if TYPE_CHECKING:
     from transformers import BatchEncoding, PreTrainedTokenizerBase
@@ -119,6 +120,24 @@ def _encode_windows(questions: Sequence[str], contexts: Sequence[str], tokenizer
                     tuple(k for k in names if k == "input_ids" or k in tokenizer.model_input_names))
 
 
+def _features(questions: Sequence[str], contexts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
+              max_length: int, stride: int) -> PairWindows:
+    """The windows of the course's call as arrays: assembled from each side tokenized once
+    (:mod:`nlpjobs.text.pairs`) where that reproduces the call, else read from the backend's own windows."""
+    _check_inputs(questions, contexts, tokenizer)
+    if tokenizer.pad_token is None:
+        raise ValueError("extractive QA pads every window to max_length, but the tokenizer has no padding token; "
+                         "set one (tokenizer.pad_token = ...) or pick a model whose tokenizer has one")
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    model_inputs = tuple(k for k in names if k == "input_ids" or k in tokenizer.model_input_names)
+    assembled = assemble_pair_windows([q.strip() for q in questions], contexts, tokenizer, max_length, stride,
+                                      model_inputs)
+    if assembled is not None:
+        return assembled
+    windows = _encode_windows(questions, contexts, tokenizer, max_length, stride)
+    return PairWindows(_model_columns(windows), _context_mask(windows), _offsets(windows), windows.sample_map)
+
+
 def _grid(rows: Iterable[Sequence[Any]], shape: tuple[int, ...]) -> np.ndarray:
     """An int64 array of ``shape`` from equally long rows (of ints, or of int pairs when 3-D), without
     NumPy's per-element type inference over nested lists."""
@@ -191,10 +210,9 @@ def prepare_train_features(
     """
     if len(answers) != len(contexts):
         raise ValueError(f"{len(contexts)} contexts but {len(answers)} answers")
-    windows = _encode_windows(questions, contexts, tokenizer, max_length, stride)
-    sample_map, offsets = windows.sample_map, _offsets(windows)
-    ctx = _context_mask(windows)
-    n_feat, seq_len = windows.shape
+    windows = _features(questions, contexts, tokenizer, max_length, stride)
+    sample_map, offsets, ctx = windows.sample_map, windows.offsets, windows.context
+    n_feat, seq_len = ctx.shape
     rows = np.arange(n_feat)
 
     ex_start, ex_end, ex_has = _answer_chars(answers)
@@ -217,7 +235,7 @@ def prepare_train_features(
     last_stop = seq_len - 1 - stop[:, ::-1].argmax(axis=1)
     end_pos = np.where(stop.any(axis=1), last_stop, ctx_start - 1) + 1
 
-    out = _model_columns(windows)
+    out = dict(windows.columns)
     out["start_positions"] = np.where(inside, start_pos, 0)
     out["end_positions"] = np.where(inside, end_pos, 0)
     out["example_index"] = sample_map
@@ -292,11 +310,11 @@ def prepare_eval_features(
     """
     if len(ids) != len(contexts):
         raise ValueError(f"{len(ids)} ids but {len(contexts)} contexts")
-    windows = _encode_windows(questions, contexts, tokenizer, max_length, stride)
-    sample_map, offsets = windows.sample_map, _offsets(windows)
-    offsets[~_context_mask(windows)] = OUTSIDE
+    windows = _features(questions, contexts, tokenizer, max_length, stride)
+    sample_map, offsets = windows.sample_map, windows.offsets
+    offsets[~windows.context] = OUTSIDE
 
-    out: dict[str, Any] = _model_columns(windows)
+    out: dict[str, Any] = dict(windows.columns)
     out["offset_mapping"] = offsets
     out["example_id"] = [ids[i] for i in sample_map.tolist()]
     return out

@@ -3,7 +3,8 @@
 S3 endpoint, region and credentials come from the standard AWS environment and config files
 (``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``, profiles...).
 Transient faults (connection refused, timeouts, 5xx) are retried with exponential backoff; after the
-last attempt a :class:`StorageError` names the endpoint and the operation.
+last attempt a :class:`StorageError` names the endpoint and the operation. Listing, writing and copying
+go through fsspec (s3fs); whole-object reads on S3 through boto3 (less client CPU per byte).
 """
 
 from __future__ import annotations

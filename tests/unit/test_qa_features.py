@@ -285,8 +285,7 @@ def test_assembled_windows_equal_the_course_call(tokenizer, kind: str, max_lengt
     from nlpjobs.tasks.qa_features import _tokenize
     from nlpjobs.text.pairs import assemble_pair_windows
 
-    tok = {"minilm": tokenizer, "roberta": _roberta_like, "t5": _t5_like}[kind]
-    tok = tok() if callable(tok) and kind != "minilm" else tok
+    tok = {"minilm": lambda: tokenizer, "roberta": _roberta_like, "t5": _t5_like}[kind]()
     questions = ["  Who?  ", QUESTION, "\tWhat is the capital of France? ", "", "Where?"]
     contexts = ["Nobody.", _long_context(), "Paris is the capital of France.", "An empty question.", ""]
     tok.padding_side = side

@@ -104,10 +104,7 @@ def _encode_windows(questions: Sequence[str], contexts: Sequence[str], tokenizer
                     max_length: int, stride: int) -> _Windows:
     """:func:`_tokenize`'s windows straight from the Rust backend, without the per-window dicts of Python
     lists the call builds (a fifth of QA preprocessing)."""
-    _check_inputs(questions, contexts, tokenizer)
-    if tokenizer.pad_token is None:
-        raise ValueError("extractive QA pads every window to max_length, but the tokenizer has no padding token; "
-                         "set one (tokenizer.pad_token = ...) or pick a model whose tokenizer has one")
+    model_inputs = _window_inputs(questions, contexts, tokenizer)
     with rust_backend(tokenizer, max_length, stride=stride, strategy="only_second", pad_to_max_length=True) as backend:
         first = backend.encode_batch(list(zip([q.strip() for q in questions], contexts)))
     encodings, sample_map = [], []
@@ -115,21 +112,26 @@ def _encode_windows(questions: Sequence[str], contexts: Sequence[str], tokenizer
         windows = [encoding, *encoding.overflowing]
         encodings.extend(windows)
         sample_map.extend([i] * len(windows))
+    return _Windows(encodings, np.asarray(sample_map, dtype=np.int64), model_inputs)
+
+
+def _window_inputs(questions: Sequence[str], contexts: Sequence[str], tokenizer: PreTrainedTokenizerBase
+                   ) -> tuple[str, ...]:
+    """Check the inputs of a windows call; the columns it returns for the model (input_ids, and
+    token_type_ids/attention_mask where the tokenizer's model_input_names has them)."""
+    _check_inputs(questions, contexts, tokenizer)
+    if tokenizer.pad_token is None:
+        raise ValueError("extractive QA pads every window to max_length, but the tokenizer has no padding token; "
+                         "set one (tokenizer.pad_token = ...) or pick a model whose tokenizer has one")
     names = ("input_ids", "attention_mask", "token_type_ids")
-    return _Windows(encodings, np.asarray(sample_map, dtype=np.int64),
-                    tuple(k for k in names if k == "input_ids" or k in tokenizer.model_input_names))
+    return tuple(k for k in names if k == "input_ids" or k in tokenizer.model_input_names)
 
 
 def _features(questions: Sequence[str], contexts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
               max_length: int, stride: int) -> PairWindows:
     """The windows of the course's call as arrays: assembled from each side tokenized once
     (:mod:`nlpjobs.text.pairs`) where that reproduces the call, else read from the backend's own windows."""
-    _check_inputs(questions, contexts, tokenizer)
-    if tokenizer.pad_token is None:
-        raise ValueError("extractive QA pads every window to max_length, but the tokenizer has no padding token; "
-                         "set one (tokenizer.pad_token = ...) or pick a model whose tokenizer has one")
-    names = ("input_ids", "attention_mask", "token_type_ids")
-    model_inputs = tuple(k for k in names if k == "input_ids" or k in tokenizer.model_input_names)
+    model_inputs = _window_inputs(questions, contexts, tokenizer)
     assembled = assemble_pair_windows([q.strip() for q in questions], contexts, tokenizer, max_length, stride,
                                       model_inputs)
     if assembled is not None:

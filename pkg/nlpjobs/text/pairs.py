@@ -127,19 +127,21 @@ def assemble_pair_windows(questions: Sequence[str], contexts: Sequence[str], tok
     c_start = (np.cumsum(c_len) - c_len)[ex] + start
 
     real = (rel >= 0) & (rel < b5[:, None])
+    context = (rel >= b3[:, None]) & (rel < b4[:, None])
+    context_index = rel - b3[:, None] + c_start[:, None]  # into the flat context tokens
     ids = np.full(rel.shape, tokenizer.pad_token_id, np.int64)
     types = np.full(rel.shape, tokenizer.pad_token_type_id, np.int64)
-    offsets = np.zeros((*rel.shape, 2), np.int64)
+    # (positions, token ids, type id(s), index into the token ids) of the five parts of a window
     parts = [(real & (rel < b1), template.ids[0], template.types[0], rel),
              ((rel >= b1) & (rel < b2[:, None]), q_ids, template.question_type, rel - b1 + q_start[:, None]),
              ((rel >= b2[:, None]) & (rel < b3[:, None]), template.ids[1], template.types[1], rel - b2[:, None]),
-             ((rel >= b3[:, None]) & (rel < b4[:, None]), c_ids, template.context_type, rel - b3[:, None] + c_start[:, None]),
+             (context, c_ids, template.context_type, context_index),
              ((rel >= b4[:, None]) & real, template.ids[2], template.types[2], rel - b4[:, None])]
     for mask, values, type_ids, index in parts:
         at = index[mask]
         ids[mask] = values[at]
         types[mask] = type_ids[at] if isinstance(type_ids, np.ndarray) else type_ids
-    context = parts[3][0]
-    offsets[context] = c_off[parts[3][3][context]]
+    offsets = np.zeros((*rel.shape, 2), np.int64)
+    offsets[context] = c_off[context_index[context]]
     available = {"input_ids": ids, "attention_mask": real.astype(np.int64), "token_type_ids": types}
     return PairWindows({k: available[k] for k in model_inputs}, context, offsets, ex)

@@ -71,3 +71,32 @@ def test_weight_decay_groups_exclude_biases_and_norms(tiny_model: Path) -> None:
 
 def test_last_accumulation_window_may_be_short() -> None:
     assert [_window(done, 10, 4) for done in (0, 4, 8)] == [4, 4, 2]
+
+
+def test_cpu_kernels_follow_the_setting(tmp_path: Path, tiny_model: Path) -> None:
+    import contextlib
+    import dataclasses
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from nlpjobs.tasks import get_task
+    from nlpjobs.train import cpu_step
+    from nlpjobs.train.engine import _cpu_kernels
+
+    job = small_job(tmp_path, tiny_model, "train.max_steps=2", "name=kernels")
+    printed: list[str] = []
+    acc = SimpleNamespace(device=torch.device("cpu"), mixed_precision="no", print=printed.append)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=8, n_layer=1, n_head=2, n_embd=8))
+    context, head = _cpu_kernels(job, acc, get_task("clm"), gpt2)
+    assert context is cpu_step.fast_dropout and head is not None and "1 one-kernel tanh-GELU" in printed[0]
+    bert = BertForTokenClassification.from_pretrained(tiny_model)
+    assert _cpu_kernels(job, acc, get_task("ner"), bert)[1] is None  # a classification head: nothing to fuse
+    off = dataclasses.replace(job, train=dataclasses.replace(job.train, cpu_kernels=False))
+    deepspeed = dataclasses.replace(job, deepspeed=dataclasses.replace(job.deepspeed, enabled=True))
+    for other_job, other_acc in ((off, acc), (deepspeed, acc), (job, SimpleNamespace(**{**vars(acc), "mixed_precision": "bf16"}))):
+        assert _cpu_kernels(other_job, other_acc, get_task("clm"), gpt2) == (contextlib.nullcontext, None)
+    preprocess(job)
+    assert train(job, show_progress=False).steps == 2
+    assert F.dropout is cpu_step._TORCH_DROPOUT and F.scaled_dot_product_attention is cpu_step._TORCH_ATTENTION

@@ -155,6 +155,11 @@ class Task:
         """Training loss of one micro-batch; tasks with a custom objective override this."""
         return model(**batch).loss
 
+    def head_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
+        """For language-model heads whose loss is the head's plain cross-entropy (train/head_loss.py): the
+        model inputs without labels and each logit position's target (-100: ignored); None elsewhere."""
+        return None
+
     def random_guess_loss(self, model: Any, batch: dict[str, Any]) -> float | None:
         """Cross-entropy of a uniform guess over the classes the loss ranges over (SPEC §8 item 18):
         ln(vocabulary) for language-model heads; tasks with other heads override this."""

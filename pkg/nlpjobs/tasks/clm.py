@@ -559,6 +559,15 @@ class ClmTask(Task):
         return keytoken_weighted_loss(batch["input_ids"], logits, self.keytoken_ids, self.keytoken_alpha,
                                       labels=batch.get("labels"))
 
+    def head_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
+        import torch.nn.functional as F
+
+        if self.keytoken_ids is not None or "labels" not in batch:
+            return None
+        # position i predicts token i + 1, as the model's own shifted loss
+        targets = F.pad(batch["labels"], (0, 1), value=-100)[..., 1:]
+        return {k: v for k, v in batch.items() if k != "labels"}, targets
+
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
         import torch.nn.functional as F
 

@@ -407,6 +407,11 @@ class Seq2SeqTask(Task):
 
         return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
 
+    def head_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
+        if "decoder_input_ids" not in batch or "labels" not in batch:
+            return None
+        return {k: v for k, v in batch.items() if k != "labels"}, batch["labels"]
+
     # ---- evaluation ------------------------------------------------------------------------
     def generate_and_score(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
         """Generate for the whole eval split; decoded predictions/references plus loss and lengths.

@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from nlpjobs.data.shards import Manifest, load_split, load_tokenizer, open_datas
 from nlpjobs.tasks import get_task
 from nlpjobs.tasks.base import EvalContext, Task
 from nlpjobs.train.checkpoint import CheckpointStore
+from nlpjobs.train.cpu_step import fast_dropout, fuse_tanh_gelu
+from nlpjobs.train.head_loss import HeadLoss
 from nlpjobs.train.sampling import EpochSampler, row_lengths
 from nlpjobs.train.stop import EvaluationInterrupted, TrainingInterrupted, detach_worker
 from nlpjobs.train.stop import current as stop_request
@@ -192,6 +195,7 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
     tokenizer = load_tokenizer(manifest)
     set_seed(cfg.seed)
     model = task.build_model(job, manifest, tokenizer)
+    step_kernels, head_loss = _cpu_kernels(job, acc, task, model)
     collate = task.collator(tokenizer, model)
     train_ds = model_inputs(task, load_split(manifest, "train"))
     eval_ds = model_inputs(task, load_split(manifest, "eval"))
@@ -284,7 +288,10 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
             boundary = micro % cfg.grad_accum == 0 or micro == micro_per_epoch
             sync = contextlib.nullcontext() if boundary else acc.no_sync(model)
             with sync:
-                loss = task.loss(model, batch)
+                with step_kernels():
+                    loss = head_loss(model, batch) if head_loss is not None else None
+                    if loss is None:
+                        loss = task.loss(model, batch)
                 if not bool(torch.isfinite(loss.detach())):  # free on CPU; one scalar copy per micro-batch on GPU
                     raise _nonfinite("loss", float(loss.detach()), task, model, batch, acc, run_uri, step, micro,
                                      sampler, cfg.batch_size, epoch)
@@ -341,6 +348,19 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
     acc.wait_for_everyone()
     return TrainResult(run_uri, model_out, step, total_steps, resumed_from, time.time() - started,
                        final_eval, history)
+
+
+def _cpu_kernels(job: JobConfig, acc: Any, task: Task, model: Any) -> tuple[Callable[[], Any], HeadLoss | None]:
+    """The training forward's context and blockwise head loss under ``train.cpu_kernels`` (train/cpu_step.py,
+    train/head_loss.py): CPU, fp32, no DeepSpeed; else a null context and None."""
+    if not (job.train.cpu_kernels and acc.device.type == "cpu" and acc.mixed_precision == "no"
+            and not job.deepspeed.enabled):
+        return contextlib.nullcontext, None
+    gelus = fuse_tanh_gelu(model)
+    head_loss = HeadLoss.create(model, task.head_batch, task.loss, report=acc.print)
+    acc.print(f"CPU kernels: dropout masks from 64-bit words, {gelus} one-kernel tanh-GELU modules, "
+              f"blockwise head loss {'to be checked on the first batch' if head_loss else 'not applicable'}")
+    return fast_dropout, head_loss
 
 
 def _nonfinite(what: str, value: float, task: Task, model: Any, batch: Any, acc: Any, run_uri: str, step: int,

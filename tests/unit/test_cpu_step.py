@@ -1,0 +1,112 @@
+"""The CPU training-step kernels (train/cpu_step.py): dropout with masks from 64-bit words, attention with
+that dropout, and the one-kernel tanh-GELU, each checked against torch's / transformers' own function."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nlpjobs.train import cpu_step
+
+
+def test_dropout_keeps_each_element_with_probability_one_minus_p() -> None:
+    torch.manual_seed(0)
+    x = torch.full((1 << 20,), 2.0)
+    for p in (0.1, 0.5, 0.9):
+        out = cpu_step.dropout(x, p)
+        kept = out != 0
+        threshold = cpu_step.keep_threshold(p)
+        assert threshold is not None and abs(threshold / 65536 - (1 - p)) <= 2 ** -17
+        assert torch.equal(out[kept], torch.full_like(out[kept], 2.0 * 65536 / threshold))  # E[out] = x
+        sigma = math.sqrt(p * (1 - p) / x.numel())
+        # every 16-bit lane of the random words: a lane whose bits are not all random keeps too many
+        for lane in range(4):
+            share = kept[lane::4].float().mean().item()
+            assert abs(share - (1 - p)) < 6 * sigma * 2, (p, lane, share)
+
+
+def test_dropout_is_seeded_and_its_gradient_is_the_scaled_mask() -> None:
+    x = torch.randn(8, 33, 17, requires_grad=True)  # numel not a multiple of 4
+    torch.manual_seed(3)
+    a = cpu_step.dropout(x, 0.2)
+    torch.manual_seed(3)
+    b = cpu_step.dropout(x, 0.2)
+    assert torch.equal(a, b) and not torch.equal(a, cpu_step.dropout(x, 0.2))
+    (grad,) = torch.autograd.grad(a.sum(), x)
+    scale = 65536 / cpu_step.keep_threshold(0.2)
+    assert torch.equal(grad, (a != 0).float() * scale)
+
+
+def test_dropout_leaves_other_calls_to_torch() -> None:
+    x = torch.randn(64)
+    assert torch.equal(cpu_step.dropout(x, 0.3, training=False), x)
+    assert cpu_step.keep_threshold(1e-7) is None and cpu_step.keep_threshold(1 - 1e-7) is None
+    torch.manual_seed(1)
+    expected = F.dropout(x, 1e-7)
+    torch.manual_seed(1)
+    assert torch.equal(cpu_step.dropout(x, 1e-7), expected)  # p the lanes cannot express: torch's dropout
+    ints = torch.arange(8)
+    assert torch.equal(cpu_step.dropout(x.clone(), 1.0), torch.zeros(64))
+    with pytest.raises(RuntimeError):  # torch's own error for integer input, unchanged
+        cpu_step.dropout(ints, 0.5)
+
+
+@pytest.mark.parametrize("kind", ["causal", "bool", "float", "scale"])
+def test_attention_is_torchs_math_path_with_this_dropout(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
+    kwargs = {"causal": {"is_causal": True}, "bool": {"attn_mask": torch.rand(2, 1, 16, 16) > 0.3},
+              "float": {"attn_mask": torch.randn(2, 1, 16, 16)}, "scale": {"scale": 0.3}}[kind]
+    if kind == "bool":
+        kwargs["attn_mask"][0, 0, 3] = False  # a query that may attend to nothing: zeros, as torch gives
+    expected = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    seen: list[float] = []
+    monkeypatch.setattr(cpu_step, "dropout", lambda w, p: seen.append(p) or w)
+    got = cpu_step.attention(q, k, v, dropout_p=0.1, **kwargs)
+    assert seen == [0.1] and torch.allclose(got, expected, atol=1e-6)
+
+
+def test_attention_dropout_drops_whole_weights() -> None:
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8)
+    v = torch.eye(4).view(1, 1, 4, 4)  # the output rows are the (dropped, rescaled) attention weights
+    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(8), -1)
+    out = cpu_step.attention(q, k, v, dropout_p=0.5)
+    kept = out != 0
+    assert 0 < kept.sum() < 16
+    assert torch.allclose(out[kept], (weights * 65536 / cpu_step.keep_threshold(0.5))[kept], atol=1e-6)
+    with torch.no_grad():  # evaluation-like calls and p = 0 are torch's
+        assert torch.equal(cpu_step.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_fast_dropout_routes_modules_and_restores_torch() -> None:
+    layer = torch.nn.Dropout(0.25)
+    x = torch.randn(1000)
+    with cpu_step.fast_dropout():
+        assert F.dropout is cpu_step.dropout and F.scaled_dot_product_attention is cpu_step.attention
+        torch.manual_seed(5)
+        through_module = layer(x)
+    torch.manual_seed(5)
+    assert torch.equal(through_module, cpu_step.dropout(x, 0.25))
+    with pytest.raises(ValueError), cpu_step.fast_dropout():
+        raise ValueError
+    assert F.dropout is cpu_step._TORCH_DROPOUT
+    assert F.scaled_dot_product_attention is cpu_step._TORCH_ATTENTION
+
+
+def test_fuse_tanh_gelu_keeps_the_function_and_the_saved_model() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.activations import GELUTanh
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    ids = torch.randint(0, 50, (2, 16))
+    before, keys = model(input_ids=ids).logits, set(model.state_dict())
+    assert cpu_step.fuse_tanh_gelu(model) == 2
+    assert all(isinstance(block.mlp.act, GELUTanh) for block in model.transformer.h)
+    assert torch.allclose(model(input_ids=ids).logits, before, atol=1e-5)
+    assert set(model.state_dict()) == keys and model.config.activation_function == "gelu_new"
+    assert cpu_step.fuse_tanh_gelu(model) == 0

@@ -293,3 +293,26 @@ def test_timed_median_calls_until_the_budget_and_takes_the_median() -> None:
     assert median < 0.01  # one slow call does not move the median
     _, _, n = timed_median(lambda: None, min_seconds=10.0, max_calls=7)
     assert n == 7
+
+
+def test_steady_allocator_fixes_glibc_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from nlpjobs.bench import machine
+
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, option: int, value: int) -> int:
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    assert "64 MiB" in machine.steady_allocator(64 << 20)
+    assert calls == [(-3, 64 << 20), (-1, 64 << 20)]  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+    def missing(name: str) -> None:
+        raise OSError(name)
+
+    monkeypatch.setattr(ctypes, "CDLL", missing)  # musl, macOS: no glibc to tune
+    assert machine.steady_allocator() is None

@@ -135,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from nlpjobs.bench import machine
 
+    allocator = machine.steady_allocator()
     started = time.time()
     from nlpjobs.bench.machine import busy_cores
 
@@ -160,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     if busy is not None:
         lines.append(f"other work at the start: {busy:.2f} of {host.cores} cores busy over 2 s"
                      + (" (figures measured under contention)" if busy > 0.25 * host.cores else ""))
+    if allocator:
+        lines.append(allocator)
     lines.append("TOKENIZERS_PARALLELISM at the start: " + (parallelism or "unset (the fast tokenizer uses every "
                                                                          "core, for the course as for nlpjobs)"))
     command = "python -m nlpjobs.bench " + " ".join(argv if argv is not None else sys.argv[1:])

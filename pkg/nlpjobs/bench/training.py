@@ -60,6 +60,9 @@ QA_LAYOUT_NOTE = (
     "examples make 88,729 windows (SPEC §6.3): nearly all of its contexts fit one window (its padding share is "
     "not measured here: no Hub)")
 
+KERNELS_NOTE = ("; nlpjobs with its default train.cpu_kernels (dropout masks drawn four per random word, one-kernel "
+                "tanh-GELU, the LM head's loss in row blocks; the course runs the models' own code)")
+
 TOKENS_FIGURE = "train real tokens/s vs course Trainer"
 SAMPLES_FIGURE = "train samples/s vs course Trainer"
 MFU_FIGURE = "train MFU vs course Trainer"
@@ -606,7 +609,8 @@ def note(task: str, job: Any, sizes: Sizes, label_share: float, manifest: Any = 
     steps, lr = sizes.train_steps, job.train.learning_rate
     if task == "ner":
         return (f"same data, model, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
-                f"{COURSE_WEIGHT_DECAY}, linear schedule; {steps} steps (metric after {steps} steps only)")
+                f"{COURSE_WEIGHT_DECAY}, linear schedule; {steps} steps (metric after {steps} steps only)"
+                + KERNELS_NOTE)
     recipe = RECIPES[task]
     text = (f"course: {recipe.course}; same data, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
             f"{job.train.weight_decay:g}, {job.train.scheduler} schedule without warmup, grad clip 1.0, no "
@@ -627,6 +631,7 @@ def note(task: str, job: Any, sizes: Sizes, label_share: float, manifest: Any = 
         text += recipe.layout_note.format(max_length=width, mean_real=mean_real, padding=100 * (1 - mean_real / width))
     else:
         text += "; nlpjobs batches rows of similar length together, the course Trainer samples at random"
+    text += KERNELS_NOTE
     if recipe.count_labels:
         text += (f"; real tokens = source tokens (attention mask) + label tokens (not -100), both engines "
                  f"({100 * label_share:.0f}% labels)")

@@ -97,6 +97,8 @@ def test_cpu_kernels_follow_the_setting(tmp_path: Path, tiny_model: Path) -> Non
     deepspeed = dataclasses.replace(job, deepspeed=dataclasses.replace(job.deepspeed, enabled=True))
     for other_job, other_acc in ((off, acc), (deepspeed, acc), (job, SimpleNamespace(**{**vars(acc), "mixed_precision": "bf16"}))):
         assert _cpu_kernels(other_job, other_acc, get_task("clm"), gpt2) == (contextlib.nullcontext, None)
+    gpt2.gradient_checkpointing_enable()  # recomputed forwards would draw torch's masks, not these
+    assert _cpu_kernels(job, acc, get_task("clm"), gpt2) == (contextlib.nullcontext, None)
     preprocess(job)
     assert train(job, show_progress=False).steps == 2
     assert F.dropout is cpu_step._TORCH_DROPOUT and F.scaled_dot_product_attention is cpu_step._TORCH_ATTENTION

@@ -352,13 +352,15 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
 
 def _cpu_kernels(job: JobConfig, acc: Any, task: Task, model: Any) -> tuple[Callable[[], Any], HeadLoss | None]:
     """The training forward's context and blockwise head loss under ``train.cpu_kernels`` (train/cpu_step.py,
-    train/head_loss.py): CPU, fp32, no DeepSpeed, no activation checkpointing (its recomputation in the
-    backward pass would draw other dropout masks than the forward); else a null context and None."""
+    train/head_loss.py): CPU, fp32, no activation checkpointing (its recomputation in the backward pass would
+    draw other dropout masks than the forward); the head loss also not under DeepSpeed (ZeRO-3 partitions the
+    head's weight). Else a null context and None."""
     if not (job.train.cpu_kernels and acc.device.type == "cpu" and acc.mixed_precision == "no"
-            and not job.deepspeed.enabled and not getattr(model, "is_gradient_checkpointing", False)):
+            and not getattr(model, "is_gradient_checkpointing", False)):
         return contextlib.nullcontext, None
     gelus = fuse_tanh_gelu(model)
-    head_loss = HeadLoss.create(model, task.head_batch, task.loss, report=acc.print)
+    head_loss = None if job.deepspeed.enabled else HeadLoss.create(model, task.head_batch, task.loss,
+                                                                   report=acc.print)
     acc.print(f"CPU kernels: dropout masks from 64-bit words, {gelus} one-kernel tanh-GELU modules, "
               f"blockwise head loss {'to be checked on the first batch' if head_loss else 'not applicable'}")
     return fast_dropout, head_loss

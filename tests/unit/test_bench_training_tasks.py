@@ -104,9 +104,12 @@ def test_both_engines_start_from_the_same_translation_weights(translation: tuple
     assert training.eval_loss(model, one_batch, manifest)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_translation_figure_reports_both_engines(translation: tuple, one_thread: object) -> None:
+def test_translation_figure_reports_both_engines(translation: tuple, one_thread: object,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     scratch, _, _ = translation
     samples = training.measure(SIZES, scratch, 20.0, "translation")
+    # the engine trains Marian through the blockwise head loss (its final_logits_bias folded in)
+    assert "blockwise head loss used" in capsys.readouterr().err
     assert [s.figure for s in samples] == [training.TOKENS_FIGURE, training.SAMPLES_FIGURE, training.MFU_FIGURE]
     for record in aggregate(samples):
         assert record.task == "translation" and record.nlpjobs and record.baseline and record.ratio
@@ -117,8 +120,12 @@ def test_translation_figure_reports_both_engines(translation: tuple, one_thread:
     assert not [p for p in scratch.iterdir() if p.name.startswith(("train-store", "train-init", "trainer-"))]
 
 
-def test_summarization_figure_reports_both_engines(tmp_path: Path, one_thread: object) -> None:
+def test_summarization_figure_reports_both_engines(tmp_path: Path, one_thread: object,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     samples = training.measure(SIZES, tmp_path, 20.0, "summarization")
+    printed = capsys.readouterr().err
+    # mT5's gated feed-forward layers (2 + 2) run gelu_new as one kernel; the head through the blockwise loss
+    assert "4 one-kernel tanh-GELU modules" in printed and "blockwise head loss used" in printed
     assert [s.figure for s in samples] == [training.TOKENS_FIGURE, training.SAMPLES_FIGURE, training.MFU_FIGURE]
     [record, *_] = aggregate(samples)
     assert record.task == "summarization" and record.ratio and "Seq2SeqTrainer" in samples[0].note

@@ -80,6 +80,8 @@ def test_attention_dropout_drops_whole_weights() -> None:
     assert torch.allclose(out[kept], (weights * 65536 / cpu_step.keep_threshold(0.5))[kept], atol=1e-6)
     with torch.no_grad():  # evaluation-like calls and p = 0 are torch's
         assert torch.equal(cpu_step.attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    with pytest.raises(RuntimeError):  # a mask and is_causal together: torch's error, not a silent mix
+        cpu_step.attention(q, k, v, attn_mask=torch.ones(4, 4, dtype=torch.bool), dropout_p=0.5, is_causal=True)
 
 
 def test_fast_dropout_routes_modules_and_restores_torch() -> None:

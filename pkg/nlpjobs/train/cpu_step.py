@@ -54,7 +54,7 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_
     """``scaled_dot_product_attention``; with dropout on the CPU, torch's own math path (the one it runs then)
     with :func:`dropout` for the attention weights' mask."""
     if (dropout_p == 0.0 or enable_gqa or query.device.type != "cpu" or keep_threshold(dropout_p) is None
-            or not torch.is_grad_enabled()):
+            or not torch.is_grad_enabled() or (is_causal and attn_mask is not None)):  # the last: torch's error
         return _TORCH_ATTENTION(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                 scale=scale, enable_gqa=enable_gqa)
     root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(query.shape[-1]))

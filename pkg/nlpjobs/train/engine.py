@@ -288,7 +288,7 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
             boundary = micro % cfg.grad_accum == 0 or micro == micro_per_epoch
             sync = contextlib.nullcontext() if boundary else acc.no_sync(model)
             with sync:
-                with step_kernels():
+                with step_kernels():  # the forward only: the backward draws no masks
                     loss = head_loss(model, batch) if head_loss is not None else None
                     if loss is None:
                         loss = task.loss(model, batch)

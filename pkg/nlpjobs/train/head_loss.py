@@ -88,10 +88,10 @@ FINAL_BIAS = "final_logits_bias"
 
 
 @contextlib.contextmanager
-def _without_head(model: torch.nn.Module, head: torch.nn.Module) -> Iterator[None]:
-    """The model's output layer swapped for an identity (and its final logits bias for a zero the hidden
-    states broadcast over): its ``logits`` are the head's inputs."""
-    name = next(n for n, child in model.named_children() if child is head)
+def _without_head(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """The model's output layer (attribute ``name``) swapped for an identity (and its final logits bias for a
+    zero the hidden states broadcast over): its ``logits`` are the head's inputs."""
+    head = getattr(model, name)
     final_bias = getattr(model, FINAL_BIAS, None)
     setattr(model, name, torch.nn.Identity())
     if isinstance(final_bias, torch.Tensor):
@@ -119,11 +119,13 @@ class HeadLoss:
     cross-entropy; ``reference(model, batch)`` is the task's own loss, for the first batch's check.
     """
 
-    def __init__(self, model: torch.nn.Module,
+    def __init__(self, model: torch.nn.Module, head_name: str,
                  arrange: Callable[[dict[str, Any]], tuple[dict[str, Any], torch.Tensor] | None],
                  reference: Callable[[Any, dict[str, Any]], torch.Tensor],
                  report: Callable[[str], Any] = log.info) -> None:
-        self.model, self.arrange, self.reference, self.report = model, arrange, reference, report
+        self.model, self.head_name = model, head_name
+        """The model attribute holding its output layer."""
+        self.arrange, self.reference, self.report = arrange, reference, report
         self.checked: bool | None = None
         """None until the first batch; then whether this path gives the model's own loss."""
 
@@ -132,14 +134,15 @@ class HeadLoss:
                report: Callable[[str], Any] = log.info) -> HeadLoss | None:
         """A HeadLoss when the model's output layer is a linear layer held directly by the model, else None."""
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if not isinstance(head, torch.nn.Linear) or not any(c is head for c in model.children()):
+        name = next((n for n, child in model.named_children() if child is head), None)
+        if not isinstance(head, torch.nn.Linear) or name is None:
             return None
-        return cls(model, arrange, reference, report)
+        return cls(model, name, arrange, reference, report)
 
     def _loss(self, wrapped: Any, arranged: tuple[dict[str, Any], torch.Tensor]) -> torch.Tensor:
-        head = self.model.get_output_embeddings()
+        head = getattr(self.model, self.head_name)
         inputs, targets = arranged
-        with _without_head(self.model, head):
+        with _without_head(self.model, self.head_name):
             hidden = wrapped(**inputs).logits
         return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, _head_bias(self.model, head),
                                     targets.reshape(-1))
@@ -153,7 +156,7 @@ class HeadLoss:
                 expected = float(self.reference(wrapped, batch))
                 try:
                     got = float(self._loss(wrapped, arranged))
-                except (RuntimeError, ValueError, TypeError) as exc:  # e.g. a bias added after the head
+                except (RuntimeError, ValueError, TypeError) as exc:  # e.g. an output op the head's inputs cannot take
                     self.report(f"blockwise head loss not used: {exc}")
                     return False
         finally:

@@ -3,9 +3,12 @@ it compares against (same outputs as nlpjobs on the same inputs). No timings are
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -182,6 +185,61 @@ def test_counting_collator_and_step_clock() -> None:
     assert len(meter.steps) == 3 and meter.steps == sorted(meter.steps)
 
 
+def test_step_clock_waits_for_the_gpu_at_the_last_timed_step_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the last timed step's stamp comes after ``torch.cuda.synchronize()`` (an engine that never
+    synchronises would otherwise be timed by when its last step was queued); the other steps are not held up."""
+    import torch
+
+    from nlpjobs.bench.training import Meter, step_clock
+
+    synced: list[int] = []
+    meter = Meter(sync_at=3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *_: synced.append(len(meter.steps) + 1))
+    param = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([param], lr=0.1)
+    with step_clock(meter):
+        for _ in range(4):
+            param.sum().backward()
+            opt.step()
+    assert synced == [3] and len(meter.steps) == 4
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # the engines ran on the CPU: nothing to wait for
+    with step_clock(Meter(sync_at=1)):
+        opt.step()
+    assert synced == [3]
+
+
+def test_both_engines_train_on_one_device_in_one_precision() -> None:
+    """On the CPU both engines train in fp32 (the course Trainer on the CPU too); on a GPU both on it, in fp16
+    mixed precision exactly where the course's arguments set fp16=True (SPEC: masked LM, translation, causal LM,
+    QA; not NER, not mT5 summarization)."""
+    from nlpjobs.bench.training import RECIPES, course_device_args, precision, setting
+
+    for task, recipe in RECIPES.items():
+        assert precision(recipe, "cpu") == "no", task
+        assert course_device_args(recipe, "cpu") == {"use_cpu": True, "fp16": False}
+        assert setting(recipe, "cpu") == "fp32 on the CPU"
+    fp16 = {task for task, recipe in RECIPES.items() if precision(recipe, "cuda") == "fp16"}
+    assert fp16 == {"mlm", "translation", "clm", "qa"}
+    for task, recipe in RECIPES.items():
+        assert course_device_args(recipe, "cuda") == {"use_cpu": False, "fp16": task in fp16}
+        assert ("fp16 mixed precision on the GPU" in setting(recipe, "cuda")) == (task in fp16)
+
+
+def test_training_note_names_the_setting_and_the_cpu_kernels_only_on_the_cpu() -> None:
+    from types import SimpleNamespace
+
+    from nlpjobs.bench.common import Sizes
+    from nlpjobs.bench.training import KERNELS_NOTE, note
+
+    job = SimpleNamespace(train=SimpleNamespace(learning_rate=5e-4, weight_decay=0.1, scheduler="cosine"),
+                          preprocess=SimpleNamespace(context_length=128))
+    on_cpu, on_gpu = (note("clm", job, Sizes(), 0.0, device=d) for d in ("cpu", "cuda"))
+    assert "fp32 on the CPU" in on_cpu and KERNELS_NOTE in on_cpu
+    assert "fp16 mixed precision on the GPU" in on_gpu and KERNELS_NOTE not in on_gpu
+
+
 def test_mfu_and_matmul_params() -> None:
     import torch
 
@@ -200,6 +258,21 @@ def test_matmul_peak_is_measured() -> None:
     machine = describe(matmul_size=64, seconds=0.05)
     text = "\n".join(machine.lines())
     assert "GFLOP/s" in text and "torch" in text and machine.cores >= 1
+    assert machine.peaks() == {"no": machine.matmul_gflops}  # no GPU here: no fp16 peak
+    on_gpu = dataclasses.replace(machine, matmul_gflops_fp16=3 * machine.matmul_gflops)
+    assert on_gpu.peaks() == {"no": machine.matmul_gflops, "fp16": 3 * machine.matmul_gflops}
+    assert "fp16" in "\n".join(on_gpu.lines()) and "fp16" not in text
+
+
+def test_device_cpu_hides_the_gpus_from_the_whole_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nlpjobs.bench import cli
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert cli.main(["--device", "cpu", "--figures", "", "--matmul-size", "32", "--out", str(tmp_path)]) == 0
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert (tmp_path / "results.md").is_file()
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["--device", "tpu"])
 
 
 # --- the course recipes against nlpjobs ----------------------------------------------------------

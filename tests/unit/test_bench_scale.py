@@ -37,6 +37,17 @@ def test_threads_are_shared_out_and_set_per_process(tmp_path: Path) -> None:
     assert env[scale.METER_ENV] == str(tmp_path / "meter")
 
 
+def test_both_runs_train_on_one_kind_of_device(tmp_path: Path) -> None:
+    """2 processes vs 1: on GPUs only where each process gets one; otherwise the GPU is hidden from both runs
+    (else 1 GPU process would be compared with 2 CPU processes)."""
+    assert scale.train_devices(0) == ({}, "the CPU, DDP over gloo")
+    env, where = scale.train_devices(1)
+    assert env == {"CUDA_VISIBLE_DEVICES": ""} and where.startswith("the CPU") and "1 GPU hidden" in where
+    assert scale.train_devices(2) == ({}, "one GPU per process, DDP over NCCL")
+    launched = scale.train_env(1, tmp_path / "meter", base={"CUDA_VISIBLE_DEVICES": "0"}, sync_at=30, devices=env)
+    assert launched["CUDA_VISIBLE_DEVICES"] == "" and launched[scale.SYNC_ENV] == "30"
+
+
 def test_read_report_checks_processes_and_steps() -> None:
     train = {"steps": 30, "processes": 2, "seconds": 41.5, "train_loss": []}
     assert scale.read_report(train, 2, 30) == scale.TrainReport(2, 30, 41.5)
@@ -95,9 +106,10 @@ def test_metered_cli_meters_steps_and_batches_and_writes_its_rank(tmp_path: Path
     monkeypatch.setattr(nlpjobs.cli, "main", fake_main)
     monkeypatch.setenv(scale.METER_ENV, str(tmp_path / "meter"))
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv(scale.SYNC_ENV, "3")
     with pytest.raises(SystemExit):
         scale.metered_cli(["train", "-c", "job.yaml"])
     assert seen == [["train", "-c", "job.yaml"]]
     meter = Meter(**json.loads((tmp_path / "meter.1.json").read_text()))
-    assert len(meter.steps) == 3 and meter.tokens == [5] and meter.samples == [2]
+    assert len(meter.steps) == 3 and meter.tokens == [5] and meter.samples == [2] and meter.sync_at == 3
     assert get_task("ner").collator(None, None)([{}])["attention_mask"] is mask  # the patch is undone

@@ -107,7 +107,7 @@ def test_both_engines_start_from_the_same_translation_weights(translation: tuple
 def test_translation_figure_reports_both_engines(translation: tuple, one_thread: object,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     scratch, _, _ = translation
-    samples = training.measure(SIZES, scratch, 20.0, "translation")
+    samples = training.measure(SIZES, scratch, {"no": 20.0}, "translation")
     # the engine trains Marian through the blockwise head loss (its final_logits_bias folded in)
     assert "blockwise head loss used" in capsys.readouterr().err
     assert [s.figure for s in samples] == [training.TOKENS_FIGURE, training.SAMPLES_FIGURE, training.MFU_FIGURE]
@@ -122,7 +122,7 @@ def test_translation_figure_reports_both_engines(translation: tuple, one_thread:
 
 def test_summarization_figure_reports_both_engines(tmp_path: Path, one_thread: object,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    samples = training.measure(SIZES, tmp_path, 20.0, "summarization")
+    samples = training.measure(SIZES, tmp_path, {"no": 20.0}, "summarization")
     printed = capsys.readouterr().err
     # mT5's gated feed-forward layers (2 + 2) run gelu_new as one kernel; the head through the blockwise loss
     assert "4 one-kernel tanh-GELU modules" in printed and "blockwise head loss used" in printed
@@ -154,14 +154,17 @@ def test_mlm_eval_loss_scores_the_masked_tokens_unshifted(tmp_path: Path) -> Non
 
 def test_cli_routes_the_training_tasks(tmp_path: Path) -> None:
     assert set(cli.TRAIN_TASKS) == set(cli.TASKS) == set(training.RECIPES)
-    [sample] = cli.run_figure("train", "pos-tagging", SIZES, tmp_path, 10.0)
+    from nlpjobs.bench.machine import Machine
+
+    host = Machine("cpu", 1, 1, "none", 10.0, 32, {})
+    [sample] = cli.run_figure("train", "pos-tagging", SIZES, tmp_path, host)
     assert sample.note.startswith("not measured")
     with pytest.raises(ValueError, match="no recipe"):
         training.preset_overrides("pos-tagging", SIZES, tmp_path)
 
 
 def test_qa_figure_reports_both_engines_and_the_padding_it_skips(tmp_path: Path, one_thread: object) -> None:
-    samples = training.measure(SIZES, tmp_path, 20.0, "qa")
+    samples = training.measure(SIZES, tmp_path, {"no": 20.0}, "qa")
     assert [s.figure for s in samples] == [training.TOKENS_FIGURE, training.SAMPLES_FIGURE, training.MFU_FIGURE]
     [record, *_] = aggregate(samples)
     assert record.task == "qa" and record.ratio and record.metric["name"].startswith("eval SQuAD F1")

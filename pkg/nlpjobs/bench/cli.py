@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from nlpjobs.bench.common import Sizes, log, short
+from nlpjobs.bench.machine import Machine
 from nlpjobs.bench.records import Sample, aggregate, markdown_table, write_results
 
 FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale", "generation")
@@ -41,6 +42,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench"),
                    help="Directory for results.json and results.md (default: bench). Scratch data and the raw "
                         "per-repeat samples go to OUT/out/.")
+    p.add_argument("--device", choices=("auto", "cpu"), default="auto",
+                   help="Where both engines train and evaluate: auto (default) the first GPU torch sees, else the "
+                        "CPU; cpu hides every GPU from the run (CUDA_VISIBLE_DEVICES=''). On a GPU, the course "
+                        "recipes that set fp16=True (masked LM, translation, causal LM, QA) train in fp16 mixed "
+                        "precision in both engines; everything else, and every CPU run, in fp32.")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for every figure (default: torch's own choice, one per core).")
     p.add_argument("--train-steps", type=int, default=None,
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     # TOKENIZERS_PARALLELISM stays as the user has it (unset: the fast tokenizer uses every core, as in the
     # course's notebooks); the preprocess stage turns it on for itself where the CLI had turned it off.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if args.device == "cpu":  # before anything initialises CUDA; the scale figure's subprocesses inherit it
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import torch
 
     if args.threads:
@@ -141,10 +149,11 @@ def main(argv: list[str] | None = None) -> int:
 
     busy = busy_cores()
     parallelism = os.environ.get("TOKENIZERS_PARALLELISM")  # before any figure's imports may set it
-    log(f"measuring the fp32 matmul peak ({sizes.matmul_size}x{sizes.matmul_size}, {torch.get_num_threads()} "
-        "torch threads)")
+    log(f"measuring the matmul peak on {machine.device()} ({sizes.matmul_size}x{sizes.matmul_size}, "
+        f"{torch.get_num_threads()} torch threads)")
     host = machine.describe(sizes.matmul_size)
-    log(f"peak {host.matmul_gflops:,.1f} GFLOP/s on {host.cpu}, {host.cores} cores")
+    log(f"fp32 peak {host.matmul_gflops:,.1f} GFLOP/s on {host.accelerator if machine.device() == 'cuda' else host.cpu}"
+        f", {host.cores} cores")
     scratch = (args.out / "out" / f"scratch-{os.getpid()}").resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []
@@ -153,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for i, (figure, task) in enumerate(todo, 1):
             log(f"[{i}/{len(todo)}] {figure} / {task}")
-            samples += run_figure(figure, task, sizes, scratch, host.matmul_gflops)
+            samples += run_figure(figure, task, sizes, scratch, host)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     records = aggregate(samples)
@@ -176,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_figure(figure: str, task: str, sizes: Sizes, scratch: Path, peak: float) -> list[Sample]:
-    """One figure group; an exception becomes a 'not measured' record with the reason, never a crash."""
+def run_figure(figure: str, task: str, sizes: Sizes, scratch: Path, host: Machine) -> list[Sample]:
+    """One figure group; an exception becomes a 'not measured' record with the reason, never a crash. ``host``:
+    the machine, with the matmul peaks MFU is measured against."""
     runners: dict[str, Callable[[], list[Sample]]] = {}
     if figure == "preprocess":
         if task not in PREPROCESS_TASKS:
@@ -200,7 +210,7 @@ def run_figure(figure: str, task: str, sizes: Sizes, scratch: Path, peak: float)
                                  f"the course Trainer recipe for {task} is not in the benchmark yet")]
         from nlpjobs.bench import training
 
-        runners[figure] = lambda: training.measure(sizes, scratch, peak, task)
+        runners[figure] = lambda: training.measure(sizes, scratch, host.peaks(), task)
     elif figure == "scale":
         from nlpjobs.bench import scale
 

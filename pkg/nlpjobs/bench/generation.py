@@ -139,6 +139,7 @@ def run_course(job: Any, manifest: Any, model_dir: Path, out_dir: Path) -> EvalR
         Seq2SeqTrainingArguments,
     )
 
+    from nlpjobs.bench.machine import device
     from nlpjobs.data.shards import load_split, load_tokenizer
     from nlpjobs.tasks import get_task
     from nlpjobs.train.engine import model_inputs
@@ -155,7 +156,7 @@ def run_course(job: Any, manifest: Any, model_dir: Path, out_dir: Path) -> EvalR
 
     args = Seq2SeqTrainingArguments(str(out_dir), per_device_eval_batch_size=job.evaluate.batch_size,
                                     predict_with_generate=True, report_to=[], disable_tqdm=True,
-                                    logging_strategy="no", save_strategy="no", use_cpu=True)
+                                    logging_strategy="no", save_strategy="no", use_cpu=device() != "cuda")
     trainer = Seq2SeqTrainer(model=model, args=args, eval_dataset=eval_ds,
                              data_collator=DataCollatorForSeq2Seq(tokenizer, model=model),
                              processing_class=tokenizer, compute_metrics=compute_metrics)

@@ -36,19 +36,27 @@ def _version(package: str) -> str:
         return "not installed"
 
 
+def device() -> str:
+    """The device both engines of every figure train and evaluate on: "cuda" where torch sees a GPU (the
+    first one), else "cpu". ``python -m nlpjobs.bench --device cpu`` hides the GPUs from the whole run."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def matmul_gflops(size: int = 1024, seconds: float = 1.0, dtype: str = "float32") -> float:
-    """Best fp32 GFLOP/s of ``size``×``size`` matrix multiplies on the default torch device and threads.
+    """Best GFLOP/s of ``size``×``size`` ``dtype`` matrix multiplies on :func:`device` and torch's threads.
 
     Repeats 2·n³-FLOP products for about ``seconds`` after one warm-up and returns the best timing of
     batches of products (the peak the hardware reaches, not the mean under interference).
     """
     import torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = torch.randn(size, size, dtype=getattr(torch, dtype), device=device)
-    b = torch.randn(size, size, dtype=getattr(torch, dtype), device=device)
+    where = device()
+    a = torch.randn(size, size, dtype=getattr(torch, dtype), device=where)
+    b = torch.randn(size, size, dtype=getattr(torch, dtype), device=where)
     c = a @ b  # warm-up: thread pool, allocation
-    if device == "cuda":
+    if where == "cuda":
         torch.cuda.synchronize()
     best = float("inf")
     per_batch = 1
@@ -58,7 +66,7 @@ def matmul_gflops(size: int = 1024, seconds: float = 1.0, dtype: str = "float32"
         start = time.perf_counter()
         for _ in range(per_batch):
             c = torch.mm(a, b, out=c)
-        if device == "cuda":
+        if where == "cuda":
             torch.cuda.synchronize()
         took = time.perf_counter() - start
         if took >= 0.05:
@@ -79,6 +87,13 @@ class Machine:
     matmul_gflops: float
     matmul_size: int
     versions: dict[str, str]
+    matmul_gflops_fp16: float | None = None
+    """The fp16 peak, measured on a GPU only (where the course's fp16=True recipes train in mixed precision)."""
+
+    def peaks(self) -> dict[str, float]:
+        """The measured matmul peaks by training precision (``train.mixed_precision``): "no" (fp32), and on a
+        GPU "fp16"."""
+        return {"no": self.matmul_gflops, **({"fp16": self.matmul_gflops_fp16} if self.matmul_gflops_fp16 else {})}
 
     def lines(self) -> list[str]:
         """The description printed above the table."""
@@ -87,19 +102,24 @@ class Machine:
             f"CPU: {self.cpu}, {self.cores} usable cores, {self.torch_threads} torch threads",
             f"accelerator: {self.accelerator}",
             f"measured fp32 matmul peak: {self.matmul_gflops:,.1f} GFLOP/s "
-            f"(best of {self.matmul_size}×{self.matmul_size} products)",
+            f"(best of {self.matmul_size}×{self.matmul_size} products)"
+            + (f"; fp16 {self.matmul_gflops_fp16:,.1f} GFLOP/s" if self.matmul_gflops_fp16 else ""),
             f"python {platform.python_version()} · {pkgs}",
         ]
 
 
 def describe(matmul_size: int = 1024, seconds: float = 1.0) -> Machine:
-    """Describe this machine and measure its fp32 matmul peak now (in the same run as the figures)."""
+    """Describe this machine and measure its fp32 matmul peak now (in the same run as the figures); on a GPU
+    its fp16 peak too."""
     import torch
 
-    accel = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only, fp32)"
+    gpu = device() == "cuda"
+    accel = (f"{torch.cuda.get_device_name(0)} (both engines train and evaluate on it)" if gpu
+             else "none (CPU only, fp32)")
     versions = {p: _version(p) for p in ("torch", "transformers", "datasets", "accelerate", "tokenizers")}
     return Machine(cpu_model(), usable_cores(), torch.get_num_threads(), accel,
-                   matmul_gflops(matmul_size, seconds), matmul_size, versions)
+                   matmul_gflops(matmul_size, seconds), matmul_size, versions,
+                   matmul_gflops(matmul_size, seconds, "float16") if gpu else None)
 
 
 def steady_allocator(threshold: int = 1 << 30) -> str | None:

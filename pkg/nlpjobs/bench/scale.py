@@ -120,10 +120,27 @@ def threads_per_process(total: int, processes: int) -> int:
     return max(1, total // processes)
 
 
-def train_env(threads: int, meter_prefix: Path, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The subprocess environment: ``threads`` OpenMP/torch threads per process, where the meters go."""
+SYNC_ENV = "NLPJOBS_BENCH_SYNC_AT"
+"""The optimizer step whose stamp waits for the GPU (``Meter.sync_at``), for the launched processes."""
+
+
+def train_devices(gpus: int, processes: int = 2) -> tuple[dict[str, str], str]:
+    """(environment additions, description) of the device the 1- and 2-process runs both train on: one GPU per
+    process where the machine has ``processes`` GPUs, else the CPU for both (GPUs hidden: two processes cannot
+    each have one, and 1 GPU against 2 CPU processes would compare devices, not processes)."""
+    if gpus >= processes:
+        return {}, "one GPU per process, DDP over NCCL"
+    hidden = f" (the machine's {gpus} GPU hidden from both runs: {processes} processes need {processes})" if gpus else ""
+    return ({"CUDA_VISIBLE_DEVICES": ""} if gpus else {}), f"the CPU, DDP over gloo{hidden}"
+
+
+def train_env(threads: int, meter_prefix: Path, base: dict[str, str] | None = None, sync_at: int = 0,
+              devices: dict[str, str] | None = None) -> dict[str, str]:
+    """The subprocess environment: ``threads`` OpenMP/torch threads per process, where the meters go, the step
+    whose stamp waits for the GPU (``sync_at``), ``devices`` (:func:`train_devices`)."""
     return {**(os.environ if base is None else base), "OMP_NUM_THREADS": str(threads), METER_ENV: str(meter_prefix),
-            "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error"}
+            SYNC_ENV: str(sync_at), "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+            **(devices or {})}
 
 
 def metered_cli(argv: list[str], task: str = "ner") -> None:
@@ -136,7 +153,7 @@ def metered_cli(argv: list[str], task: str = "ner") -> None:
     from nlpjobs.cli import main
     from nlpjobs.tasks import get_task
 
-    meter = Meter()
+    meter = Meter(sync_at=int(os.environ.get(SYNC_ENV) or 0))
     task_cls = type(get_task(task))
     original = task_cls.collator
 
@@ -197,8 +214,10 @@ def combine(meters: list[Meter], steps: int) -> Throughput:
     return Throughput(tokens / seconds, samples / seconds, seconds / (steps - max(m.first_timed for m in meters)))
 
 
-def launch(job: Any, job_path: Path, steps: int, processes: int, threads: int) -> Throughput:
-    """One training launch on a fresh run name; its throughput. The run is deleted afterwards."""
+def launch(job: Any, job_path: Path, steps: int, processes: int, threads: int,
+           devices: dict[str, str] | None = None) -> Throughput:
+    """One training launch on a fresh run name, with ``devices`` (:func:`train_devices`); its throughput. The run
+    is deleted afterwards."""
     from nlpjobs import paths, storage
 
     name = f"bench-scale-{processes}p-{uuid.uuid4().hex[:8]}"
@@ -207,7 +226,7 @@ def launch(job: Any, job_path: Path, steps: int, processes: int, threads: int) -
     prefix = job_path.parent / f"meter-{name}"
     started = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=train_env(threads, prefix),
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=train_env(threads, prefix, sync_at=steps, devices=devices),
                               timeout=LAUNCH_TIMEOUT_S, check=False)
         wall = time.perf_counter() - started
         if proc.returncode != 0:
@@ -248,12 +267,13 @@ def measure_training(sizes: Sizes, scratch: Path) -> list[Sample]:
     job_path.write_text(yaml.safe_dump(job.to_dict(), sort_keys=False))
     batch, rows = job.train.batch_size, manifest.rows("train")
     total_threads = torch.get_num_threads()
+    devices, where = train_devices(torch.cuda.device_count() if torch.cuda.is_available() else 0)
     threads = {n: threads_per_process(total_threads, n) for n in (1, 2)}
     log(f"scale: NER training, {rows:,} sentences, per-process batch {batch}, {steps} steps per run (1..{steps} "
-        f"timed); 1 process x {threads[1]} torch thread(s) vs 2 x {threads[2]}; {sizes.repeats} repeat(s)")
+        f"timed); 1 process x {threads[1]} torch thread(s) vs 2 x {threads[2]}, on {where}; {sizes.repeats} repeat(s)")
     note = (f"nlpjobs against itself, each run an `nlpjobs train` subprocess: 1 process (OMP_NUM_THREADS="
-            f"{threads[1]}) vs 2 (`torchrun --standalone --nproc_per_node=2`, DDP over gloo, OMP_NUM_THREADS="
-            f"{threads[2]} each: the bench's {total_threads} torch threads shared out); same data ({rows:,} "
+            f"{threads[1]}) vs 2 (`torchrun --standalone --nproc_per_node=2`, OMP_NUM_THREADS="
+            f"{threads[2]} each: the bench's {total_threads} torch threads shared out), both on {where}; same data ({rows:,} "
             f"sentences), per-process batch {batch} and {steps} steps, so 2 processes do twice the samples per "
             f"step: samples/s and real tokens/s compare, time per step does not. Steps 2..{steps} timed by an "
             f"optimizer-step hook in every process and real tokens counted by a wrapper around the collator "
@@ -263,7 +283,7 @@ def measure_training(sizes: Sizes, scratch: Path) -> list[Sample]:
     samples: list[Sample] = []
     try:
         for r in range(sizes.repeats):
-            results = {n: launch(job, job_path, steps, n, threads[n]) for n in ((1, 2) if r % 2 == 0 else (2, 1))}
+            results = {n: launch(job, job_path, steps, n, threads[n], devices) for n in ((1, 2) if r % 2 == 0 else (2, 1))}
             two, one = results[2], results[1]
             samples += [
                 Sample("ner", TRAIN_FIGURE, "samples/s", two.samples_per_s, one.samples_per_s, True, note=note),

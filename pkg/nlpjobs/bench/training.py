@@ -1,7 +1,9 @@
 """Training throughput: the nlpjobs engine (``nlpjobs train``) against the course recipe (``Trainer`` /
 ``Seq2SeqTrainer`` with the course's collator and hyperparameters) on the same model, the same preprocessed
-data and the same batch size, plus model-FLOPs utilisation against the fp32 matmul peak measured in the same
-run. Tasks: NER (SPEC §1.5), masked-LM adaptation (SPEC §2.5), translation (SPEC §3.6), summarization
+data and the same batch size, plus model-FLOPs utilisation against the matmul peak measured in the same
+run. Both engines run on one device (:func:`nlpjobs.bench.machine.device`: the GPU where there is one) and in
+one precision: fp32, except on a GPU for the recipes the course trains with ``fp16=True``, where both train in
+fp16 mixed precision (``Recipe.course_fp16``). Tasks: NER (SPEC §1.5), masked-LM adaptation (SPEC §2.5), translation (SPEC §3.6), summarization
 (SPEC §4.6), causal-LM pretraining (SPEC §5.5) and extractive QA (SPEC §6.7).
 
 Both engines are timed the same way, from outside: a global optimizer-step hook stamps every optimizer step
@@ -94,6 +96,9 @@ class Recipe:
     layout_note: str = ""
     """How each engine lays out its batches, for the throughput note (default: length grouping against the
     course Trainer's random order)."""
+    course_fp16: bool = False
+    """The course's arguments set ``fp16=True`` (SPEC: masked LM, translation, causal LM, QA): on a GPU both
+    engines train in fp16 mixed precision (on the CPU, where the Trainer has no fp16, both in fp32)."""
 
     @property
     def seq2seq(self) -> bool:
@@ -107,24 +112,36 @@ RECIPES: dict[str, Recipe] = {
     "qa": Recipe("MiniLM-L6 with a new question-answering head", "Trainer + default_data_collator", False, True,
                  "eval SQuAD F1 (n_best 20, max answer 30) and start/end cross-entropy over each window's real "
                  "tokens (one evaluator for both models)", ("f1", "exact_match", "loss"), step_divisor=4,
-                 tied_head=False, layout_note=QA_LAYOUT_NOTE),
+                 tied_head=False, layout_note=QA_LAYOUT_NOTE, course_fp16=True),
     "translation": Recipe("scratch Marian (2+2 layers, d_model 256)",
                           "Seq2SeqTrainer + DataCollatorForSeq2Seq(tokenizer, model=model)", True, True,
                           "eval cross-entropy per label token (token-weighted, teacher-forced; one evaluator "
-                          "for both models)", ("loss",)),
+                          "for both models)", ("loss",), course_fp16=True),
     "mlm": Recipe("MiniLM-L6 with a new masked-LM head (chunks of 128)",
                   "Trainer + DataCollatorForLanguageModeling(mlm_probability=0.15)", False, True,
                   "eval cross-entropy per masked token (the fixed-mask eval split; one evaluator for both models)",
-                  ("loss", "perplexity"), step_divisor=4, mfu_note=MLM_MFU_NOTE),
+                  ("loss", "perplexity"), step_divisor=4, mfu_note=MLM_MFU_NOTE,
+                  course_fp16=True),
     "summarization": Recipe("scratch mT5 (tiny)", "Seq2SeqTrainer + DataCollatorForSeq2Seq(tokenizer, model=model)",
                             True, True, "eval cross-entropy per label token (token-weighted, teacher-forced; one "
                             "evaluator for both models)", ("loss",)),
     "clm": Recipe("scratch GPT-2 (4 layers, 128 wide, context 128)",
                   "Trainer + DataCollatorForLanguageModeling(mlm=False)", False, True,
                   "eval cross-entropy per next token (token-weighted; one evaluator for both models)",
-                  ("loss", "perplexity")),
+                  ("loss", "perplexity"), course_fp16=True),
 }
 TASKS = tuple(RECIPES)
+
+
+def precision(recipe: Recipe, device: str) -> str:
+    """Both engines' training precision, as ``train.mixed_precision`` names it: "fp16" on a GPU for the course's
+    fp16=True recipes, else "no" (fp32)."""
+    return "fp16" if device == "cuda" and recipe.course_fp16 else "no"
+
+
+def course_device_args(recipe: Recipe, device: str) -> dict[str, Any]:
+    """The course Trainer's device and precision arguments: the device and precision nlpjobs trains with."""
+    return {"use_cpu": device != "cuda", "fp16": precision(recipe, device) == "fp16"}
 
 
 @dataclass
@@ -138,6 +155,10 @@ class Meter:
     """Per batch, the label tokens included in ``tokens`` (0 where labels are not counted)."""
     started: float | None = None
     """When the first training batch was requested (set by CountingCollator); None: not recorded."""
+    sync_at: int = 0
+    """On a GPU, the optimizer step (1-based) whose stamp waits for the device to finish its queued work (the
+    last timed step: an engine that never synchronises would otherwise stamp it when it was only queued);
+    0: never."""
 
     @property
     def first_timed(self) -> int:
@@ -197,10 +218,17 @@ class CountingCollator:
 
 @contextlib.contextmanager
 def step_clock(meter: Meter) -> Iterator[None]:
-    """Stamp every optimizer step of any torch optimizer while active."""
+    """Stamp every optimizer step of any torch optimizer while active (``meter.sync_at``: after the GPU
+    finished that step)."""
+    import torch
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
-    handle = register_optimizer_step_post_hook(lambda *_: meter.steps.append(time.perf_counter()))
+    def stamp(*_: Any) -> None:
+        if len(meter.steps) + 1 == meter.sync_at and torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        meter.steps.append(time.perf_counter())
+
+    handle = register_optimizer_step_post_hook(stamp)
     try:
         yield
     finally:
@@ -353,7 +381,11 @@ def qa_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
 
 
 def model_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
-    """The task's eval scores of a trained model (``RECIPES[job.task].scores``), one function for both engines."""
+    """The task's eval scores of a trained model (``RECIPES[job.task].scores``), one function for both engines,
+    in fp32 on the bench's device."""
+    from nlpjobs.bench.machine import device
+
+    model = model.to(device()).float()
     return qa_scores(model, job, manifest) if job.task == "qa" else eval_loss(model, job, manifest)
 
 
@@ -408,6 +440,7 @@ def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out
     """The course's Trainer (SPEC §1.5, §3.6, §5.5) on nlpjobs' preprocessed splits for ``steps`` steps, with
     the job's schedule (set to the course's); its eval scores (``RECIPES[job.task].scores``). ``init``: the
     fingerprint the loaded model must have."""
+    from nlpjobs.bench.machine import device
     from nlpjobs.data.shards import load_split, load_tokenizer
     from nlpjobs.tasks import get_task
     from nlpjobs.train.engine import model_inputs
@@ -434,7 +467,7 @@ def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out
         report_to=[],
         disable_tqdm=True,
         logging_strategy="no",
-        use_cpu=True,
+        **course_device_args(recipe, device()),
         **extra,
     )
     compute_metrics = course_ner_compute_metrics(manifest.info["label_names"]) if job.task == "ner" else None
@@ -588,7 +621,7 @@ def run_engine(engine: str, job: Any, manifest: Any, sizes: Sizes, scratch: Path
     """One run of ``engine`` ("nlpjobs" or "course") on a fresh run name / output folder, removed afterwards."""
     from nlpjobs import storage
 
-    meter = Meter()
+    meter = Meter(sync_at=sizes.train_steps)
     if engine == "nlpjobs":
         run_job = dataclasses.replace(job, name=f"bench-{job.task}-{uuid.uuid4().hex[:8]}")
         try:
@@ -604,17 +637,27 @@ def run_engine(engine: str, job: Any, manifest: Any, sizes: Sizes, scratch: Path
         shutil.rmtree(out, ignore_errors=True)
 
 
-def note(task: str, job: Any, sizes: Sizes, label_share: float, manifest: Any = None) -> str:
+def setting(recipe: Recipe, device: str) -> str:
+    """Where and in what precision both engines train, for the notes."""
+    if device != "cuda":
+        return "fp32 on the CPU"
+    if precision(recipe, device) == "fp16":
+        return "fp16 mixed precision on the GPU (the course's fp16=True; nlpjobs train.mixed_precision=fp16)"
+    return "fp32 on the GPU (the course sets no fp16 here)"
+
+
+def note(task: str, job: Any, sizes: Sizes, label_share: float, manifest: Any = None, device: str = "cpu") -> str:
     """The tokens/s figure's note: what is compared and counted."""
     steps, lr = sizes.train_steps, job.train.learning_rate
+    recipe = RECIPES[task]
+    kernels = KERNELS_NOTE if device != "cuda" else ""  # train.cpu_kernels: CPU only
     if task == "ner":
         return (f"same data, model, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
-                f"{COURSE_WEIGHT_DECAY}, linear schedule; {steps} steps (metric after {steps} steps only)"
-                + KERNELS_NOTE)
-    recipe = RECIPES[task]
+                f"{COURSE_WEIGHT_DECAY}, linear schedule, {setting(recipe, device)}; {steps} steps (metric after "
+                f"{steps} steps only)" + kernels)
     text = (f"course: {recipe.course}; same data, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
             f"{job.train.weight_decay:g}, {job.train.scheduler} schedule without warmup, grad clip 1.0, no "
-            f"gradient accumulation, fp32; {recipe.model} from one init (built by nlpjobs, saved, loaded by "
+            f"gradient accumulation, {setting(recipe, device)}; {recipe.model} from one init (built by nlpjobs, saved, loaded by "
             f"the course; the engine's own build checked equal); {steps} steps, metric after them only, from one "
             "evaluator on both trained models")
     if task in ("clm", "mlm"):
@@ -631,16 +674,17 @@ def note(task: str, job: Any, sizes: Sizes, label_share: float, manifest: Any = 
         text += recipe.layout_note.format(max_length=width, mean_real=mean_real, padding=100 * (1 - mean_real / width))
     else:
         text += "; nlpjobs batches rows of similar length together, the course Trainer samples at random"
-    text += KERNELS_NOTE
+    text += kernels
     if recipe.count_labels:
         text += (f"; real tokens = source tokens (attention mask) + label tokens (not -100), both engines "
                  f"({100 * label_share:.0f}% labels)")
     return text
 
 
-def measure(sizes: Sizes, scratch: Path, peak_gflops: float | None, task: str = "ner") -> list[Sample]:
+def measure(sizes: Sizes, scratch: Path, peaks: dict[str, float] | None, task: str = "ner") -> list[Sample]:
     """``sizes.repeats`` runs of each engine on ``task`` (alternating which goes first); tokens/s, samples/s,
-    MFU."""
+    MFU against ``peaks[precision]`` (GFLOP/s by ``train.mixed_precision``, :meth:`Machine.peaks`; none: no
+    MFU)."""
     import datasets
 
     recipe = RECIPES.get(task)
@@ -652,7 +696,7 @@ def measure(sizes: Sizes, scratch: Path, peak_gflops: float | None, task: str = 
     store = scratch / ("train-store" if task == "ner" else f"train-store-{task}")
     init_dir = scratch / f"train-init-{task}" if recipe.shared_init else None
     try:
-        return _measure(task, recipe, sizes, scratch, store, init_dir, peak_gflops)
+        return _measure(task, recipe, sizes, scratch, store, init_dir, peaks or {})
     finally:
         shutil.rmtree(store, ignore_errors=True)
         if init_dir is not None:
@@ -660,15 +704,21 @@ def measure(sizes: Sizes, scratch: Path, peak_gflops: float | None, task: str = 
 
 
 def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path, init_dir: Path | None,
-             peak_gflops: float | None) -> list[Sample]:
+             peaks: dict[str, float]) -> list[Sample]:
+    from nlpjobs.bench.machine import device
+
+    where = device()
+    mixed = precision(recipe, where)
+    peak_gflops = peaks.get(mixed)
     job, manifest = _preprocessed(sizes, store, task)
+    job = dataclasses.replace(job, train=dataclasses.replace(job.train, mixed_precision=mixed))
     init, model = save_initial_model(job, manifest, init_dir) if init_dir is not None else (None, None)
     source_params, target_params = mfu_params(job, manifest, model)
     del model
     steps = sizes.train_steps
     log(f"{task} training: {recipe.model}, {manifest.rows('train'):,} train / {manifest.rows('eval'):,} eval rows, "
         f"batch {sizes.train_batch_size}, {steps} steps per run (steps 1..{steps} timed), lr {job.train.learning_rate:g}, "
-        f"{sizes.repeats} repeat(s) per engine")
+        f"{sizes.repeats} repeat(s) per engine, {setting(recipe, where)}")
     samples: list[Sample] = []
     for r in range(sizes.repeats):
         results: dict[str, tuple[float, float, float, float, dict[str, float]]] = {}
@@ -686,7 +736,7 @@ def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path
             metric.update({f"nlpjobs {key}": nl[4][key], f"baseline {key}": co[4][key]})
         samples += [
             Sample(task, TOKENS_FIGURE, "tokens/s", nl[0], co[0], True, metric=metric,
-                   note=note(task, job, sizes, nl[3], manifest)),
+                   note=note(task, job, sizes, nl[3], manifest, where)),
             Sample(task, SAMPLES_FIGURE, "samples/s", nl[1], co[1], True, metric=metric),
         ]
         if peak_gflops:
@@ -702,9 +752,10 @@ def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path
             else:
                 tied = ", the tied output projection included" if recipe.tied_head else ""
                 flops = f"6 x {source_params / 1e6:.1f}M matmul parameters (embeddings excluded{tied}) x real tokens/s"
-            samples.append(Sample(task, MFU_FIGURE, "% of fp32 matmul peak", utilisation(nl[0], nl[3]),
+            peak_name = "fp16" if mixed == "fp16" else "fp32"
+            samples.append(Sample(task, MFU_FIGURE, f"% of {peak_name} matmul peak", utilisation(nl[0], nl[3]),
                                   utilisation(co[0], co[3]), True, metric=metric,
-                                  note=f"{flops} / measured peak {peak_gflops:,.1f} GFLOP/s"
+                                  note=f"{flops} / measured {peak_name} peak {peak_gflops:,.1f} GFLOP/s"
                                   + ("" if task == "ner" else "; attention-score FLOPs not counted")
                                   + recipe.mfu_note))
     return samples

@@ -264,6 +264,20 @@ def test_matmul_peak_is_measured() -> None:
     assert "fp16" in "\n".join(on_gpu.lines()) and "fp16" not in text
 
 
+def test_several_gpus_are_refused_before_a_course_trainer_spreads_over_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from nlpjobs.bench.machine import check_one_gpu
+
+    check_one_gpu("clm training")  # no GPU here: nothing to refuse
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    check_one_gpu("clm training")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(RuntimeError, match="clm training: 4 GPUs.*CUDA_VISIBLE_DEVICES=<one GPU>"):
+        check_one_gpu("clm training")
+
+
 def test_device_cpu_hides_the_gpus_from_the_whole_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nlpjobs.bench import cli
 

@@ -278,8 +278,10 @@ def measure(task: str, sizes: Sizes, scratch: Path) -> list[Sample]:
     import datasets
 
     from nlpjobs import storage
+    from nlpjobs.bench.machine import check_one_gpu
     from nlpjobs.metrics import load_metric
 
+    check_one_gpu(f"{task} generation")
     datasets.disable_progress_bars()
     store = scratch / f"gen-store-{task}"
     job = load_preset(task, overrides(task, sizes, store))

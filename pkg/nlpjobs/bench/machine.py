@@ -44,6 +44,19 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_one_gpu(figure: str) -> None:
+    """Raise unless at most one GPU is visible: a course Trainer not launched distributed spreads itself over
+    every visible GPU (DataParallel), while the nlpjobs engine in one process uses one."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count > 1:
+        raise RuntimeError(f"{figure}: {count} GPUs are visible, and the course's Trainer would run DataParallel "
+                           "over all of them while the nlpjobs engine uses one; run the bench with "
+                           "CUDA_VISIBLE_DEVICES=<one GPU> (the scale figure, which compares 2 processes with 1, "
+                           "is the one that uses two GPUs: run it alone, --figures scale)")
+
+
 def matmul_gflops(size: int = 1024, seconds: float = 1.0, dtype: str = "float32") -> float:
     """Best GFLOP/s of ``size``×``size`` ``dtype`` matrix multiplies on :func:`device` and torch's threads.
 

@@ -705,8 +705,9 @@ def measure(sizes: Sizes, scratch: Path, peaks: dict[str, float] | None, task: s
 
 def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path, init_dir: Path | None,
              peaks: dict[str, float]) -> list[Sample]:
-    from nlpjobs.bench.machine import device
+    from nlpjobs.bench.machine import check_one_gpu, device
 
+    check_one_gpu(f"{task} training")
     where = device()
     mixed = precision(recipe, where)
     peak_gflops = peaks.get(mixed)

@@ -9,6 +9,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -158,6 +159,22 @@ def test_meter_counts_step_one_from_the_first_batch_when_known() -> None:
     assert tokens_s == pytest.approx(1060 / 6.0) and samples_s == pytest.approx(15 / 6.0)
 
 
+def _sgd() -> Any:
+    """An SGD optimizer over one parameter: its steps fire torch's optimizer-step hooks."""
+    import torch
+
+    return torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+
+
+def _step(optimizer: Any, count: int) -> None:
+    """``count`` optimizer steps, each after a backward pass."""
+    for _ in range(count):
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                param.sum().backward()
+        optimizer.step()
+
+
 def test_counting_collator_and_step_clock() -> None:
     import torch
 
@@ -175,13 +192,10 @@ def test_counting_collator_and_step_clock() -> None:
     collate([{"input_ids": [1, 2]}])
     assert meter.tokens == [4, 2] and meter.samples == [2, 1]
 
-    param = torch.nn.Parameter(torch.ones(2))
-    opt = torch.optim.SGD([param], lr=0.1)
+    opt = _sgd()
     with step_clock(meter):
-        for _ in range(3):
-            param.sum().backward()
-            opt.step()
-    opt.step()  # after the clock: not stamped
+        _step(opt, 3)
+    _step(opt, 1)  # after the clock: not stamped
     assert len(meter.steps) == 3 and meter.steps == sorted(meter.steps)
 
 
@@ -197,16 +211,13 @@ def test_step_clock_waits_for_the_gpu_at_the_last_timed_step_only(monkeypatch: p
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *_: synced.append(len(meter.steps) + 1))
-    param = torch.nn.Parameter(torch.ones(2))
-    opt = torch.optim.SGD([param], lr=0.1)
+    opt = _sgd()
     with step_clock(meter):
-        for _ in range(4):
-            param.sum().backward()
-            opt.step()
+        _step(opt, 4)
     assert synced == [3] and len(meter.steps) == 4
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # the engines ran on the CPU: nothing to wait for
     with step_clock(Meter(sync_at=1)):
-        opt.step()
+        _step(opt, 1)
     assert synced == [3]
 
 

@@ -10,6 +10,8 @@
 #   TASKS       tasks to build [all six]
 #   BASE_IMAGE  OS layer with python3.11 + venv + tini [nlpjobs-os:bookworm, made by images/os/build-rootfs.sh
 #               from the Debian archive without any registry; python:3.11-slim-bookworm + tini also works]
+#   PRELOAD     library every process of the images preloads [cpu: libtcmalloc_minimal.so.4, which
+#               nlpjobs-os carries; cuda: none]; PRELOAD= turns it off (e.g. on a base image without it)
 #   REGISTRY    prefix of the image names, e.g. registry.example.com/team/ [none]
 #   PYTHON      Python that runs pip and nlpjobs on the host [.venv/bin/python]
 #   DOCKER      docker command [docker]; DOCKER_HOST is honoured
@@ -20,6 +22,7 @@ FLAVOR="${FLAVOR:-cpu}"
 TASKS="${TASKS:-ner qa mlm translation summarization clm}"
 BASE_IMAGE="${BASE_IMAGE:-nlpjobs-os:bookworm}"
 REGISTRY="${REGISTRY:-}"
+if [ "$FLAVOR" = cpu ]; then PRELOAD="${PRELOAD-libtcmalloc_minimal.so.4}"; else PRELOAD="${PRELOAD-}"; fi
 PYTHON="${PYTHON:-.venv/bin/python}"
 DOCKER="${DOCKER:-docker}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
@@ -54,9 +57,9 @@ if [ "$BASE_IMAGE" = nlpjobs-os:bookworm ]; then
   images/os/build-rootfs.sh "$BASE_IMAGE"
 fi
 base="${REGISTRY}nlpjobs-base:${VERSION}-${FLAVOR}"
-log "building $base on $BASE_IMAGE"
+log "building $base on $BASE_IMAGE (LD_PRELOAD: ${PRELOAD:-none})"
 $DOCKER build -q -f images/base/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg FLAVOR="$FLAVOR" \
-  --build-arg VERSION="$VERSION" -t "$base" . >/dev/null
+  --build-arg VERSION="$VERSION" --build-arg PRELOAD="$PRELOAD" -t "$base" . >/dev/null
 
 for task in $TASKS; do
   dir="$stage/task/$task"

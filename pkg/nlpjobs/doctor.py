@@ -58,6 +58,9 @@ def environment() -> list[tuple[str, str]]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     rows.append(("processes", f"WORLD_SIZE={world} RANK={os.environ.get('RANK', '0')} "
                               f"LOCAL_RANK={os.environ.get('LOCAL_RANK', '0')} (backend {backend})"))
+    from nlpjobs.allocator import report
+
+    rows.append(("allocator", report()))
     mem = _meminfo()
     if mem:
         rows.append(("memory", f"{mem[0] / 2**30:.1f} GiB total, {mem[1] / 2**30:.1f} GiB available"))

@@ -110,10 +110,12 @@ def test_results_json_and_markdown(tmp_path) -> None:
 def test_plan_follows_the_task_filter() -> None:
     figures = list(cli.FIGURES)
     assert cli.plan("ner", figures) == [("preprocess", "ner"), ("storage", "ner"), ("train", "ner"),
-                                        ("scale", "ner")]
-    assert cli.plan("qa", figures) == [("preprocess", "qa"), ("qa-postproc", "qa"), ("train", "qa")]
+                                        ("scale", "ner"), ("allocator", "ner")]
+    assert cli.plan("qa", figures) == [("preprocess", "qa"), ("qa-postproc", "qa"), ("train", "qa"),
+                                       ("allocator", "qa")]
     everything = cli.plan("all", figures)
     assert ("qa-postproc", "qa") in everything and ("preprocess", "clm") in everything
+    assert [p for p in everything if p[0] == "allocator"] == [("allocator", "summarization")]
     assert cli.plan("all", ["storage"]) == [("storage", "ner")]
 
 

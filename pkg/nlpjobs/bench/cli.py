@@ -17,7 +17,7 @@ from nlpjobs.bench.common import Sizes, log, short
 from nlpjobs.bench.machine import Machine
 from nlpjobs.bench.records import Sample, aggregate, markdown_table, write_results
 
-FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale", "generation")
+FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale", "generation", "allocator")
 TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 PREPROCESS_TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 TRAIN_TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
@@ -31,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
                     "Figures never fail on a slow number; a figure that cannot be measured says why.")
     p.add_argument("--task", choices=("all", *TASKS), default="all",
                    help="Only the figures of this task (default: all tasks). Storage reads NER shards and counts "
-                        "as ner; QA post-processing is qa.")
+                        "as ner; QA post-processing is qa; the allocator figure runs this task (all: "
+                        "summarization).")
     p.add_argument("--figures", default=",".join(FIGURES),
                    help=f"Comma-separated figures to run, from {', '.join(FIGURES)} (default: all).")
     p.add_argument("--repeats", type=int, default=None,
@@ -117,6 +118,10 @@ def plan(task: str, figures: list[str]) -> list[tuple[str, str]]:
             out.append(("scale", "ner"))
         elif figure == "generation":
             out += [("generation", t) for t in wanted if t in ("translation", "summarization")]
+        elif figure == "allocator":
+            from nlpjobs.bench.allocator import DEFAULT_TASK
+
+            out.append(("allocator", DEFAULT_TASK if task == "all" else task))
     return out
 
 
@@ -141,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from nlpjobs.allocator import in_use
     from nlpjobs.bench import machine
 
-    allocator = machine.steady_allocator()
+    current = in_use()  # the allocator the bench process itself was started on
+    allocator = (machine.steady_allocator() if current in ("glibc malloc", "unknown")
+                 else f"allocator: {current} (preloaded) for every figure but the allocator figure's own workers")
     started = time.time()
     from nlpjobs.bench.machine import busy_cores
 
@@ -219,6 +227,10 @@ def run_figure(figure: str, task: str, sizes: Sizes, scratch: Path, host: Machin
         from nlpjobs.bench import generation
 
         runners[figure] = lambda: generation.measure(task, sizes, scratch)
+    elif figure == "allocator":
+        from nlpjobs.bench import allocator
+
+        runners[figure] = lambda: allocator.measure(task, sizes, scratch)
     try:
         return runners[figure]()
     except Exception as exc:  # noqa: BLE001 - report and go on with the other figures

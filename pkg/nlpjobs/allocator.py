@@ -53,5 +53,5 @@ def report() -> str:
         return current
     found = find_tcmalloc()
     if found:
-        return f"glibc malloc (tcmalloc is installed: LD_PRELOAD={found} speeds up CPU training; make run sets it)"
+        return f"glibc malloc (tcmalloc is installed: LD_PRELOAD={found} speeds up CPU training; make run preloads it unless given TCMALLOC=)"
     return f"glibc malloc (tcmalloc, which speeds up CPU training, is not installed: {INSTALL_HINT})"

@@ -73,6 +73,19 @@ def test_last_accumulation_window_may_be_short() -> None:
     assert [_window(done, 10, 4) for done in (0, 4, 8)] == [4, 4, 2]
 
 
+def test_the_allocator_is_reported_on_the_cpu_only() -> None:
+    from types import SimpleNamespace
+
+    from nlpjobs.allocator import report
+    from nlpjobs.train.engine import _print_cpu_allocator
+
+    printed: list[str] = []
+    _print_cpu_allocator(SimpleNamespace(device=torch.device("cpu"), print=printed.append))
+    assert printed == [f"allocator: {report()}"]
+    _print_cpu_allocator(SimpleNamespace(device=torch.device("cuda", 0), print=printed.append))
+    assert len(printed) == 1
+
+
 def test_cpu_kernels_follow_the_setting(tmp_path: Path, tiny_model: Path) -> None:
     import contextlib
     import dataclasses

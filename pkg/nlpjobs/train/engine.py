@@ -196,6 +196,7 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
     set_seed(cfg.seed)
     model = task.build_model(job, manifest, tokenizer)
     step_kernels, head_loss = _cpu_kernels(job, acc, task, model)
+    _print_cpu_allocator(acc)
     collate = task.collator(tokenizer, model)
     train_ds = model_inputs(task, load_split(manifest, "train"))
     eval_ds = model_inputs(task, load_split(manifest, "eval"))
@@ -364,6 +365,15 @@ def _cpu_kernels(job: JobConfig, acc: Any, task: Task, model: Any) -> tuple[Call
     acc.print(f"CPU kernels: dropout masks from 64-bit words, {gelus} one-kernel tanh-GELU modules, "
               f"blockwise head loss {'to be checked on the first batch' if head_loss else 'not applicable'}")
     return fast_dropout, head_loss
+
+
+def _print_cpu_allocator(acc: Any) -> None:
+    """On the CPU, the allocator training runs on, and how to get tcmalloc where it is glibc's malloc (the
+    CPU images and ``make run`` preload tcmalloc: nlpjobs/allocator.py)."""
+    if acc.device.type == "cpu":
+        from nlpjobs.allocator import report
+
+        acc.print(f"allocator: {report()}")
 
 
 def _nonfinite(what: str, value: float, task: Task, model: Any, batch: Any, acc: Any, run_uri: str, step: int,

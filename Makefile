@@ -27,8 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP) ## Create .venv with everything (CPU torch, pinned boto3/s3fs set, test tools).
 
 # tcmalloc where it is installed (libtcmalloc-minimal4), preloaded as the CPU images do: faster CPU training and
-# tokenization (make bench, "allocator"). TCMALLOC= runs on the C library's malloc.
-TCMALLOC ?= $(firstword $(wildcard /usr/lib/*-linux-gnu/libtcmalloc_minimal.so.4 /usr/lib64/libtcmalloc_minimal.so.4))
+# tokenization (make bench, "allocator"). TCMALLOC= runs on the C library's malloc. The folders are
+# nlpjobs/allocator.py's LIBRARY_FOLDERS.
+TCMALLOC ?= $(firstword $(foreach d,/usr/lib/*-linux-gnu /usr/lib64 /usr/lib /usr/local/lib,$(wildcard $(d)/libtcmalloc_minimal.so.4)))
 run: $(STAMP) ## Run every stage of TASK offline on this machine (PRESET=jobs/local/$(TASK).yaml, SET="k=v ...", TCMALLOC=).
 	$(if $(TCMALLOC),LD_PRELOAD="$(TCMALLOC)$${LD_PRELOAD:+ $$LD_PRELOAD}" )$(BIN)/nlpjobs run --config $(PRESET) $(foreach s,$(SET),--set $(s))
 

@@ -14,16 +14,18 @@ from pathlib import Path
 
 TCMALLOC = "libtcmalloc_minimal.so.4"
 """The soname the images preload (Debian/Ubuntu package libtcmalloc-minimal4, gperftools)."""
+LIBRARY_FOLDERS = ("/usr/lib/*-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
+"""Where distributions install it (Debian/Ubuntu, Fedora/RHEL, Arch, source builds); the Makefile's TCMALLOC
+looks in the same folders, in the same order."""
 INSTALL_HINT = "apt-get install libtcmalloc-minimal4 (Debian/Ubuntu) or gperftools (other distributions)"
 
-_KNOWN = (("tcmalloc", "tcmalloc"), ("jemalloc", "jemalloc"), ("mimalloc", "mimalloc"))
+_KNOWN = ("tcmalloc", "jemalloc", "mimalloc")
+"""Allocators recognised by a library of that name in the process's memory map."""
 
 
 def find_tcmalloc() -> str | None:
     """Path of tcmalloc-minimal in the usual library folders of this Linux system, or None."""
-    patterns = (f"/usr/lib/*-linux-gnu/{TCMALLOC}", f"/usr/lib64/{TCMALLOC}", f"/usr/lib/{TCMALLOC}",
-                f"/usr/local/lib/{TCMALLOC}", f"/lib/*-linux-gnu/{TCMALLOC}")
-    for pattern in patterns:
+    for pattern in (f"{folder}/{TCMALLOC}" for folder in LIBRARY_FOLDERS):
         found = sorted(glob.glob(pattern))
         if found:
             return found[0]
@@ -38,8 +40,8 @@ def in_use(maps: str | Path = "/proc/self/maps") -> str:
     except OSError:
         return "unknown"
     libraries = {line.rsplit("/", 1)[-1] for line in text.splitlines() if "/" in line}
-    for marker, name in _KNOWN:
-        if any(marker in lib for lib in libraries):
+    for name in _KNOWN:
+        if any(name in lib for lib in libraries):
             return name
     return "glibc malloc" if any(lib.startswith("libc.so") or lib.startswith("libc-") for lib in libraries) \
         else "unknown"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nlpjobs.bench.common import Sizes, log, timed_median
-from nlpjobs.bench.records import Sample
+from nlpjobs.bench.records import Sample, scores_metric
 
 PREPARE_FIGURE = "allocator: preprocess prepare(), tcmalloc vs glibc malloc"
 TRAIN_FIGURE = "allocator: train real tokens/s, tcmalloc vs glibc malloc"
@@ -85,6 +85,7 @@ def work(task: str, sizes: Sizes, scratch: Path) -> dict[str, Any]:
 def measure(task: str, sizes: Sizes, scratch: Path) -> list[Sample]:
     """``sizes.repeats`` pairs of workers; without tcmalloc on this machine, a record saying how to install it."""
     from nlpjobs.allocator import INSTALL_HINT, find_tcmalloc
+    from nlpjobs.bench.training import RECIPES
 
     library = find_tcmalloc()
     if library is None:
@@ -93,6 +94,7 @@ def measure(task: str, sizes: Sizes, scratch: Path) -> list[Sample]:
                 Sample(task, TRAIN_FIGURE, "—", None, None, True, note=why)]
     note = (f"nlpjobs against itself on the CPU, each run a fresh process: LD_PRELOAD={library} (as the CPU images "
             "and make run) vs none (glibc malloc with its default settings)")
+    recipe = RECIPES[task]  # the eval metric beside the training figure's, named as there
     samples: list[Sample] = []
     for r in range(sizes.repeats):
         order = [library, None] if r % 2 else [None, library]
@@ -110,16 +112,9 @@ def measure(task: str, sizes: Sizes, scratch: Path) -> list[Sample]:
         samples.append(Sample(task, PREPARE_FIGURE, "examples/s", fast["prepare_examples_per_s"],
                               plain["prepare_examples_per_s"], True, note=note))
         samples.append(Sample(task, TRAIN_FIGURE, "tokens/s", fast["train_tokens_per_s"], plain["train_tokens_per_s"],
-                              True, metric=_metric(task, fast["scores"], plain["scores"]), note=note))
+                              True, metric=scores_metric(recipe.metric, recipe.scores, fast["scores"], plain["scores"]),
+                              note=note))
     return samples
-
-
-def _metric(task: str, fast: dict[str, float], plain: dict[str, float]) -> dict[str, Any]:
-    """The eval metric each worker's trained model reached, as the training figure names it."""
-    from nlpjobs.bench.training import RECIPES
-
-    recipe = RECIPES[task]
-    return {"name": recipe.metric, "nlpjobs": fast[recipe.scores[0]], "baseline": plain[recipe.scores[0]]}
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from nlpjobs.bench.common import Sizes, load_preset, log
-from nlpjobs.bench.records import Sample
+from nlpjobs.bench.records import Sample, scores_metric
 
 TASKS = ("translation", "summarization")
 FIGURE = "eval generation examples/s vs course Seq2SeqTrainer"
@@ -248,11 +248,8 @@ def compare(task: str, nl: EvalRun, course: EvalRun) -> dict[str, Any]:
     """The Sample metric: both engines' scores and how many predictions differ."""
     differ = sum(a != b for a, b in zip(nl.predictions, course.predictions))
     differ += abs(len(nl.predictions) - len(course.predictions))
-    keys = SCORE_KEYS[task]
-    metric: dict[str, Any] = {"name": "eval sacreBLEU" if task == "translation" else "eval ROUGE-1 F×100",
-                              "nlpjobs": nl.scores[keys[0]], "baseline": course.scores[keys[0]]}
-    for key in keys[1:]:
-        metric.update({f"nlpjobs {key}": nl.scores[key], f"baseline {key}": course.scores[key]})
+    name = "eval sacreBLEU" if task == "translation" else "eval ROUGE-1 F×100"
+    metric = scores_metric(name, SCORE_KEYS[task], nl.scores, course.scores)
     metric["generated tokens/example"] = nl.tokens / nl.examples
     metric["differing predictions"] = differ
     return metric

@@ -41,6 +41,16 @@ def ratio(nlpjobs: float | None, baseline: float | None, higher_is_better: bool)
     return nlpjobs / baseline if higher_is_better else baseline / nlpjobs
 
 
+def scores_metric(name: str, keys: Sequence[str], nlpjobs: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """A Sample's ``metric``: both runs' ``keys[0]`` score under ``name``, then every further key as
+    "nlpjobs KEY" / "baseline KEY"."""
+    head, *rest = keys
+    metric: dict[str, Any] = {"name": name, "nlpjobs": nlpjobs[head], "baseline": baseline[head]}
+    for key in rest:
+        metric.update({f"nlpjobs {key}": nlpjobs[key], f"baseline {key}": baseline[key]})
+    return metric
+
+
 def median(values: Iterable[float | None]) -> float | None:
     """Median of the measured values, ignoring missing ones; None when nothing was measured."""
     present = [v for v in values if v is not None and math.isfinite(v)]

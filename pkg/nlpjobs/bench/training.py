@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from nlpjobs.bench.common import Sizes, load_preset, log
-from nlpjobs.bench.records import Sample
+from nlpjobs.bench.records import Sample, scores_metric
 
 COURSE_LR = 2e-5
 COURSE_WEIGHT_DECAY = 0.01
@@ -731,10 +731,7 @@ def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path
                 f"samples/s ({steps} steps in {sec:.1f}s), eval "
                 + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         nl, co = results["nlpjobs"], results["course"]
-        head, *rest = recipe.scores
-        metric: dict[str, Any] = {"name": recipe.metric, "nlpjobs": nl[4][head], "baseline": co[4][head]}
-        for key in rest:
-            metric.update({f"nlpjobs {key}": nl[4][key], f"baseline {key}": co[4][key]})
+        metric = scores_metric(recipe.metric, recipe.scores, nl[4], co[4])
         samples += [
             Sample(task, TOKENS_FIGURE, "tokens/s", nl[0], co[0], True, metric=metric,
                    note=note(task, job, sizes, nl[3], manifest, where)),

@@ -142,7 +142,8 @@ class TrainConfig:
     seed: int = 42
     """Seed for weights of new heads, shuffling and dropout."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """Mixed precision (GPU only; CPU trains in fp32)."""
+    """Mixed precision: fp16 or bf16 on GPUs; on a CPU bf16 (autocast: fast where the CPU multiplies bf16
+    natively, AVX512-BF16 or AMX; `nlpjobs doctor` says), while fp16 trains in fp32 there."""
     num_workers: int = 0
     """DataLoader worker processes."""
     group_by_length: bool = True
@@ -151,7 +152,7 @@ class TrainConfig:
     limit shows at step 1). Lengths count real (attended) tokens, so QA windows stored padded group too. No
     effect where every row has the same length (packed MLM/CLM blocks)."""
     cpu_kernels: bool = True
-    """On CPU (fp32), train with faster versions of three operations computing the same functions: dropout
+    """On CPU (fp32 or bf16), train with faster versions of three operations computing the same functions: dropout
     (attention's included) with masks drawn four per 64-bit random word, one kernel for gelu_new's tanh-GELU,
     and a language-model head's cross-entropy computed in cache-sized blocks (checked against the model's
     own loss on the first batch; not under DeepSpeed). false: the models' own code throughout."""

@@ -52,8 +52,13 @@ def environment() -> list[tuple[str, str]]:
         rows.append(("accelerator", f"CUDA {torch.version.cuda}, {len(gpus)} GPU(s): {'; '.join(gpus)}; {bf16}; "
                                     f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}"))
     else:
+        from nlpjobs.precision import native_bf16
+
+        native = native_bf16()
+        bf16 = (f"bf16 native ({native}): train.mixed_precision=bf16 trains faster than fp32" if native
+                else "no native bf16: train in fp32")
         rows.append(("accelerator", f"none: CPU only ({os.cpu_count()} cores, {torch.get_num_threads()} torch "
-                                    "threads); train in fp32"))
+                                    f"threads); {bf16}"))
     world = os.environ.get("WORLD_SIZE", "1")
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     rows.append(("processes", f"WORLD_SIZE={world} RANK={os.environ.get('RANK', '0')} "

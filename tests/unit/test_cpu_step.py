@@ -69,6 +69,25 @@ def test_attention_is_torchs_math_path_with_this_dropout(kind: str, monkeypatch:
     assert seen == [0.1] and torch.allclose(got, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("inputs", ["fp32 under autocast", "bf16"])
+def test_attention_under_bf16_computes_as_torchs_math_path(inputs: str) -> None:
+    """Under bf16 autocast torch's attention takes its inputs in bf16 and its math path (the one dropout runs)
+    computes them in fp32: the same here, down to the last bit of the bf16 output (p = 2**-16: nearly every
+    weight kept, by both masks)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 16, 8, requires_grad=True) for _ in range(3))
+    if inputs == "bf16":
+        q, k, v = (t.detach().bfloat16().requires_grad_() for t in (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        expected = F.scaled_dot_product_attention(q, k, v, dropout_p=2**-16, is_causal=True)
+        got = cpu_step.attention(q, k, v, dropout_p=2**-16, is_causal=True)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    assert (got != expected).float().mean() < 0.01  # a dropped weight changes its row (p = 2**-16: rarely)
+    got.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == q.dtype
+
+
 def test_attention_dropout_drops_whole_weights() -> None:
     torch.manual_seed(0)
     q, k = torch.randn(1, 1, 4, 8), torch.randn(1, 1, 4, 8)

@@ -73,17 +73,18 @@ def test_last_accumulation_window_may_be_short() -> None:
     assert [_window(done, 10, 4) for done in (0, 4, 8)] == [4, 4, 2]
 
 
-def test_the_allocator_is_reported_on_the_cpu_only() -> None:
+def test_the_allocator_and_precision_are_reported_on_the_cpu_only() -> None:
     from types import SimpleNamespace
 
     from nlpjobs.allocator import report
-    from nlpjobs.train.engine import _print_cpu_allocator
+    from nlpjobs.precision import cpu_advice
+    from nlpjobs.train.engine import _print_cpu_setup
 
     printed: list[str] = []
-    _print_cpu_allocator(SimpleNamespace(device=torch.device("cpu"), print=printed.append))
-    assert printed == [f"allocator: {report()}"]
-    _print_cpu_allocator(SimpleNamespace(device=torch.device("cuda", 0), print=printed.append))
-    assert len(printed) == 1
+    _print_cpu_setup(SimpleNamespace(device=torch.device("cpu"), print=printed.append), "fp16")
+    assert printed == [f"allocator: {report()}", cpu_advice("fp16")]
+    _print_cpu_setup(SimpleNamespace(device=torch.device("cuda", 0), print=printed.append), "fp16")
+    assert len(printed) == 2
 
 
 def test_cpu_kernels_follow_the_setting(tmp_path: Path, tiny_model: Path) -> None:
@@ -108,8 +109,11 @@ def test_cpu_kernels_follow_the_setting(tmp_path: Path, tiny_model: Path) -> Non
     assert _cpu_kernels(job, acc, get_task("ner"), bert)[1] is None  # a classification head: nothing to fuse
     off = dataclasses.replace(job, train=dataclasses.replace(job.train, cpu_kernels=False))
     deepspeed = dataclasses.replace(job, deepspeed=dataclasses.replace(job.deepspeed, enabled=True))
-    for other_job, other_acc in ((off, acc), (job, SimpleNamespace(**{**vars(acc), "mixed_precision": "bf16"}))):
+    for other_job, other_acc in ((off, acc), (job, SimpleNamespace(**{**vars(acc), "mixed_precision": "fp16"}))):
         assert _cpu_kernels(other_job, other_acc, get_task("clm"), gpt2) == (contextlib.nullcontext, None)
+    assert head.dtype is None  # fp32: the head's products in the tensors' own precision
+    context, head = _cpu_kernels(job, SimpleNamespace(**{**vars(acc), "mixed_precision": "bf16"}), get_task("clm"), gpt2)
+    assert context is cpu_step.fast_dropout and head is not None and head.dtype == torch.bfloat16
     # DeepSpeed: the same dropout as DDP (its test compares the two), the head's weight left to ZeRO
     assert _cpu_kernels(deepspeed, acc, get_task("clm"), gpt2) == (cpu_step.fast_dropout, None)
     gpt2.gradient_checkpointing_enable()  # recomputed forwards would draw torch's masks, not these

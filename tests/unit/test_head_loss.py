@@ -33,6 +33,35 @@ def test_blocks_give_the_loss_and_gradients_of_cross_entropy(bias: bool, monkeyp
         assert torch.allclose(g, w, atol=1e-6)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_bf16_blocks_are_autocasts_linear_then_an_fp32_loss(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under bf16 mixed precision the model's head is autocast's linear (bf16 products, bf16 logits) and
+    transformers' loss upcasts the logits: the blocks give that loss and those gradients, not fp32 ones."""
+    monkeypatch.setattr(head_loss, "BLOCK_BYTES", 64 * 40 * 4)
+    torch.manual_seed(0)
+    hidden = torch.randn(200, 12, requires_grad=True)
+    weight = torch.randn(40, 12, requires_grad=True)
+    b = torch.randn(40, requires_grad=True) if bias else None
+    targets = torch.randint(0, 40, (200,))
+    targets[::7] = -100
+    params = [t for t in (hidden, weight, b) if t is not None]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = F.linear(hidden, weight, b)
+    assert logits.dtype == torch.bfloat16
+    expected = F.cross_entropy(logits.float(), targets)
+    want = torch.autograd.grad(expected, params)
+    fp32 = torch.autograd.grad(F.cross_entropy(F.linear(hidden, weight, b), targets), params)
+    got = linear_cross_entropy(hidden, weight, b, targets, torch.bfloat16)
+    grads = torch.autograd.grad(got, params)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(grads[0], want[0]) and not torch.allclose(fp32[0], want[0], rtol=0, atol=1e-5)
+    for g, w in zip(grads[1:], want[1:], strict=True):  # summed over blocks in fp32, autocast's once in bf16
+        assert g.dtype == torch.float32 and float((g - w).abs().max()) < 2**-7 * float(w.abs().max())
+    with torch.no_grad():  # the first batch's check takes this path
+        assert linear_cross_entropy(hidden, weight, b, targets, torch.bfloat16).item() == pytest.approx(
+            expected.item(), rel=1e-6)
+
+
 def test_no_target_is_nan_as_the_models_loss() -> None:
     hidden, weight = torch.randn(4, 3, requires_grad=True), torch.randn(5, 3)
     targets = torch.full((4,), -100)

@@ -13,7 +13,7 @@
 ``fast_dropout`` replaces ``torch.nn.functional.dropout`` and ``scaled_dot_product_attention`` while the
 training forward runs (modules, models and transformers' sdpa attention call them through those names). On
 the CPU, attention with dropout runs torch's unfused math path anyway, drawing its mask with ``bernoulli_``;
-here the same products with this mask. Tensors not on the CPU, evaluation, in-place calls, grouped-query
+here the same products with this mask (in fp32 for bf16 inputs, as torch's math path upcasts them). Tensors not on the CPU, evaluation, in-place calls, grouped-query
 attention and probabilities the 16-bit lanes cannot express go to torch's own functions.
 """
 
@@ -57,6 +57,16 @@ def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_
             or not torch.is_grad_enabled() or (is_causal and attn_mask is not None)):  # the last: torch's error
         return _TORCH_ATTENTION(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
                                 scale=scale, enable_gqa=enable_gqa)
+    low = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+    if low is not None or query.dtype in (torch.bfloat16, torch.float16):
+        # Autocast would hand torch's attention its inputs in ``low``; torch's math path computes 16-bit
+        # inputs in fp32 and returns their dtype: the same here.
+        low = low or query.dtype
+        if attn_mask is not None and attn_mask.is_floating_point():
+            attn_mask = attn_mask.to(low).float()
+        with torch.autocast("cpu", enabled=False):
+            return attention(*(t.to(low).float() for t in (query, key, value)), attn_mask, dropout_p, is_causal,
+                             scale).to(low)
     root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(query.shape[-1]))
     weights = (query * root) @ (key * root).transpose(-2, -1)  # torch's math path scales both sides by sqrt
     if is_causal:

@@ -196,7 +196,7 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
     set_seed(cfg.seed)
     model = task.build_model(job, manifest, tokenizer)
     step_kernels, head_loss = _cpu_kernels(job, acc, task, model)
-    _print_cpu_allocator(acc)
+    _print_cpu_setup(acc, cfg.mixed_precision)
     collate = task.collator(tokenizer, model)
     train_ds = model_inputs(task, load_split(manifest, "train"))
     eval_ds = model_inputs(task, load_split(manifest, "eval"))
@@ -353,27 +353,31 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
 
 def _cpu_kernels(job: JobConfig, acc: Any, task: Task, model: Any) -> tuple[Callable[[], Any], HeadLoss | None]:
     """The training forward's context and blockwise head loss under ``train.cpu_kernels`` (train/cpu_step.py,
-    train/head_loss.py): CPU, fp32, no activation checkpointing (its recomputation in the backward pass would
-    draw other dropout masks than the forward); the head loss also not under DeepSpeed (ZeRO-3 partitions the
-    head's weight). Else a null context and None."""
-    if not (job.train.cpu_kernels and acc.device.type == "cpu" and acc.mixed_precision == "no"
+    train/head_loss.py): CPU, fp32 or bf16 mixed precision, no activation checkpointing (its recomputation in
+    the backward pass would draw other dropout masks than the forward); the head loss also not under DeepSpeed
+    (ZeRO-3 partitions the head's weight). Else a null context and None."""
+    if not (job.train.cpu_kernels and acc.device.type == "cpu" and acc.mixed_precision in ("no", "bf16")
             and not getattr(model, "is_gradient_checkpointing", False)):
         return contextlib.nullcontext, None
     gelus = fuse_tanh_gelu(model)
+    dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else None
     head_loss = None if job.deepspeed.enabled else HeadLoss.create(model, task.head_batch, task.loss,
-                                                                   report=acc.print)
+                                                                   report=acc.print, dtype=dtype)
     acc.print(f"CPU kernels: dropout masks from 64-bit words, {gelus} one-kernel tanh-GELU modules, "
               f"blockwise head loss {'to be checked on the first batch' if head_loss else 'not applicable'}")
     return fast_dropout, head_loss
 
 
-def _print_cpu_allocator(acc: Any) -> None:
+def _print_cpu_setup(acc: Any, mixed_precision: str) -> None:
     """On the CPU, the allocator training runs on, and how to get tcmalloc where it is glibc's malloc (the
-    CPU images and ``make run`` preload tcmalloc: nlpjobs/allocator.py)."""
+    CPU images and ``make run`` preload tcmalloc: nlpjobs/allocator.py); the precision it trains in, and bf16
+    where the CPU multiplies it natively (nlpjobs/precision.py)."""
     if acc.device.type == "cpu":
         from nlpjobs.allocator import report
+        from nlpjobs.precision import cpu_advice
 
         acc.print(f"allocator: {report()}")
+        acc.print(cpu_advice(mixed_precision))
 
 
 def _nonfinite(what: str, value: float, task: Task, model: Any, batch: Any, acc: Any, run_uri: str, step: int,

@@ -11,6 +11,11 @@ forward, so whatever the model does before the head, like T5's rescaling, still 
 head here (with the ``final_logits_bias`` that BART-family models add after it). The first batch checks the
 result against the model's own loss (evaluation mode, no gradients); a model that does anything else after
 its head (Gemma's soft-capping, a logit scale) fails the check and keeps the plain path.
+
+Under bf16 mixed precision (``dtype``), the head's products take bf16 inputs, as autocast's linear layer
+does: each block's logits are rounded to bf16 and then taken to fp32 for the softmax (transformers' loss
+upcasts the logits the same way), the gradients of the hidden states and of the weight are bf16 products
+kept in fp32 buffers.
 """
 
 from __future__ import annotations
@@ -39,8 +44,9 @@ def block_rows(vocab: int, width: int, itemsize: int = 4) -> int:
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, rows: int) -> torch.Tensor:
+                targets: torch.Tensor, rows: int, dtype: torch.dtype | None) -> torch.Tensor:
         valid = targets != IGNORE
+        low = weight.to(dtype) if dtype is not None else weight  # the products' weight operand
         count = valid.sum().to(hidden.dtype)  # 0: NaN, as the mean of no terms in F.cross_entropy
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
@@ -50,19 +56,30 @@ class _LinearCrossEntropy(torch.autograd.Function):
             end = min(hidden.shape[0], start + rows)
             block, keep = hidden[start:end], valid[start:end].to(hidden.dtype)
             target = targets[start:end].clamp(min=0)
-            logits = block @ weight.T if bias is None else torch.addmm(bias, block, weight.T)
+            if dtype is None:
+                logits = block @ weight.T if bias is None else torch.addmm(bias, block, weight.T)
+            else:
+                block = block.to(dtype)
+                logits = (block @ low.T if bias is None else torch.addmm(bias.to(dtype), block, low.T)).float()
             log_probs = torch.log_softmax(logits, dim=1)
             total -= (log_probs.gather(1, target[:, None]).squeeze(1) * keep).sum()
             # d(mean loss)/d(logits) = (softmax - one_hot(target)) * keep / count, in place
             grad = log_probs.exp_()
             grad[torch.arange(end - start, device=grad.device), target] -= keep
             grad.mul_((keep / count)[:, None])
+            if grad_bias is not None:
+                grad_bias += grad.sum(dim=0)
+            if dtype is not None:
+                grad = grad.to(dtype)
+                if grad_hidden is not None:
+                    grad_hidden[start:end] = grad @ low
+                if grad_weight is not None:
+                    grad_weight += grad.T @ block
+                continue
             if grad_hidden is not None:
                 torch.mm(grad, weight, out=grad_hidden[start:end])
             if grad_weight is not None:
                 grad_weight.addmm_(grad.T, block)
-            if grad_bias is not None:
-                grad_bias += grad.sum(dim=0)
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
         ctx.present = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
         return total / count
@@ -71,16 +88,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         saved = iter(ctx.saved_tensors)
         grads = [next(saved) * grad_output if present else None for present in ctx.present]
-        return grads[0], grads[1], grads[2], None, None
+        return grads[0], grads[1], grads[2], None, None, None
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                         targets: torch.Tensor) -> torch.Tensor:
+                         targets: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``hidden @ weight.T + bias`` against ``targets`` (-100: ignored), as
-    ``F.cross_entropy(F.linear(hidden, weight, bias), targets)``; hidden [N, d], weight [V, d], targets [N]."""
+    ``F.cross_entropy(F.linear(hidden, weight, bias), targets)``; hidden [N, d], weight [V, d], targets [N].
+    ``dtype``: the products' input precision (bf16 mixed precision), as ``F.linear`` under autocast to it;
+    None: the tensors' own."""
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
-        return F.cross_entropy(F.linear(hidden, weight, bias), targets, ignore_index=IGNORE)
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, block_rows(*weight.shape))
+        if dtype is not None:
+            logits = F.linear(hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)).float()
+        else:
+            logits = F.linear(hidden, weight, bias)
+        return F.cross_entropy(logits, targets, ignore_index=IGNORE)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, block_rows(*weight.shape), dtype)
 
 
 FINAL_BIAS = "final_logits_bias"
@@ -122,22 +145,25 @@ class HeadLoss:
     def __init__(self, model: torch.nn.Module, head_name: str,
                  arrange: Callable[[dict[str, Any]], tuple[dict[str, Any], torch.Tensor] | None],
                  reference: Callable[[Any, dict[str, Any]], torch.Tensor],
-                 report: Callable[[str], Any] = log.info) -> None:
+                 report: Callable[[str], Any] = log.info, dtype: torch.dtype | None = None) -> None:
         self.model, self.head_name = model, head_name
         """The model attribute holding its output layer."""
+        self.dtype = dtype
+        """The products' input precision under bf16 mixed precision; None: fp32."""
         self.arrange, self.reference, self.report = arrange, reference, report
         self.checked: bool | None = None
         """None until the first batch; then whether this path gives the model's own loss."""
 
     @classmethod
     def create(cls, model: torch.nn.Module, arrange: Any, reference: Any,
-               report: Callable[[str], Any] = log.info) -> HeadLoss | None:
-        """A HeadLoss when the model's output layer is a linear layer held directly by the model, else None."""
+               report: Callable[[str], Any] = log.info, dtype: torch.dtype | None = None) -> HeadLoss | None:
+        """A HeadLoss when the model's output layer is a linear layer held directly by the model, else None.
+        ``dtype``: the autocast precision the model trains in (bf16), None for fp32."""
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         name = next((n for n, child in model.named_children() if child is head), None)
         if not isinstance(head, torch.nn.Linear) or name is None:
             return None
-        return cls(model, name, arrange, reference, report)
+        return cls(model, name, arrange, reference, report, dtype)
 
     def _loss(self, wrapped: Any, arranged: tuple[dict[str, Any], torch.Tensor]) -> torch.Tensor:
         head = getattr(self.model, self.head_name)
@@ -145,7 +171,7 @@ class HeadLoss:
         with _without_head(self.model, self.head_name):
             hidden = wrapped(**inputs).logits
         return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, _head_bias(self.model, head),
-                                    targets.reshape(-1))
+                                    targets.reshape(-1), self.dtype)
 
     def _check(self, wrapped: Any, batch: dict[str, Any], arranged: tuple[dict[str, Any], torch.Tensor]) -> bool:
         """Whether this path's loss equals the task's on ``batch`` (evaluation mode: no dropout, no RNG)."""

@@ -231,13 +231,60 @@ def test_both_engines_train_on_one_device_in_one_precision() -> None:
 
     for task, recipe in RECIPES.items():
         assert precision(recipe, "cpu") == "no", task
-        assert course_device_args(recipe, "cpu") == {"use_cpu": True, "fp16": False}
-        assert setting(recipe, "cpu") == "fp32 on the CPU"
+    assert course_device_args("no", "cpu") == {"use_cpu": True, "fp16": False, "bf16": False}
+    assert course_device_args("bf16", "cpu") == {"use_cpu": True, "fp16": False, "bf16": True}
+    assert setting("no", "cpu") == "fp32 on the CPU" and "the course Trainer's bf16=True" in setting("bf16", "cpu")
     fp16 = {task for task, recipe in RECIPES.items() if precision(recipe, "cuda") == "fp16"}
     assert fp16 == {"mlm", "translation", "clm", "qa"}
     for task, recipe in RECIPES.items():
-        assert course_device_args(recipe, "cuda") == {"use_cpu": False, "fp16": task in fp16}
-        assert ("fp16 mixed precision on the GPU" in setting(recipe, "cuda")) == (task in fp16)
+        mixed = precision(recipe, "cuda")
+        assert course_device_args(mixed, "cuda") == {"use_cpu": False, "fp16": task in fp16, "bf16": False}
+        assert ("fp16 mixed precision on the GPU" in setting(mixed, "cuda")) == (task in fp16)
+
+
+def test_a_change_of_precision_clears_accelerates_state_and_only_then() -> None:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from nlpjobs.bench.training import use_precision
+
+    AcceleratorState._reset_state()
+    use_precision("bf16")  # nothing set yet: nothing to clear
+    Accelerator(cpu=True, mixed_precision="no")
+    use_precision("no")
+    assert AcceleratorState._shared_state.get("_mixed_precision") == "no"  # kept
+    with pytest.raises(ValueError, match="already been initialized"):  # why the bench clears it
+        Accelerator(cpu=True, mixed_precision="bf16")
+    use_precision("bf16")
+    assert Accelerator(cpu=True, mixed_precision="bf16").mixed_precision == "bf16"
+    AcceleratorState._reset_state()
+
+
+def test_each_course_run_trains_in_its_own_precision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TrainingArguments(bf16=True) leaves ACCELERATE_MIXED_PRECISION=bf16 in the process, and a later
+    TrainingArguments without bf16 reads it: a course run "in fp32" after a bf16 one would train in bf16."""
+    from accelerate.state import AcceleratorState
+    from transformers import TrainingArguments
+
+    from nlpjobs.bench.training import ACCELERATE_PRECISION, course_device_args, run_precision
+
+    monkeypatch.delenv(ACCELERATE_PRECISION, raising=False)
+    AcceleratorState._reset_state()
+
+    def course_precision(mixed: str) -> str:
+        """The precision the course's Trainer gets: its Accelerator() takes it from the variable."""
+        from accelerate import Accelerator
+
+        with run_precision(mixed):
+            TrainingArguments(str(tmp_path), report_to=[], **course_device_args(mixed, "cpu"))
+            return str(Accelerator(cpu=True).mixed_precision)
+
+    assert course_precision("bf16") == "bf16"
+    assert ACCELERATE_PRECISION not in os.environ  # restored
+    monkeypatch.setenv(ACCELERATE_PRECISION, "bf16")  # what a bf16 TrainingArguments leaves without run_precision
+    assert course_precision("no") == "no"
+    assert os.environ[ACCELERATE_PRECISION] == "bf16"
+    AcceleratorState._reset_state()
 
 
 def test_training_note_names_the_setting_and_the_cpu_kernels_only_on_the_cpu() -> None:
@@ -271,8 +318,15 @@ def test_matmul_peak_is_measured() -> None:
     machine = describe(matmul_size=64, seconds=0.05)
     text = "\n".join(machine.lines())
     assert "GFLOP/s" in text and "torch" in text and machine.cores >= 1
-    assert machine.peaks() == {"no": machine.matmul_gflops}  # no GPU here: no fp16 peak
-    on_gpu = dataclasses.replace(machine, matmul_gflops_fp16=3 * machine.matmul_gflops)
+    assert machine.matmul_gflops_bf16 is not None and "bf16" in text  # on the CPU, the bf16 peak too
+    assert describe(matmul_size=64, seconds=0.05, bf16=False).matmul_gflops_bf16 is None
+    cpu = dataclasses.replace(machine, matmul_gflops=100.0, matmul_gflops_bf16=140.0)  # converted, not native
+    assert cpu.peaks() == {"no": 100.0} and not cpu.native_bf16  # no GPU here: no fp16 peak
+    assert "not native: fp32 training only" in "\n".join(cpu.lines())
+    native = dataclasses.replace(cpu, matmul_gflops_bf16=400.0)
+    assert native.native_bf16 and native.peaks() == {"no": 100.0, "bf16": 400.0}
+    assert "bf16 400.0 GFLOP/s (native: the training figure also runs both engines in bf16" in "\n".join(native.lines())
+    on_gpu = dataclasses.replace(machine, matmul_gflops_fp16=3 * machine.matmul_gflops, matmul_gflops_bf16=None)
     assert on_gpu.peaks() == {"no": machine.matmul_gflops, "fp16": 3 * machine.matmul_gflops}
     assert "fp16" in "\n".join(on_gpu.lines()) and "fp16" not in text
 

@@ -122,14 +122,28 @@ def test_translation_figure_reports_both_engines(translation: tuple, one_thread:
 
 def test_summarization_figure_reports_both_engines(tmp_path: Path, one_thread: object,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    samples = training.measure(SIZES, tmp_path, {"no": 20.0}, "summarization")
+    # a bf16 peak in the machine's peaks (a CPU that multiplies bf16 natively): both engines also train in bf16
+    samples = training.measure(SIZES, tmp_path, {"no": 20.0, "bf16": 80.0}, "summarization")
     printed = capsys.readouterr().err
-    # mT5's gated feed-forward layers (2 + 2) run gelu_new as one kernel; the head through the blockwise loss
-    assert "4 one-kernel tanh-GELU modules" in printed and "blockwise head loss used" in printed
-    assert [s.figure for s in samples] == [training.TOKENS_FIGURE, training.SAMPLES_FIGURE, training.MFU_FIGURE]
-    [record, *_] = aggregate(samples)
+    # mT5's gated feed-forward layers (2 + 2) run gelu_new as one kernel; the head through the blockwise loss,
+    # in fp32 and in bf16 (checked against the model's own loss under autocast)
+    assert printed.count("4 one-kernel tanh-GELU modules") == 2 and printed.count("blockwise head loss used") == 2
+    assert "precision: bf16 mixed precision" in printed and "(bf16): course:" in printed
+    fp32 = [training.TOKENS_FIGURE, training.SAMPLES_FIGURE, training.MFU_FIGURE]
+    assert [s.figure for s in samples] == [*fp32, *(f + training.BF16 for f in fp32), training.BF16_VS_FP32_FIGURE]
+    records = {r.figure: r for r in aggregate(samples)}
+    record = records[training.TOKENS_FIGURE]
     assert record.task == "summarization" and record.ratio and "Seq2SeqTrainer" in samples[0].note
-    assert 3.0 < record.metric["nlpjobs"] < 12.0 and 3.0 < record.metric["baseline"] < 12.0
+    assert "fp32 on the CPU" in samples[0].note and "bf16 mixed precision on the CPU" in samples[3].note
+    assert samples[5].unit == "% of bf16 matmul peak" and "bf16 peak 80.0" in samples[5].note
+    for figure in (training.TOKENS_FIGURE, training.TOKENS_FIGURE + training.BF16, training.BF16_VS_FP32_FIGURE):
+        metric = records[figure].metric
+        assert 3.0 < metric["nlpjobs"] < 12.0 and 3.0 < metric["baseline"] < 12.0, figure
+    cross, bf16, fp32_run = samples[6], samples[3], samples[0]
+    assert (cross.nlpjobs, cross.baseline) == (bf16.nlpjobs, fp32_run.baseline)  # nlpjobs bf16 vs course fp32
+    from accelerate.state import AcceleratorState
+
+    assert AcceleratorState._shared_state.get("_mixed_precision") in (None, "no")  # later figures start in fp32
 
 
 def test_mlm_eval_loss_scores_the_masked_tokens_unshifted(tmp_path: Path) -> None:

@@ -47,7 +47,13 @@ def parser() -> argparse.ArgumentParser:
                    help="Where both engines train and evaluate: auto (default) the first GPU torch sees, else the "
                         "CPU; cpu hides every GPU from the run (CUDA_VISIBLE_DEVICES=''). On a GPU, the course "
                         "recipes that set fp16=True (masked LM, translation, causal LM, QA) train in fp16 mixed "
-                        "precision in both engines; everything else, and every CPU run, in fp32.")
+                        "precision in both engines; everything else, and every CPU run, in fp32 (see --cpu-bf16).")
+    p.add_argument("--cpu-bf16", choices=("auto", "no"), default="auto",
+                   help="auto (default): on a CPU, also measure the bf16 matmul peak, and where it is at least "
+                        "1.5x the fp32 one (AVX512-BF16, AMX) the training figure runs both engines in bf16 "
+                        "mixed precision too (the course Trainer's bf16=True, nlpjobs train.mixed_precision=bf16) "
+                        "and compares nlpjobs in bf16 with the course in fp32; no: fp32 only (half the training "
+                        "figure's time).")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for every figure (default: torch's own choice, one per core).")
     p.add_argument("--train-steps", type=int, default=None,
@@ -159,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     parallelism = os.environ.get("TOKENIZERS_PARALLELISM")  # before any figure's imports may set it
     log(f"measuring the matmul peak on {machine.device()} ({sizes.matmul_size}x{sizes.matmul_size}, "
         f"{torch.get_num_threads()} torch threads)")
-    host = machine.describe(sizes.matmul_size)
-    log(f"fp32 peak {host.matmul_gflops:,.1f} GFLOP/s on {host.accelerator if machine.device() == 'cuda' else host.cpu}"
-        f", {host.cores} cores")
+    host = machine.describe(sizes.matmul_size, bf16=args.cpu_bf16 == "auto")
+    log(f"fp32 peak {host.matmul_gflops:,.1f} GFLOP/s"
+        + (f", bf16 {host.matmul_gflops_bf16:,.1f}" if host.matmul_gflops_bf16 else "")
+        + f" on {host.accelerator if machine.device() == 'cuda' else host.cpu}, {host.cores} cores")
     scratch = (args.out / "out" / f"scratch-{os.getpid()}").resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     samples: list[Sample] = []

@@ -91,6 +91,10 @@ def matmul_gflops(size: int = 1024, seconds: float = 1.0, dtype: str = "float32"
     return 2.0 * size**3 / best / 1e9
 
 
+NATIVE_BF16 = 1.5
+"""A CPU's bf16 matmul peak over its fp32 one from which bf16 counts as native (AVX512-BF16 runs about 4x)."""
+
+
 @dataclass
 class Machine:
     cpu: str
@@ -102,11 +106,20 @@ class Machine:
     versions: dict[str, str]
     matmul_gflops_fp16: float | None = None
     """The fp16 peak, measured on a GPU only (where the course's fp16=True recipes train in mixed precision)."""
+    matmul_gflops_bf16: float | None = None
+    """The bf16 peak, measured on the CPU (unless the run opts out)."""
+
+    @property
+    def native_bf16(self) -> bool:
+        """Whether this CPU multiplies bf16 natively (AVX512-BF16, AMX): its measured bf16 peak is at least
+        ``NATIVE_BF16`` times its fp32 one. Elsewhere bf16 products are converted to fp32 and run slower."""
+        return bool(self.matmul_gflops_bf16 and self.matmul_gflops_bf16 >= NATIVE_BF16 * self.matmul_gflops)
 
     def peaks(self) -> dict[str, float]:
-        """The measured matmul peaks by training precision (``train.mixed_precision``): "no" (fp32), and on a
-        GPU "fp16"."""
-        return {"no": self.matmul_gflops, **({"fp16": self.matmul_gflops_fp16} if self.matmul_gflops_fp16 else {})}
+        """The measured matmul peaks by training precision (``train.mixed_precision``): "no" (fp32), on a GPU
+        "fp16", and on a CPU with native bf16 "bf16" (the training figure's bf16 runs are keyed on it)."""
+        return {"no": self.matmul_gflops, **({"fp16": self.matmul_gflops_fp16} if self.matmul_gflops_fp16 else {}),
+                **({"bf16": self.matmul_gflops_bf16} if self.native_bf16 and self.matmul_gflops_bf16 else {})}
 
     def lines(self) -> list[str]:
         """The description printed above the table."""
@@ -116,23 +129,27 @@ class Machine:
             f"accelerator: {self.accelerator}",
             f"measured fp32 matmul peak: {self.matmul_gflops:,.1f} GFLOP/s "
             f"(best of {self.matmul_size}×{self.matmul_size} products)"
-            + (f"; fp16 {self.matmul_gflops_fp16:,.1f} GFLOP/s" if self.matmul_gflops_fp16 else ""),
+            + (f"; fp16 {self.matmul_gflops_fp16:,.1f} GFLOP/s" if self.matmul_gflops_fp16 else "")
+            + (f"; bf16 {self.matmul_gflops_bf16:,.1f} GFLOP/s ("
+               + ("native: the training figure also runs both engines in bf16 mixed precision)" if self.native_bf16
+                  else "not native: fp32 training only)") if self.matmul_gflops_bf16 else ""),
             f"python {platform.python_version()} · {pkgs}",
         ]
 
 
-def describe(matmul_size: int = 1024, seconds: float = 1.0) -> Machine:
+def describe(matmul_size: int = 1024, seconds: float = 1.0, bf16: bool = True) -> Machine:
     """Describe this machine and measure its fp32 matmul peak now (in the same run as the figures); on a GPU
-    its fp16 peak too."""
+    its fp16 peak too, on a CPU its bf16 peak (``bf16``)."""
     import torch
 
     gpu = device() == "cuda"
     accel = (f"{torch.cuda.get_device_name(0)} (both engines train and evaluate on it)" if gpu
-             else "none (CPU only, fp32)")
+             else "none (CPU only)")
     versions = {p: _version(p) for p in ("torch", "transformers", "datasets", "accelerate", "tokenizers")}
     return Machine(cpu_model(), usable_cores(), torch.get_num_threads(), accel,
                    matmul_gflops(matmul_size, seconds), matmul_size, versions,
-                   matmul_gflops(matmul_size, seconds, "float16") if gpu else None)
+                   matmul_gflops(matmul_size, seconds, "float16") if gpu else None,
+                   matmul_gflops(matmul_size, seconds, "bfloat16") if bf16 and not gpu else None)
 
 
 def steady_allocator(threshold: int = 1 << 30) -> str | None:

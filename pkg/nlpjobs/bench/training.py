@@ -3,7 +3,11 @@
 data and the same batch size, plus model-FLOPs utilisation against the matmul peak measured in the same
 run. Both engines run on one device (:func:`nlpjobs.bench.machine.device`: the GPU where there is one) and in
 one precision: fp32, except on a GPU for the recipes the course trains with ``fp16=True``, where both train in
-fp16 mixed precision (``Recipe.course_fp16``). Tasks: NER (SPEC §1.5), masked-LM adaptation (SPEC §2.5), translation (SPEC §3.6), summarization
+fp16 mixed precision (``Recipe.course_fp16``). On a CPU that multiplies bf16 natively (the machine's measured
+peaks) each repeat also runs both engines in bf16 mixed precision (the course Trainer's ``bf16=True``,
+nlpjobs' ``train.mixed_precision=bf16``), and a row compares nlpjobs in bf16 with the course in fp32: the
+course's ``fp16=True`` has no fast CPU form (fp16 products are emulated there), so a CPU user of the course
+trains in fp32. Tasks: NER (SPEC §1.5), masked-LM adaptation (SPEC §2.5), translation (SPEC §3.6), summarization
 (SPEC §4.6), causal-LM pretraining (SPEC §5.5) and extractive QA (SPEC §6.7).
 
 Both engines are timed the same way, from outside: a global optimizer-step hook stamps every optimizer step
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import os
 import shutil
 import sys
 import time
@@ -68,6 +73,9 @@ KERNELS_NOTE = ("; nlpjobs with its default train.cpu_kernels (dropout masks dra
 TOKENS_FIGURE = "train real tokens/s vs course Trainer"
 SAMPLES_FIGURE = "train samples/s vs course Trainer"
 MFU_FIGURE = "train MFU vs course Trainer"
+BF16 = ", both in bf16"
+"""Suffix of the figures where both engines train in bf16 mixed precision on the CPU."""
+BF16_VS_FP32_FIGURE = "train real tokens/s, nlpjobs in bf16 vs course Trainer in fp32"
 
 
 @dataclass(frozen=True)
@@ -139,9 +147,10 @@ def precision(recipe: Recipe, device: str) -> str:
     return "fp16" if device == "cuda" and recipe.course_fp16 else "no"
 
 
-def course_device_args(recipe: Recipe, device: str) -> dict[str, Any]:
-    """The course Trainer's device and precision arguments: the device and precision nlpjobs trains with."""
-    return {"use_cpu": device != "cuda", "fp16": precision(recipe, device) == "fp16"}
+def course_device_args(mixed: str, device: str) -> dict[str, Any]:
+    """The course Trainer's device and precision arguments for ``train.mixed_precision`` ``mixed``: the device
+    and precision nlpjobs trains with."""
+    return {"use_cpu": device != "cuda", "fp16": mixed == "fp16", "bf16": mixed == "bf16"}
 
 
 @dataclass
@@ -467,7 +476,7 @@ def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out
         report_to=[],
         disable_tqdm=True,
         logging_strategy="no",
-        **course_device_args(recipe, device()),
+        **course_device_args(job.train.mixed_precision, device()),
         **extra,
     )
     compute_metrics = course_ner_compute_metrics(manifest.info["label_names"]) if job.task == "ner" else None
@@ -637,27 +646,33 @@ def run_engine(engine: str, job: Any, manifest: Any, sizes: Sizes, scratch: Path
         shutil.rmtree(out, ignore_errors=True)
 
 
-def setting(recipe: Recipe, device: str) -> str:
-    """Where and in what precision both engines train, for the notes."""
+def setting(mixed: str, device: str) -> str:
+    """Where and in what precision (``train.mixed_precision``) both engines train, for the notes."""
     if device != "cuda":
+        if mixed == "bf16":
+            return ("bf16 mixed precision on the CPU (the course Trainer's bf16=True, nlpjobs "
+                    "train.mixed_precision=bf16: autocast, fp32 weights and optimizer)")
         return "fp32 on the CPU"
-    if precision(recipe, device) == "fp16":
+    if mixed == "fp16":
         return "fp16 mixed precision on the GPU (the course's fp16=True; nlpjobs train.mixed_precision=fp16)"
     return "fp32 on the GPU (the course sets no fp16 here)"
 
 
-def note(task: str, job: Any, sizes: Sizes, label_share: float, manifest: Any = None, device: str = "cpu") -> str:
-    """The tokens/s figure's note: what is compared and counted."""
+def note(task: str, job: Any, sizes: Sizes, label_share: float, manifest: Any = None, device: str = "cpu",
+         mixed: str | None = None) -> str:
+    """The tokens/s figure's note: what is compared and counted (``mixed``: the precision both engines train
+    in; None: the course's on ``device``)."""
     steps, lr = sizes.train_steps, job.train.learning_rate
     recipe = RECIPES[task]
+    where = setting(precision(recipe, device) if mixed is None else mixed, device)
     kernels = KERNELS_NOTE if device != "cuda" else ""  # train.cpu_kernels: CPU only
     if task == "ner":
         return (f"same data, model, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
-                f"{COURSE_WEIGHT_DECAY}, linear schedule, {setting(recipe, device)}; {steps} steps (metric after "
+                f"{COURSE_WEIGHT_DECAY}, linear schedule, {where}; {steps} steps (metric after "
                 f"{steps} steps only)" + kernels)
     text = (f"course: {recipe.course}; same data, batch {sizes.train_batch_size}, lr {lr:g}, weight decay "
             f"{job.train.weight_decay:g}, {job.train.scheduler} schedule without warmup, grad clip 1.0, no "
-            f"gradient accumulation, {setting(recipe, device)}; {recipe.model} from one init (built by nlpjobs, saved, loaded by "
+            f"gradient accumulation, {where}; {recipe.model} from one init (built by nlpjobs, saved, loaded by "
             f"the course; the engine's own build checked equal); {steps} steps, metric after them only, from one "
             "evaluator on both trained models")
     if task in ("clm", "mlm"):
@@ -698,6 +713,7 @@ def measure(sizes: Sizes, scratch: Path, peaks: dict[str, float] | None, task: s
     try:
         return _measure(task, recipe, sizes, scratch, store, init_dir, peaks or {})
     finally:
+        use_precision("no")  # the figures after this one start from Accelerate's default, whatever ran last
         shutil.rmtree(store, ignore_errors=True)
         if init_dir is not None:
             shutil.rmtree(init_dir, ignore_errors=True)
@@ -710,50 +726,106 @@ def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path
     check_one_gpu(f"{task} training")
     where = device()
     mixed = precision(recipe, where)
-    peak_gflops = peaks.get(mixed)
+    precisions = [mixed] + (["bf16"] if where != "cuda" and "bf16" in peaks else [])
     job, manifest = _preprocessed(sizes, store, task)
-    job = dataclasses.replace(job, train=dataclasses.replace(job.train, mixed_precision=mixed))
     init, model = save_initial_model(job, manifest, init_dir) if init_dir is not None else (None, None)
     source_params, target_params = mfu_params(job, manifest, model)
     del model
     steps = sizes.train_steps
     log(f"{task} training: {recipe.model}, {manifest.rows('train'):,} train / {manifest.rows('eval'):,} eval rows, "
         f"batch {sizes.train_batch_size}, {steps} steps per run (steps 1..{steps} timed), lr {job.train.learning_rate:g}, "
-        f"{sizes.repeats} repeat(s) per engine, {setting(recipe, where)}")
+        f"{sizes.repeats} repeat(s) per engine, {' and '.join(setting(p, where) for p in precisions)}")
     samples: list[Sample] = []
     for r in range(sizes.repeats):
-        results: dict[str, tuple[float, float, float, float, dict[str, float]]] = {}
-        for engine in (("nlpjobs", "course") if r % 2 == 0 else ("course", "nlpjobs")):
-            meter, scores = run_engine(engine, job, manifest, sizes, scratch, store, init_dir, init)
-            results[engine] = (*meter.throughput(steps), meter.label_share(steps), scores)
-            tok, smp, sec, _, _ = results[engine]
-            log(f"{task} training repeat {r + 1}/{sizes.repeats}: {engine}: {tok:,.0f} real tokens/s, {smp:.1f} "
-                f"samples/s ({steps} steps in {sec:.1f}s), eval "
-                + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-        nl, co = results["nlpjobs"], results["course"]
-        metric = scores_metric(recipe.metric, recipe.scores, nl[4], co[4])
-        samples += [
-            Sample(task, TOKENS_FIGURE, "tokens/s", nl[0], co[0], True, metric=metric,
-                   note=note(task, job, sizes, nl[3], manifest, where)),
-            Sample(task, SAMPLES_FIGURE, "samples/s", nl[1], co[1], True, metric=metric),
-        ]
-        if peak_gflops:
-            def utilisation(tokens_per_s: float, label_share: float) -> float:
-                labels = tokens_per_s * label_share if recipe.count_labels else 0.0
-                return (mfu(tokens_per_s - labels, source_params, peak_gflops)
-                        + mfu(labels, target_params, peak_gflops))
+        results: dict[tuple[str, str], Run] = {}
+        for p in precisions:
+            run_job = dataclasses.replace(job, train=dataclasses.replace(job.train, mixed_precision=p))
+            for engine in (("nlpjobs", "course") if r % 2 == 0 else ("course", "nlpjobs")):
+                with run_precision(p):
+                    meter, scores = run_engine(engine, run_job, manifest, sizes, scratch, store, init_dir, init)
+                run = results[engine, p] = Run(*meter.throughput(steps), meter.label_share(steps), scores)
+                log(f"{task} training repeat {r + 1}/{sizes.repeats}{' (bf16)' if p == 'bf16' else ''}: {engine}: "
+                    f"{run.tokens:,.0f} real tokens/s, {run.samples:.1f} samples/s ({steps} steps in "
+                    f"{run.seconds:.1f}s), eval " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+        for p in precisions:
+            suffix = BF16 if p == "bf16" else ""
+            samples += _compare(task, recipe, results["nlpjobs", p], results["course", p], suffix,
+                                note(task, job, sizes, results["nlpjobs", p].label_share, manifest, where, p),
+                                peaks.get(p), p, source_params, target_params)
+        if "bf16" in precisions:
+            nl, co = results["nlpjobs", "bf16"], results["course", mixed]
+            samples.append(Sample(task, BF16_VS_FP32_FIGURE, "tokens/s", nl.tokens, co.tokens, True,
+                                  metric=scores_metric(recipe.metric, recipe.scores, nl.scores, co.scores),
+                                  note="the two runs above: nlpjobs with train.mixed_precision=bf16 against the "
+                                       "course Trainer as a CPU user runs it (its fp16=True has no fast CPU form: "
+                                       "fp16 products are emulated), in fp32; the metric compares those two runs"))
+    return samples
 
-            if recipe.count_labels:
-                flops = (f"6 x ({source_params / 1e6:.1f}M encoder matmul parameters x source tokens/s + "
-                         f"{target_params / 1e6:.1f}M decoder ones, tied output projection included, x label "
-                         "tokens/s)")
-            else:
-                tied = ", the tied output projection included" if recipe.tied_head else ""
-                flops = f"6 x {source_params / 1e6:.1f}M matmul parameters (embeddings excluded{tied}) x real tokens/s"
-            peak_name = "fp16" if mixed == "fp16" else "fp32"
-            samples.append(Sample(task, MFU_FIGURE, f"% of {peak_name} matmul peak", utilisation(nl[0], nl[3]),
-                                  utilisation(co[0], co[3]), True, metric=metric,
-                                  note=f"{flops} / measured {peak_name} peak {peak_gflops:,.1f} GFLOP/s"
-                                  + ("" if task == "ner" else "; attention-score FLOPs not counted")
-                                  + recipe.mfu_note))
+
+@dataclass
+class Run:
+    """One engine's training run: throughput (:meth:`Meter.throughput`) and the trained model's scores."""
+
+    tokens: float
+    samples: float
+    seconds: float
+    label_share: float
+    scores: dict[str, float]
+
+
+ACCELERATE_PRECISION = "ACCELERATE_MIXED_PRECISION"
+"""The variable Accelerate reads the precision from when none is given; ``TrainingArguments`` sets it for the
+whole process (bf16=True leaves it at bf16, and a later Trainer without fp16 or bf16 would train in bf16)."""
+
+
+def use_precision(mixed: str) -> None:
+    """Let the next engine run set ``train.mixed_precision`` ``mixed``: Accelerate keeps one precision per
+    process (its shared state refuses a second), so the state is cleared when the precision changes."""
+    from accelerate.state import AcceleratorState
+
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and str(current) != mixed:
+        AcceleratorState._reset_state()
+
+
+@contextlib.contextmanager
+def run_precision(mixed: str) -> Iterator[None]:
+    """One engine run in ``train.mixed_precision`` ``mixed``: :func:`use_precision`, and Accelerate's precision
+    variable set to it for the run (restored after)."""
+    use_precision(mixed)
+    saved = os.environ.get(ACCELERATE_PRECISION)
+    os.environ[ACCELERATE_PRECISION] = mixed
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(ACCELERATE_PRECISION, None)
+        else:
+            os.environ[ACCELERATE_PRECISION] = saved
+
+
+def _compare(task: str, recipe: Recipe, nl: Run, co: Run, suffix: str, text: str, peak_gflops: float | None,
+             mixed: str, source_params: int, target_params: int) -> list[Sample]:
+    """The tokens/s, samples/s and (given a peak) MFU samples of one repeat in one precision."""
+    metric = scores_metric(recipe.metric, recipe.scores, nl.scores, co.scores)
+    samples = [Sample(task, TOKENS_FIGURE + suffix, "tokens/s", nl.tokens, co.tokens, True, metric=metric, note=text),
+               Sample(task, SAMPLES_FIGURE + suffix, "samples/s", nl.samples, co.samples, True, metric=metric)]
+    if not peak_gflops:
+        return samples
+
+    def utilisation(run: Run) -> float:
+        labels = run.tokens * run.label_share if recipe.count_labels else 0.0
+        return mfu(run.tokens - labels, source_params, peak_gflops) + mfu(labels, target_params, peak_gflops)
+
+    if recipe.count_labels:
+        flops = (f"6 x ({source_params / 1e6:.1f}M encoder matmul parameters x source tokens/s + "
+                 f"{target_params / 1e6:.1f}M decoder ones, tied output projection included, x label tokens/s)")
+    else:
+        tied = ", the tied output projection included" if recipe.tied_head else ""
+        flops = f"6 x {source_params / 1e6:.1f}M matmul parameters (embeddings excluded{tied}) x real tokens/s"
+    peak_name = {"fp16": "fp16", "bf16": "bf16"}.get(mixed, "fp32")
+    samples.append(Sample(task, MFU_FIGURE + suffix, f"% of {peak_name} matmul peak", utilisation(nl), utilisation(co),
+                          True, metric=metric,
+                          note=f"{flops} / measured {peak_name} peak {peak_gflops:,.1f} GFLOP/s"
+                          + ("" if task == "ner" else "; attention-score FLOPs not counted") + recipe.mfu_note))
     return samples

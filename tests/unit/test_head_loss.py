@@ -14,8 +14,8 @@ from nlpjobs.train import head_loss
 from nlpjobs.train.head_loss import HeadLoss, linear_cross_entropy
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_blocks_give_the_loss_and_gradients_of_cross_entropy(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def _head_inputs(bias: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, ...]:
+    """(hidden [200, 12], weight [40, 12], bias or None, targets with every 7th ignored), in 64-row blocks."""
     monkeypatch.setattr(head_loss, "BLOCK_BYTES", 64 * 40 * 4)  # 64-row blocks: 3 full ones and a short one
     torch.manual_seed(0)
     hidden = torch.randn(200, 12, requires_grad=True)
@@ -23,6 +23,12 @@ def test_blocks_give_the_loss_and_gradients_of_cross_entropy(bias: bool, monkeyp
     b = torch.randn(40, requires_grad=True) if bias else None
     targets = torch.randint(0, 40, (200,))
     targets[::7] = -100
+    return hidden, weight, b, targets
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_blocks_give_the_loss_and_gradients_of_cross_entropy(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    hidden, weight, b, targets = _head_inputs(bias, monkeypatch)
     assert head_loss.block_rows(40, 12) == 64 and head_loss.block_rows(40, 100) == 200
     expected = F.cross_entropy(F.linear(hidden, weight, b), targets)
     want = torch.autograd.grad(expected * 3, [t for t in (hidden, weight, b) if t is not None])
@@ -37,13 +43,7 @@ def test_blocks_give_the_loss_and_gradients_of_cross_entropy(bias: bool, monkeyp
 def test_bf16_blocks_are_autocasts_linear_then_an_fp32_loss(bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under bf16 mixed precision the model's head is autocast's linear (bf16 products, bf16 logits) and
     transformers' loss upcasts the logits: the blocks give that loss and those gradients, not fp32 ones."""
-    monkeypatch.setattr(head_loss, "BLOCK_BYTES", 64 * 40 * 4)
-    torch.manual_seed(0)
-    hidden = torch.randn(200, 12, requires_grad=True)
-    weight = torch.randn(40, 12, requires_grad=True)
-    b = torch.randn(40, requires_grad=True) if bias else None
-    targets = torch.randint(0, 40, (200,))
-    targets[::7] = -100
+    hidden, weight, b, targets = _head_inputs(bias, monkeypatch)
     params = [t for t in (hidden, weight, b) if t is not None]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = F.linear(hidden, weight, b)

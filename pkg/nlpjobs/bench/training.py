@@ -756,9 +756,10 @@ def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path
             nl, co = results["nlpjobs", "bf16"], results["course", mixed]
             samples.append(Sample(task, BF16_VS_FP32_FIGURE, "tokens/s", nl.tokens, co.tokens, True,
                                   metric=scores_metric(recipe.metric, recipe.scores, nl.scores, co.scores),
-                                  note="the two runs above: nlpjobs with train.mixed_precision=bf16 against the "
-                                       "course Trainer as a CPU user runs it (its fp16=True has no fast CPU form: "
-                                       "fp16 products are emulated), in fp32; the metric compares those two runs"))
+                                  note="nlpjobs' runs of the bf16 row (train.mixed_precision=bf16) against the "
+                                       "course Trainer's runs of the fp32 row, as a CPU user runs the course (its "
+                                       "fp16=True has no fast CPU form: fp16 products are emulated); the metric "
+                                       "compares those two runs"))
     return samples
 
 

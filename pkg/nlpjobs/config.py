@@ -268,6 +268,10 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
+"""The words YAML reads as booleans, for settings whose allowed values are such words (mixed_precision: no)."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -286,6 +290,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(exc)
         raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads an unquoted no/off/yes/on as a boolean
+            value = next((word for word in _YAML_BOOL_WORDS[value] if word in args), value)
         if value not in args:
             raise ConfigError(f"{key}: got {value!r}, allowed values are {', '.join(repr(a) for a in args)}")
         return value

@@ -32,6 +32,17 @@ def test_overrides_are_typed_and_nested() -> None:
     assert load_job(ROOT / "jobs/local/ner.yaml", ["train.learning_rate=1e-3"]).train.learning_rate == 1e-3
 
 
+def test_an_unquoted_no_is_the_word_where_the_setting_takes_words(tmp_path: Path) -> None:
+    """YAML reads `no` as false: `--set train.mixed_precision=no` (what the train log advises) and an unquoted
+    `mixed_precision: no` in a job file mean "no", while a boolean elsewhere stays an error."""
+    assert load_job(ROOT / "jobs/local/clm.yaml", ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text((ROOT / "jobs/local/clm.yaml").read_text().replace("\ntrain:\n", "\ntrain:\n  mixed_precision: no\n"))
+    assert load_job(job_file).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match="train.scheduler: got False, allowed values are 'linear'"):
+        load_job(ROOT / "jobs/local/clm.yaml", ["train.scheduler=no"])
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -41,12 +41,26 @@ def block_rows(vocab: int, width: int, itemsize: int = 4) -> int:
     return max(2 * width, BLOCK_BYTES // max(1, vocab * itemsize))
 
 
+def _product(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, add: bool = False) -> None:
+    """``out = a @ b`` (``add``: ``out += a @ b``): in place where the operands have ``out``'s dtype (fp32), else
+    through the product's own tensor (bf16 products into fp32 buffers: CPU matmuls have no other output dtype)."""
+    if a.dtype == out.dtype and add:
+        out.addmm_(a, b)
+    elif a.dtype == out.dtype:
+        torch.mm(a, b, out=out)
+    elif add:
+        out += a @ b
+    else:
+        out.copy_(a @ b)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 targets: torch.Tensor, rows: int, dtype: torch.dtype | None) -> torch.Tensor:
         valid = targets != IGNORE
-        low = weight.to(dtype) if dtype is not None else weight  # the products' weight operand
+        low = weight.to(dtype or weight.dtype)  # the products' operands: the weight itself, or its bf16 copy
+        low_bias = None if bias is None else bias.to(low.dtype)
         count = valid.sum().to(hidden.dtype)  # 0: NaN, as the mean of no terms in F.cross_entropy
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = torch.zeros_like(weight) if ctx.needs_input_grad[1] else None
@@ -54,14 +68,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = hidden.new_zeros(())
         for start in range(0, hidden.shape[0], rows):
             end = min(hidden.shape[0], start + rows)
-            block, keep = hidden[start:end], valid[start:end].to(hidden.dtype)
+            block, keep = hidden[start:end].to(low.dtype), valid[start:end].to(hidden.dtype)
             target = targets[start:end].clamp(min=0)
-            if dtype is None:
-                logits = block @ weight.T if bias is None else torch.addmm(bias, block, weight.T)
-            else:
-                block = block.to(dtype)
-                logits = (block @ low.T if bias is None else torch.addmm(bias.to(dtype), block, low.T)).float()
-            log_probs = torch.log_softmax(logits, dim=1)
+            logits = block @ low.T if low_bias is None else torch.addmm(low_bias, block, low.T)
+            log_probs = torch.log_softmax(logits.to(hidden.dtype), dim=1)  # bf16 logits upcast, as in the model's loss
             total -= (log_probs.gather(1, target[:, None]).squeeze(1) * keep).sum()
             # d(mean loss)/d(logits) = (softmax - one_hot(target)) * keep / count, in place
             grad = log_probs.exp_()
@@ -69,17 +79,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad.mul_((keep / count)[:, None])
             if grad_bias is not None:
                 grad_bias += grad.sum(dim=0)
-            if dtype is not None:
-                grad = grad.to(dtype)
-                if grad_hidden is not None:
-                    grad_hidden[start:end] = grad @ low
-                if grad_weight is not None:
-                    grad_weight += grad.T @ block
-                continue
+            grad = grad.to(low.dtype)
             if grad_hidden is not None:
-                torch.mm(grad, weight, out=grad_hidden[start:end])
+                _product(grad_hidden[start:end], grad, low)
             if grad_weight is not None:
-                grad_weight.addmm_(grad.T, block)
+                _product(grad_weight, grad.T, block, add=True)
         ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight, grad_bias) if g is not None))
         ctx.present = (grad_hidden is not None, grad_weight is not None, grad_bias is not None)
         return total / count
@@ -98,11 +102,9 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     ``dtype``: the products' input precision (bf16 mixed precision), as ``F.linear`` under autocast to it;
     None: the tensors' own."""
     if not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
-        if dtype is not None:
-            logits = F.linear(hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)).float()
-        else:
-            logits = F.linear(hidden, weight, bias)
-        return F.cross_entropy(logits, targets, ignore_index=IGNORE)
+        low = dtype or weight.dtype
+        logits = F.linear(hidden.to(low), weight.to(low), None if bias is None else bias.to(low))
+        return F.cross_entropy(logits.to(hidden.dtype), targets, ignore_index=IGNORE)
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, block_rows(*weight.shape), dtype)
 
 

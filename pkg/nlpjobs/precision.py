@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+CPUINFO = Path("/proc/cpuinfo")
+"""Where Linux lists the CPU's flags."""
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 """/proc/cpuinfo flags of CPUs that multiply bf16 natively (AVX512-BF16 dot products, AMX tiles)."""
 
 
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The first processor's flags in ``/proc/cpuinfo`` (or ``cpuinfo``'s text); empty where unreadable."""
+    """The first processor's flags in ``CPUINFO`` (or ``cpuinfo``'s text); empty where unreadable."""
     if cpuinfo is None:
         try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
+            cpuinfo = CPUINFO.read_text()
         except OSError:
             return set()
     for line in cpuinfo.splitlines():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from nlpjobs import precision
@@ -16,7 +18,15 @@ OLDER = "flags\t\t: fpu sse avx2 avx512f avx512bw\n"
 def test_flags_are_the_first_processors() -> None:
     assert cpu_flags(EPYC) == {"fpu", "sse", "avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
     assert cpu_flags("model name\t: no flags line\n") == set()
-    assert isinstance(cpu_flags(), set)  # this machine's; empty where /proc/cpuinfo is unreadable
+
+
+def test_flags_default_to_the_machines_cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(SAPPHIRE_RAPIDS)
+    monkeypatch.setattr(precision, "CPUINFO", cpuinfo)
+    assert cpu_flags() == cpu_flags(SAPPHIRE_RAPIDS) and native_bf16() == "amx_bf16"
+    monkeypatch.setattr(precision, "CPUINFO", tmp_path / "missing")  # no /proc (macOS, some sandboxes)
+    assert cpu_flags() == set() and native_bf16() is None
 
 
 @pytest.mark.parametrize(("text", "native"), [(EPYC, "avx512_bf16"), (SAPPHIRE_RAPIDS, "amx_bf16"), (OLDER, None)])

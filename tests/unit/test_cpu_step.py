@@ -63,10 +63,58 @@ def test_attention_is_torchs_math_path_with_this_dropout(kind: str, monkeypatch:
     if kind == "bool":
         kwargs["attn_mask"][0, 0, 3] = False  # a query that may attend to nothing: zeros, as torch gives
     expected = F.scaled_dot_product_attention(q, k, v, **kwargs)
-    seen: list[float] = []
-    monkeypatch.setattr(cpu_step, "dropout", lambda w, p: seen.append(p) or w)
+    seen: list[int] = []
+    monkeypatch.setattr(cpu_step, "_keep_mask",
+                        lambda shape, threshold: seen.append(threshold) or torch.ones(shape, dtype=torch.bool))
     got = cpu_step.attention(q, k, v, dropout_p=0.1, **kwargs)
-    assert seen == [0.1] and torch.allclose(got, expected, atol=1e-6)
+    threshold = cpu_step.keep_threshold(0.1)
+    assert seen == [threshold] and torch.allclose(got, expected * 65536 / threshold, atol=1e-6)
+
+
+def _autograd_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                        is_causal: bool, p: float, scale: float | None) -> torch.Tensor:
+    """The same forward as autograd's chain of operations (what cpu_step.attention computed before its own
+    backward pass)."""
+    root = math.sqrt(scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
+    weights = (q * root) @ (k * root).transpose(-2, -1)
+    if is_causal:
+        weights = weights.masked_fill(~torch.ones(weights.shape[-2:], dtype=torch.bool).tril(), float("-inf"))
+    if attn_mask is not None:
+        weights = (weights.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
+                   else weights + attn_mask)
+    return cpu_step.dropout(torch._safe_softmax(weights, -1), p) @ v
+
+
+@pytest.mark.parametrize("kind", ["causal", "bool", "wide bool", "float", "scale", "layout"])
+def test_attention_backward_is_autograds(kind: str) -> None:
+    """The written-out backward pass gives autograd's gradients (same dropout mask: same seed), for queries, keys,
+    values and a float mask that takes gradients; "layout": keys and values as transformers makes them (a
+    [batch, heads, length, width] view of a [batch, length, heads x width] projection)."""
+    torch.manual_seed(0)
+    shape = (2, 4, 16, 8)
+    q, k, v = (torch.randn(shape) for _ in range(3))
+    if kind == "layout":
+        k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (k, v))
+    mask = {"bool": torch.rand(2, 1, 16, 16) > 0.3, "wide bool": torch.rand(3, 2, 1, 16, 16) > 0.3,
+            "float": torch.randn(2, 1, 16, 16)}.get(kind)
+    if mask is not None and kind != "float":
+        mask[..., 3, :] = False  # a query that may attend to nothing
+    causal, scale = kind in ("causal", "layout"), 0.3 if kind == "scale" else None
+    grad = torch.randn(3, *shape) if kind == "wide bool" else torch.randn(shape)
+    results = []
+    for function in (cpu_step.attention, _autograd_attention):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v)]
+        m = mask.clone().requires_grad_() if kind == "float" else mask
+        torch.manual_seed(1)
+        out = (function(*inputs, attn_mask=m, dropout_p=0.1, is_causal=causal, scale=scale)
+               if function is cpu_step.attention else function(*inputs, m, causal, 0.1, scale))
+        out.backward(grad)
+        results.append([out, *(t.grad for t in inputs), *([m.grad] if kind == "float" else [])])
+    for got, expected in zip(*results, strict=True):
+        assert got.shape == expected.shape and torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+        # the same products on the same layouts: the same bits (other layouts or a broadcast mask reduce in
+        # another order: float rounding, within the tolerance above)
+        assert kind in ("wide bool", "layout") or torch.equal(got, expected), (got - expected).abs().max()
 
 
 @pytest.mark.parametrize("inputs", ["fp32 under autocast", "bf16"])

@@ -153,9 +153,10 @@ class TrainConfig:
     effect where every row has the same length (packed MLM/CLM blocks)."""
     cpu_kernels: bool = True
     """On CPU (fp32 or bf16), train with faster versions of three operations computing the same functions: dropout
-    (attention's included) with masks drawn four per 64-bit random word, one kernel for gelu_new's tanh-GELU,
-    and a language-model head's cross-entropy computed in cache-sized blocks (checked against the model's
-    own loss on the first batch; not under DeepSpeed). false: the models' own code throughout."""
+    (attention's included) with masks drawn four per 64-bit random word (attention with dropout with its own
+    backward pass), one kernel for gelu_new's tanh-GELU, and a language-model head's cross-entropy computed in
+    cache-sized blocks (checked against the model's own loss on the first batch; not under DeepSpeed). false:
+    the models' own code throughout."""
     collective_timeout_s: int = 1800
     """Seconds a process waits in a collective (all-reduce, barrier) before failing: a dead rank fails the
     whole job within this bound instead of leaving the others hanging."""

@@ -824,7 +824,7 @@ def _compare(task: str, recipe: Recipe, nl: Run, co: Run, suffix: str, text: str
     else:
         tied = ", the tied output projection included" if recipe.tied_head else ""
         flops = f"6 x {source_params / 1e6:.1f}M matmul parameters (embeddings excluded{tied}) x real tokens/s"
-    peak_name = {"fp16": "fp16", "bf16": "bf16"}.get(mixed, "fp32")
+    peak_name = "fp32" if mixed == "no" else mixed
     samples.append(Sample(task, MFU_FIGURE + suffix, f"% of {peak_name} matmul peak", utilisation(nl), utilisation(co),
                           True, metric=metric,
                           note=f"{flops} / measured {peak_name} peak {peak_gflops:,.1f} GFLOP/s"

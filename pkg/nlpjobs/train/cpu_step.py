@@ -13,8 +13,9 @@
 ``fast_dropout`` replaces ``torch.nn.functional.dropout`` and ``scaled_dot_product_attention`` while the
 training forward runs (modules, models and transformers' sdpa attention call them through those names). On
 the CPU, attention with dropout runs torch's unfused math path anyway, drawing its mask with ``bernoulli_``;
-here the same products with this mask (in fp32 for bf16 inputs, as torch's math path upcasts them). Tensors not on the CPU, evaluation, in-place calls, grouped-query
-attention and probabilities the 16-bit lanes cannot express go to torch's own functions.
+here the same products with this mask (in fp32 for bf16 inputs, as torch's math path upcasts them), with a
+backward pass of its own. Tensors not on the CPU, evaluation, in-place calls, grouped-query attention and
+probabilities the 16-bit lanes cannot express go to torch's own functions.
 """
 
 from __future__ import annotations
@@ -46,12 +47,19 @@ def _keep_mask(shape: torch.Size, threshold: int) -> torch.Tensor:
     return words.view(torch.int16)[:n].view(shape) < threshold - _LANES // 2
 
 
+def _drop(input: torch.Tensor, threshold: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input`` with a :func:`_keep_mask`'s dropped elements zeroed and the kept ones scaled by the inverse keep
+    probability; and the mask."""
+    keep = _keep_mask(input.shape, threshold)
+    return input * keep * (_LANES / threshold), keep
+
+
 def dropout(input: torch.Tensor, p: float = 0.5, training: bool = True, inplace: bool = False) -> torch.Tensor:
     """``torch.nn.functional.dropout``, with the mask drawn four elements per random word on the CPU."""
     threshold = keep_threshold(p) if training and not inplace and input.device.type == "cpu" else None
     if threshold is None or not input.is_floating_point() or input.numel() == 0:
         return _TORCH_DROPOUT(input, p, training, inplace)
-    return input * _keep_mask(input.shape, threshold) * (_LANES / threshold)
+    return _drop(input, threshold)[0]
 
 
 def _causal_bias(queries: int, keys: int) -> torch.Tensor:
@@ -84,8 +92,7 @@ class _Attention(torch.autograd.Function):
         # faster, where no row is (always with the causal mask: each query keeps its own position)
         empty_rows = attn_mask is not None and bool((bias == float("-inf")).all(-1).any())
         probs = torch._safe_softmax(weights, -1) if empty_rows else torch.softmax(weights, -1)
-        keep = _keep_mask(probs.shape, threshold)
-        dropped = probs * keep * (_LANES / threshold)
+        dropped, keep = _drop(probs, threshold)
         ctx.save_for_backward(scaled_query, scaled_key, value, probs, keep, dropped)
         ctx.root, ctx.factor = root, _LANES / threshold
         ctx.mask_shape = attn_mask.shape if attn_mask is not None and attn_mask.is_floating_point() else None

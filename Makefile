@@ -28,7 +28,7 @@ venv: $(STAMP) ## Create .venv with everything (CPU torch, pinned boto3/s3fs set
 
 # tcmalloc where it is installed (libtcmalloc-minimal4), preloaded as the CPU images do: faster CPU training and
 # tokenization (make bench, "allocator"). TCMALLOC= runs on the C library's malloc. The folders are
-# nlpjobs/allocator.py's LIBRARY_FOLDERS.
+# nlpjobs/train/speed/allocator.py's LIBRARY_FOLDERS.
 TCMALLOC ?= $(firstword $(foreach d,/usr/lib/*-linux-gnu /usr/lib64 /usr/lib /usr/local/lib,$(wildcard $(d)/libtcmalloc_minimal.so.4)))
 run: $(STAMP) ## Run every stage of TASK offline on this machine (PRESET=jobs/local/$(TASK).yaml, SET="k=v ...", TCMALLOC=).
 	$(if $(TCMALLOC),LD_PRELOAD="$(TCMALLOC)$${LD_PRELOAD:+ $$LD_PRELOAD}" )$(BIN)/nlpjobs run --config $(PRESET) $(foreach s,$(SET),--set $(s))
@@ -37,8 +37,9 @@ CORPORA ?= conll2003 squad-sample imdb kde4-en-fr debian-descriptions codeparrot
 fetch: $(STAMP) ## Fetch the offline corpora into the local cache (CORPORA="conll2003 ...").
 	for c in $(CORPORA); do $(BIN)/nlpjobs data fetch $$c || exit 1; done
 
-lint: $(STAMP) ## ruff over the package and tests.
-	$(BIN)/ruff check pkg tests
+lint: $(STAMP) ## ruff over the package, bench and tests; the package's import layers (import-linter).
+	$(BIN)/ruff check pkg bench tests
+	$(BIN)/lint-imports
 
 # Two pytest workers (one test file each at a time): subprocess starts, server waits and single-threaded
 # imports leave a core idle under one worker; TEST_WORKERS=0 runs in one process.
@@ -48,7 +49,7 @@ TEST_WORKERS ?= 2
 # printed when it ends; either failing fails `make test`. CONTAINERS_ALONGSIDE=0 runs it afterwards.
 CONTAINERS_ALONGSIDE ?= 1
 test: $(STAMP) ## Lint, the suite (own SeaweedFS server, multi-process runs) and, beside it, the container tier.
-	$(BIN)/ruff check pkg tests
+	$(MAKE) --no-print-directory lint
 ifeq ($(CONTAINERS_ALONGSIDE),1)
 	@log=$$(mktemp); \
 	$(MAKE) --no-print-directory test-containers >"$$log" 2>&1 & ct=$$!; \
@@ -67,7 +68,7 @@ test-unit: $(STAMP) ## Fast unit tests only.
 
 BENCH_ARGS ?=
 bench: $(STAMP) ## Speed beside the course recipe: bench/results.{json,md} (TASK=ner for one task, BENCH_ARGS="--quick").
-	$(BIN)/python -m nlpjobs.bench $(if $(filter command line environment,$(origin TASK)),--task $(TASK)) --out bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(if $(filter command line environment,$(origin TASK)),--task $(TASK)) --out bench $(BENCH_ARGS)
 
 FLAVOR ?= cpu
 TASKS ?= ner qa mlm translation summarization clm

@@ -18,18 +18,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/s3server.py is importable as `s3server`
 
+from isolation import _isolated_cache  # noqa: E402,F401  (autouse: registered by the import)
 from s3server import SeaweedServer  # noqa: E402
 
 S3_BUCKET = "nlpjobs-test"
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Point NLPJOBS_CACHE at a per-session tmp dir so no test writes to ~/.cache."""
-    cache = tmp_path_factory.mktemp("nlpjobs-cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("NLPJOBS_CACHE", str(cache))
-        yield cache
 
 
 @pytest.fixture

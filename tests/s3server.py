@@ -1,4 +1,4 @@
-"""A real S3 endpoint for tests: one SeaweedFS ``weed server`` process (DESIGN §3).
+"""A real S3 endpoint for tests: one SeaweedFS ``weed server`` process.
 
 Every port (master, volume, filer, S3 and their gRPC ports) is given explicitly and chosen free,
 below the kernel's ephemeral range, so several servers (parallel test sessions, a second server

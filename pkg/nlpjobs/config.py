@@ -15,10 +15,7 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Union
-
-import yaml
 
 _FLOAT_RE = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -273,7 +270,7 @@ _YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
 """The words YAML reads as booleans, for settings whose allowed values are such words (mixed_precision: no)."""
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
@@ -286,7 +283,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(exc)
         raise ConfigError(f"{key}: got {value!r} ({type(value).__name__}), expected {_type_name(tp)}")
@@ -303,11 +300,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__})")
-        return [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r} ({type(value).__name__})")
-        return {str(k): _coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
+        return {str(k): coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -346,84 +343,11 @@ def build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             if dotted in MOVED:
                 hint = f" It moved: set {MOVED[dotted]} instead."
             raise ConfigError(f"{dotted}: unknown setting.{hint} Allowed here: {', '.join(sorted(fields))}")
-        kwargs[key] = _coerce(value, hints[key], dotted)
+        kwargs[key] = coerce(value, hints[key], dotted)
     obj = cls(**kwargs)
     if hasattr(obj, "validate"):
         obj.validate(prefix or cls.__name__)
     return obj
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``a.b.c=value`` (the value as a YAML scalar or flow collection)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set train.epochs=1")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"--set {text!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {text!r}: cannot parse the value: {exc}") from exc
-    return key.split("."), value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for text in overrides:
-        path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: '{part}' is a value, not a section")
-            node = child
-        node[path[-1]] = value
-    return raw
-
-
-def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """Load a job YAML, apply ``--set`` overrides and validate the whole config before any compute."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config {path}: no such file (presets live in jobs/ and jobs/local/)")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of settings")
-        raw = loaded or {}
-    raw = apply_overrides(raw, list(overrides))
-    return job_from_dict(raw)
-
-
-def job_from_dict(raw: dict[str, Any]) -> JobConfig:
-    from nlpjobs.tasks import get_task  # the task decides the types of its sections
-
-    raw = dict(raw)
-    task_name = raw.get("task")
-    if not task_name:
-        raise ConfigError("task: missing; set it in the job file or with --set task=<name>")
-    task = get_task(str(task_name))
-    sections = {"preprocess": task.preprocess_config, "evaluate": task.evaluate_config}
-    typed: dict[str, Any] = {}
-    for key, cls in sections.items():
-        value = raw.pop(key, None) or {}
-        typed[key] = _coerce(value, cls, key)
-    job = build(JobConfig, raw)
-    for key, value in typed.items():
-        setattr(job, key, value)
-    if not job.name:
-        job.name = f"{job.task}-{job.section_hash('data', 'model', 'preprocess', 'train')[:8]}"
-    if "/" in job.name or job.name.startswith("."):
-        raise ConfigError(f"name: got {job.name!r}; a run id may not contain '/' or start with '.'")
-    scheme = job.storage.split("://", 1)[0]
-    if "://" not in job.storage or scheme not in ("file", "s3"):
-        raise ConfigError(f"storage: got {job.storage!r}; expected file://<dir> or s3://<bucket>/<prefix>")
-    task.validate_job(job)
-    return job
 
 
 def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:

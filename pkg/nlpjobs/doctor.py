@@ -3,7 +3,7 @@
 The environment report covers versions, accelerators, processes, memory and disk; the storage check
 writes, reads and deletes a probe object; with a job, the task checks load the committed dataset,
 compare label space and lengths with the model, collate one batch and take one forward/backward step
-(SPEC §8 items 11, 13, 14, 16, 18, 23).
+(23).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def environment() -> list[tuple[str, str]]:
         rows.append(("accelerator", f"CUDA {torch.version.cuda}, {len(gpus)} GPU(s): {'; '.join(gpus)}; {bf16}; "
                                     f"NCCL {'.'.join(map(str, torch.cuda.nccl.version()))}"))
     else:
-        from nlpjobs.precision import native_bf16
+        from nlpjobs.train.speed.precision import native_bf16
 
         native = native_bf16()
         bf16 = (f"bf16 native ({native}): train.mixed_precision=bf16 trains faster than fp32" if native
@@ -63,7 +63,7 @@ def environment() -> list[tuple[str, str]]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     rows.append(("processes", f"WORLD_SIZE={world} RANK={os.environ.get('RANK', '0')} "
                               f"LOCAL_RANK={os.environ.get('LOCAL_RANK', '0')} (backend {backend})"))
-    from nlpjobs.allocator import report
+    from nlpjobs.train.speed.allocator import report
 
     rows.append(("allocator", report()))
     mem = _meminfo()

@@ -1,13 +1,24 @@
-"""Where each stage reads and writes on object storage (DESIGN §1)."""
+"""Where each stage reads and writes on object storage.
+
+``<storage>/datasets/<task>/<cache key>/`` holds a committed tokenized dataset; ``<storage>/runs/<name>/`` a
+run's job record, checkpoints, model, metrics and predictions (docs/design.md, "Storage layout").
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 from nlpjobs import __version__, storage
 from nlpjobs.config import JobConfig
-from nlpjobs.data.shards import cache_key
+
+
+def cache_key(payload: dict[str, Any]) -> str:
+    """Hash of everything that determines the tokenized output."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
 
 
 def dataset_key(job: JobConfig, task: Any) -> str:

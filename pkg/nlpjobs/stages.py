@@ -1,4 +1,9 @@
-"""The stages behind the CLI: preprocess, predict (train/evaluate live in nlpjobs.train.engine)."""
+"""The four stages of a run, as the CLI and the chart call them: preprocess, train, evaluate, predict.
+
+Each stage resolves the job's task and reads or writes only object storage (``nlpjobs.paths``); the training
+loop itself is ``nlpjobs.train.engine``. The one-batch overfit check lives here too: it uses the task's model
+and data as training does, and writes nothing.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,17 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from nlpjobs import paths, storage
-from nlpjobs.config import JobConfig
+from nlpjobs.config import ConfigError, JobConfig
 from nlpjobs.data import shards, sources
 from nlpjobs.tasks import get_task
+
+if TYPE_CHECKING:
+    from nlpjobs.train.engine import TrainResult
+    from nlpjobs.train.smoke import OverfitResult
 
 
 @dataclass
@@ -81,8 +91,6 @@ def preprocess(job: JobConfig) -> PreprocessResult:
 
 def predict(job: JobConfig, inputs: list[Any]) -> tuple[list[Any], str]:
     """Run the trained model through the task's pipeline; write predictions.jsonl to the run."""
-    from nlpjobs.train.engine import fetch_model
-
     task = get_task(job.task)
     model_dir = fetch_model(job)
     outputs = task.predict(str(model_dir), inputs)
@@ -90,3 +98,84 @@ def predict(job: JobConfig, inputs: list[Any]) -> tuple[list[Any], str]:
     lines = [json.dumps({"input": x, "output": y}, default=float) for x, y in zip(inputs, outputs)]
     storage.write_bytes(uri, ("\n".join(lines) + "\n").encode())
     return outputs, uri
+
+
+def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
+    """Train the job's model on its committed dataset, resuming from the newest committed checkpoint."""
+    from nlpjobs.train import engine
+
+    return engine.train(job, get_task(job.task), show_progress)
+
+
+def evaluate(job: JobConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate the trained model of the run on the eval split (distributed when launched so)."""
+    from torch.utils.data import DataLoader
+
+    from nlpjobs.report import update_metrics
+    from nlpjobs.train.engine import make_accelerator, model_inputs
+    from nlpjobs.train.protocol import EvalContext
+
+    task = get_task(job.task)
+    acc = make_accelerator(job, training=False)
+    manifest = shards.open_dataset(paths.dataset_uri(job, task))
+    model_dir = fetch_model(job, download=acc.is_local_main_process)
+    acc.wait_for_everyone()
+    tokenizer = shards.load_tokenizer(manifest)
+    model = task.load_trained(str(model_dir))
+    eval_ds = model_inputs(task, shards.load_split(manifest, "eval"))
+    eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=task.collator(tokenizer, model))
+    model, eval_dl = acc.prepare(model, eval_dl)
+    metrics = task.evaluate(EvalContext(acc, job, manifest, tokenizer, show_progress), model, eval_dl)
+    if acc.is_main_process:
+        update_metrics(paths.run_uri(job), "evaluate", metrics)
+    return metrics
+
+
+def fetch_model(job: JobConfig, download: bool = True) -> Path:
+    """Local directory holding the run's trained model (downloaded when remote and ``download``)."""
+    uri = paths.model_uri(job)
+    if not storage.exists(storage.join(uri, "_SUCCESS")):
+        raise ConfigError(f"no trained model at {uri}: run `nlpjobs train` with the same config first")
+    if uri.startswith("file://"):
+        return Path(storage.resolve(uri)[1])
+    local = storage.cache_dir() / "models" / job.name
+    if download:
+        if local.exists():
+            shutil.rmtree(local)
+        storage.download(uri, local)
+    return local
+
+
+def overfit(job: JobConfig, steps: int, ratio: float = 0.5, learning_rate: float | None = None,
+            batch_size: int | None = None) -> OverfitResult:
+    """Train fresh weights on the first training batch for ``steps`` steps; nothing is written anywhere.
+
+    Passes when the last loss is at most ``ratio`` x the first: the model, collator and loss can learn.
+    """
+    import torch
+    from accelerate.utils import set_seed
+
+    from nlpjobs.train.engine import grouped_parameters, model_inputs
+    from nlpjobs.train.smoke import OverfitResult, first_train_batch
+
+    task = get_task(job.task)
+    manifest = shards.open_dataset(paths.dataset_uri(job, task))
+    tokenizer = shards.load_tokenizer(manifest)
+    set_seed(job.train.seed)
+    model = task.build_model(job, manifest, tokenizer)
+    train_ds = model_inputs(task, shards.load_split(manifest, "train"))
+    batch = first_train_batch(task, train_ds, tokenizer, model, batch_size or job.train.batch_size)
+    optimizer = torch.optim.AdamW(grouped_parameters(model, 0.0), lr=learning_rate or job.train.learning_rate)
+    model.train()
+    result = OverfitResult(ratio_needed=ratio)
+    started = time.time()
+    for _ in range(steps):
+        loss = task.loss(model, batch)
+        loss.backward()
+        if job.train.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), job.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.losses.append(float(loss.detach()))
+    result.seconds = time.time() - started
+    return result

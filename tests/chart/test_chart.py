@@ -1,4 +1,4 @@
-"""The Helm chart (charts/nlpjobs), proved without a cluster (DESIGN §3): the real ``helm`` binary lints and
+"""The Helm chart (charts/nlpjobs), proved without a cluster: the real ``helm`` binary lints and
 renders it, every rendered document passes ``kubernetes-validate --strict`` at the oldest and newest
 Kubernetes versions the chart supports, the pod specs follow the restricted profile and the CLI contract,
 and bad values fail rendering.

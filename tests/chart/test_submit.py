@@ -84,7 +84,7 @@ def test_submit_without_a_cluster_fails_clearly(tmp_path: Path, helm_env: dict[s
 @pytest.mark.parametrize("task", ["ner", "clm"])
 def test_rendered_stage_args_are_accepted_by_the_cli_config(task: str, tmp_path: Path) -> None:
     """The contract between chart and CLI: every stage's args load as a valid job (DeepSpeed keys included)."""
-    from nlpjobs.config import load_job
+    from nlpjobs.jobfile import load_job
     from nlpjobs.k8s.helm import render
 
     root = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""The container tier's own Docker daemon, and the chart's pod specs run as real containers (DESIGN §3).
+"""The container tier's own Docker daemon, and the chart's pod specs run as real containers.
 
 No Kubernetes API server can be had here, so a rendered pod is approximated faithfully where it matters
 to nlpjobs: the image, command/args and environment exactly as rendered (Secrets resolved from a dict),

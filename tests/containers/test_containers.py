@@ -192,7 +192,7 @@ def test_two_node_training_rendezvous_through_the_rendered_master_name(docker: D
 
 
 def test_the_cpu_image_runs_every_process_on_tcmalloc(docker: Docker, images: dict[str, Any]) -> None:
-    code = "from nlpjobs.allocator import in_use; print(in_use())"
+    code = "from nlpjobs.train.speed.allocator import in_use; print(in_use())"
     proc = docker("run", "--rm", "--entrypoint", "python", f"nlpjobs-{TASK}:{VERSION}-cpu", "-c", code, check=False)
     assert proc.returncode == 0 and proc.stdout.strip() == "tcmalloc", proc.stdout + proc.stderr
     assert "cannot be preloaded" not in proc.stderr

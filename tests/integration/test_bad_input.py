@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from clitools import ROOT, job_file
 from nlpjobs.cli import main
-from nlpjobs.config import load_job
+from nlpjobs.jobfile import load_job
 from nlpjobs.tasks.base import TaskDataError
 from nlpjobs.tasks.qa import QaTask
 

@@ -61,7 +61,7 @@ def test_clm_on_s3_end_to_end(s3_env: str, tmp_path: Path) -> None:
         assert chunking["documents"] == {"train": 30, "eval": 4}[split] and chunking["dropped_tails"] > 0
     eval_rows = manifest["splits"]["eval"]["rows"]
 
-    # Preflight and the one-batch smoke test (SPEC §8): both read the committed dataset, neither writes a run.
+    # Preflight and the one-batch smoke test: both read the committed dataset, neither writes a run.
     doctor = cli("doctor", "-c", str(job)).stdout
     for check in ("object storage", "dataset", "model", "one batch", "forward/backward", "evaluation"):
         assert f"[  ok] {check}:" in doctor, doctor

@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO-2 for real: two CPU processes over gloo (DESIGN §3), against plain DDP and across a resume
+"""DeepSpeed ZeRO-2 for real: two CPU processes over gloo, against plain DDP and across a resume
 (bit-identical, also across an epoch boundary)."""
 
 from __future__ import annotations

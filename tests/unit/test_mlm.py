@@ -1,4 +1,4 @@
-"""Masked-LM preprocessing, masking and perplexity (SPEC §2.3–2.7) with the real MiniLM uncased WordPiece
+"""Masked-LM preprocessing, masking and perplexity with the real MiniLM uncased WordPiece
 tokenizer (the distilbert-base-uncased vocabulary) on real IMDb reviews."""
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from nlpjobs.bench.preprocess import course_mlm_fns
-from nlpjobs.config import ConfigError, job_from_dict
+from bench.course import course_mlm_fns
+from nlpjobs.config import ConfigError
+from nlpjobs.jobfile import job_from_dict
 from nlpjobs.models import resolve_model
 from nlpjobs.tasks.base import EvalContext
 from nlpjobs.tasks.mlm import (
@@ -31,7 +32,7 @@ from nlpjobs.tasks.mlm import (
     word_groups,
 )
 
-# Three real IMDb training reviews whose uncased WordPiece lengths are the course's 200, 559 and 192 (L1292-1331).
+# Three real IMDb training reviews whose uncased WordPiece lengths are the course's 200, 559 and 192.
 REVIEWS = [
     (
         'Blank Check is a movie that I saw on TV one day and like most movies they air on TV Blank Check'
@@ -131,7 +132,7 @@ def test_group_flat_reproduces_the_course_chunking(tokenizer) -> None:
     assert out["input_ids"].ravel().tolist() == flat[:896]
     assert (out["labels"] == out["input_ids"]).all() and not np.shares_memory(out["labels"], out["input_ids"])
     assert [w for c in out["word_ids"] for w in c] == [w for doc in batch["word_ids"] for w in doc][:896]
-    # documents are joined: chunk 1 holds review 0's [SEP] followed by review 1's [CLS] (SPEC §2.3 step 4)
+    # documents are joined: chunk 1 holds review 0's [SEP] followed by review 1's [CLS]
     assert out["input_ids"][1][199 - 128:201 - 128].tolist() == [tokenizer.sep_token_id, tokenizer.cls_token_id]
     assert [len(x) for x in grouped(batch, 64)["input_ids"]] == [64] * 14  # 951 // 64
 

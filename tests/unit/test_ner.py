@@ -1,4 +1,4 @@
-"""NER preprocessing (SPEC §1.3–1.4) on a cased WordPiece tokenizer, and label-space checks."""
+"""NER preprocessing on a cased WordPiece tokenizer, and label-space checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertTokenizerFast, DataCollatorForTokenClassification
 
-from nlpjobs.config import load_job
+from nlpjobs.jobfile import load_job
 from nlpjobs.tasks.base import TaskDataError
 from nlpjobs.tasks.ner import NerTask, align_labels_batch, align_labels_with_tokens, b_to_i_map
 

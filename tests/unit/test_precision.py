@@ -1,4 +1,4 @@
-"""What train.mixed_precision means on a CPU (nlpjobs/precision.py) and the doctor's accelerator row."""
+"""What train.mixed_precision means on a CPU (nlpjobs/train/speed/precision.py) and the doctor's accelerator row."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nlpjobs import precision
-from nlpjobs.precision import cpu_advice, cpu_flags, native_bf16
+from nlpjobs.train.speed import precision
+from nlpjobs.train.speed.precision import cpu_advice, cpu_flags, native_bf16
 
 EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 avx512_vnni\n\n" \
        "processor\t: 1\nflags\t\t: fpu\n"

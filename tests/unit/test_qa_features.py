@@ -7,13 +7,9 @@ import re
 import numpy as np
 import pytest
 
+from bench.course import course_postprocess, course_tokenize, course_train_labels
 from nlpjobs.tasks import qa_features
-from nlpjobs.tasks.qa_features import (
-    course_postprocess,
-    course_train_labels,
-    find_answer_mismatches,
-    postprocess_predictions,
-)
+from nlpjobs.tasks.qa_features import find_answer_mismatches, postprocess_predictions
 
 
 def _lists(columns: dict) -> dict:
@@ -236,14 +232,14 @@ def test_unanswerable_example_gets_cls_labels(tokenizer) -> None:
 
 @pytest.mark.parametrize(("max_length", "stride", "side"), [(384, 128, "right"), (64, 16, "right"), (48, 8, "left")])
 def test_windows_equal_the_course_call(tokenizer, max_length: int, stride: int, side: str) -> None:
-    from nlpjobs.tasks.qa_features import _encode_windows, _model_columns, _offsets, _tokenize
+    from nlpjobs.tasks.qa_features import _encode_windows, _model_columns, _offsets
 
     questions = ["  Who?  ", QUESTION, "\tWhat is the capital of France? ", ""]
     contexts = ["Nobody.", _long_context(), "Paris is the capital of France.", "An empty question."]
     tokenizer.padding_side = side
     try:
         windows = _encode_windows(questions, contexts, tokenizer, max_length, stride)
-        course = _tokenize(questions, contexts, tokenizer, max_length, stride)  # the course's call (SPEC §6.3)
+        course = course_tokenize(questions, contexts, tokenizer, max_length, stride)  # the course's call
     finally:
         tokenizer.padding_side = "right"
     columns = _model_columns(windows)
@@ -282,7 +278,6 @@ def test_assembled_windows_equal_the_course_call(tokenizer, kind: str, max_lengt
     """Windows built from each side tokenized on its own equal the course's pair call: model inputs, which
     tokens are context, their offsets, the example of every window; on WordPiece (BERT template with type
     ids), byte-level BPE (RoBERTa's template) and Metaspace/Unigram (T5's), both padding sides."""
-    from nlpjobs.tasks.qa_features import _tokenize
     from nlpjobs.text.pairs import assemble_pair_windows
 
     tok = {"minilm": lambda: tokenizer, "roberta": _roberta_like, "t5": _t5_like}[kind]()
@@ -293,7 +288,7 @@ def test_assembled_windows_equal_the_course_call(tokenizer, kind: str, max_lengt
         names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k == "input_ids"
                  or k in tok.model_input_names]
         ours = assemble_pair_windows([q.strip() for q in questions], contexts, tok, max_length, stride, names)
-        course = _tokenize(questions, contexts, tok, max_length, stride)
+        course = course_tokenize(questions, contexts, tok, max_length, stride)
     finally:
         tok.padding_side = "right"
     if kind == "roberta":  # its post-processor trims offsets: the tokenizer's own windows are used

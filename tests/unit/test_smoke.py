@@ -1,4 +1,4 @@
-"""The initial-loss sanity check and the overfit verdict/curve (SPEC §8 items 18-19)."""
+"""The initial-loss sanity check and the overfit verdict/curve."""
 
 from __future__ import annotations
 

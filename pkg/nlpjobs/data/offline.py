@@ -243,7 +243,7 @@ def prefetch_job(job: Any) -> list[Path]:
     if job.data.source.startswith("offline:"):
         fetched.append(fetch(job.data.source.split(":", 1)[1]))
     if getattr(job.preprocess, "tokenizer", None) == "offline:gpt2":
-        from nlpjobs.tasks.clm import gpt2_tokenizer_dir
+        from nlpjobs.data import gpt2_tokenizer
 
-        fetched.append(gpt2_tokenizer_dir())
+        fetched.append(gpt2_tokenizer.directory())
     return fetched

@@ -1,6 +1,6 @@
 """Sharded Arrow datasets on object storage, committed with a manifest and a ``_SUCCESS`` marker.
 
-Layout (DESIGN §1)::
+Layout::
 
     <root>/datasets/<task>/<cache-key>/manifest.json
                                        _SUCCESS                       (written last)
@@ -14,8 +14,6 @@ then ``_SUCCESS`` are written. A prefix without ``_SUCCESS`` does not exist.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
 import time
 import uuid
@@ -35,12 +33,6 @@ FORMAT_VERSION = 1
 
 class DatasetError(RuntimeError):
     """A dataset prefix that is missing, incomplete or inconsistent with its manifest."""
-
-
-def cache_key(payload: dict[str, Any]) -> str:
-    """Hash of everything that determines the tokenized output."""
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:20]
 
 
 def shard_name(split: str, index: int, total: int) -> str:

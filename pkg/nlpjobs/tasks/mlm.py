@@ -1,4 +1,4 @@
-"""Masked-LM domain adaptation, SPEC §2: untruncated tokenization, group_texts chunks, random or
+"""Masked-LM domain adaptation: untruncated tokenization, group_texts chunks, random or
 whole-word masking, a fixed-mask eval set, and perplexity = exp(mean masked-token cross-entropy)."""
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from nlpjobs.tasks.base import (
     fresh_fingerprint,
     list_column,
 )
+from nlpjobs.tasks.evaluation import perplexity  # noqa: F401 (re-exported)
 from nlpjobs.text.encode import encode_ids, flat_ids, rust_backend
-from nlpjobs.train.evalloop import perplexity  # noqa: F401 (re-exported)
 
 DEFAULT_PROBABILITY = {"standard": 0.15, "whole_word": 0.2}
 MODEL_COLUMNS = ("input_ids", "attention_mask", "labels")
@@ -77,7 +77,7 @@ class MlmPreprocessConfig(PreprocessConfig):
 
 
 def group_flat(ids: np.ndarray, chunk_size: int, word_ids: list[list[int | None]] | None = None) -> dict[str, Any]:
-    """The course's ``group_texts`` (SPEC §2.3) of one unpadded tokenized batch, given as its ids row after row
+    """The course's ``group_texts`` of one unpadded tokenized batch, given as its ids row after row
     (``ids``, flat) and, for whole-word masking, its word ids per row: the batch concatenated, the remainder
     after the last full ``chunk_size`` block dropped, sliced into blocks, ``labels`` a copy of ``input_ids``.
 
@@ -113,7 +113,7 @@ def word_groups(word_ids: list[int | None]) -> list[list[int]]:
 
 def whole_word_mask(input_ids: list[int], word_ids: list[int | None], probability: float, mask_token_id: int,
                     generator: torch.Generator | None = None) -> tuple[list[int], list[int]]:
-    """SPEC §2.4: select each word with ``probability``; all its tokens become [MASK] (never random or kept)
+    """select each word with ``probability``; all its tokens become [MASK] (never random or kept)
     and carry the original id as label; every other label is -100."""
     groups = word_groups(word_ids)
     selected = torch.rand(len(groups), generator=generator) < probability
@@ -218,7 +218,7 @@ def _as_list(value: Any) -> list[Any]:
 
 def mask_eval_split(ds: datasets.Dataset, tokenizer: Any, kind: str, probability: float, seed: int,
                     batch_size: int = 1000) -> datasets.Dataset:
-    """The fixed-mask eval set (SPEC §2.6): every chunk masked once, with a generator seeded by ``seed``, so two
+    """The fixed-mask eval set: every chunk masked once, with a generator seeded by ``seed``, so two
     preprocess runs give identical masks and evaluation needs no further randomness."""
     collator = MlmCollator(tokenizer, kind, probability, torch.Generator().manual_seed(seed))
     columns = ["input_ids", "attention_mask", "labels"] + (["word_ids"] if kind == "whole_word" else [])
@@ -289,7 +289,7 @@ def check_chunk_size(chunk_size: int, limit: int | None, model_name: str) -> Non
 
 class MlmTask(Task):
     name = "mlm"
-    description = "Masked-LM domain adaptation with fixed-mask perplexity; SPEC §2"
+    description = "Masked-LM domain adaptation with fixed-mask perplexity"
     preprocess_config = MlmPreprocessConfig
     evaluate_config = EvaluateConfig
     required_columns = ("text",)
@@ -411,7 +411,7 @@ class MlmTask(Task):
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
         import torch.nn.functional as F
 
-        from nlpjobs.train.evalloop import collect
+        from nlpjobs.tasks.evaluation import collect
 
         def forward(m: Any, batch: dict[str, Any]) -> Any:
             with head_on_masked_positions(m, batch["labels"] != -100):

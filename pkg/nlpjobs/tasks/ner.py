@@ -1,4 +1,4 @@
-"""Token classification (NER), SPEC §1: word-level inputs, B→I label alignment, seqeval."""
+"""Token classification (NER): word-level inputs, B→I label alignment, seqeval."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def b_to_i_map(label_names: list[str]) -> np.ndarray:
 
 def align_labels_with_tokens(labels: list[int], word_ids: list[int | None], b_to_i: np.ndarray | list[int],
                              label_all_tokens: bool = True) -> list[int]:
-    """Token labels for one sentence (SPEC §1.3): -100 for special tokens; the word's label on its first
+    """Token labels for one sentence: -100 for special tokens; the word's label on its first
     token; on continuation tokens the I- label (or -100 with ``label_all_tokens=False``)."""
     words = np.array([-1 if w is None else w for w in word_ids], dtype=np.int64)
     aligned, _ = align_labels_batch([labels], words, np.array([len(words)]), np.asarray(b_to_i), label_all_tokens)
@@ -121,7 +121,7 @@ def label_names_of(ds: datasets.Dataset, configured: list[str]) -> list[str]:
 
 class NerTask(Task):
     name = "ner"
-    description = "Token classification (NER) with seqeval; SPEC §1"
+    description = "Token classification (NER) with seqeval"
     preprocess_config = NerPreprocessConfig
     evaluate_config = EvaluateConfig
     required_columns = ("tokens", "ner_tags")
@@ -204,7 +204,7 @@ class NerTask(Task):
 
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
         from nlpjobs.metrics import load_metric
-        from nlpjobs.train.evalloop import collect
+        from nlpjobs.tasks.evaluation import collect
 
         names = ctx.manifest.info["label_names"]
 

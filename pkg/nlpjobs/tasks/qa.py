@@ -1,4 +1,4 @@
-"""Extractive question answering, SPEC §6: sliding windows, span labels, n-best post-processing, SQuAD EM/F1."""
+"""Extractive question answering: sliding windows, span labels, n-best post-processing, SQuAD EM/F1."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ class QaEvaluateConfig(EvaluateConfig):
 
 class QaTask(Task):
     name = "qa"
-    description = "Extractive question answering with SQuAD v1.1 EM/F1; SPEC §6"
+    description = "Extractive question answering with SQuAD v1.1 EM/F1"
     preprocess_config = QaPreprocessConfig
     evaluate_config = QaEvaluateConfig
     required_columns = tuple(EXAMPLE_COLUMNS)
@@ -224,7 +224,7 @@ class QaTask(Task):
 
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
         from nlpjobs.data.shards import load_split
-        from nlpjobs.train.evalloop import collect
+        from nlpjobs.tasks.evaluation import collect
 
         cfg: QaEvaluateConfig = ctx.job.evaluate  # type: ignore[assignment]
 

@@ -1,10 +1,9 @@
-"""Extractive-QA feature building and answer post-processing (SPEC §6.3, §6.4, §6.6).
+"""Extractive-QA feature building and answer post-processing.
 
 Pure functions over lists and NumPy arrays; no model code. The feature builders return NumPy columns
-(``datasets.map`` writes them to Arrow without inspecting Python lists element by element). The vectorised functions reproduce the
-course's algorithms exactly (same labels, same predictions, same tie handling); the ``course_*``
-functions are straight transcriptions of the course's loops, kept as references for tests and
-benchmarks only.
+(``datasets.map`` writes them to Arrow without inspecting Python lists element by element). The vectorised
+functions reproduce the course's algorithms exactly (same labels, same predictions, same tie handling); the
+benchmark's ``bench/course.py`` keeps the course's loops, and its tests check the two agree.
 
 Offset convention for evaluation features: offsets of tokens outside the context (question,
 special tokens, padding) are stored as ``(-1, -1)`` instead of the course's ``None`` so the column
@@ -21,7 +20,6 @@ Deviations from the course, all bug fixes:
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
@@ -33,7 +31,7 @@ from nlpjobs.text.encode import rust_backend
 from nlpjobs.text.pairs import PairWindows, assemble_pair_windows
 
 if TYPE_CHECKING:
-    from transformers import BatchEncoding, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 OUTSIDE = -1
 """Offset value marking a token outside the context in evaluation features."""
@@ -62,30 +60,9 @@ def _check_inputs(questions: Sequence[str], contexts: Sequence[str], tokenizer: 
         raise ValueError("extractive QA preprocessing needs a fast tokenizer (offsets, sequence_ids)")
 
 
-def _tokenize(
-    questions: Sequence[str],
-    contexts: Sequence[str],
-    tokenizer: PreTrainedTokenizerBase,
-    max_length: int,
-    stride: int,
-) -> BatchEncoding:
-    """The course's tokenizer call (SPEC §6.3), with questions stripped first."""
-    _check_inputs(questions, contexts, tokenizer)
-    return tokenizer(
-        [q.strip() for q in questions],
-        list(contexts),
-        max_length=max_length,
-        truncation="only_second",
-        stride=stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        padding="max_length",
-    )
-
-
 @dataclass
 class _Windows:
-    """The course's tokenizer call (SPEC §6.3) as the Rust backend returns it: every window (a question with
+    """The course's tokenizer call as the Rust backend returns it: every window (a question with
     one stretch of its context, padded to max_length), overflow windows after their first."""
 
     encodings: list[Any]
@@ -102,7 +79,7 @@ class _Windows:
 
 def _encode_windows(questions: Sequence[str], contexts: Sequence[str], tokenizer: PreTrainedTokenizerBase,
                     max_length: int, stride: int) -> _Windows:
-    """:func:`_tokenize`'s windows straight from the Rust backend, without the per-window dicts of Python
+    """The course's tokenizer call's windows straight from the Rust backend, without the per-window dicts of Python
     lists the call builds (a fifth of QA preprocessing)."""
     model_inputs = _window_inputs(questions, contexts, tokenizer)
     with rust_backend(tokenizer, max_length, stride=stride, strategy="only_second", pad_to_max_length=True) as backend:
@@ -203,7 +180,7 @@ def prepare_train_features(
     max_length: int = 384,
     stride: int = 128,
 ) -> dict[str, Any]:
-    """Sliding-window training features with start/end token labels (SPEC §6.3), vectorised.
+    """Sliding-window training features with start/end token labels, vectorised.
 
     A feature whose window does not hold the whole answer is labelled ``(0, 0)``. Otherwise start is
     the last context token with start offset <= start_char and end the first context token with
@@ -244,59 +221,6 @@ def prepare_train_features(
     return out
 
 
-def course_train_labels(
-    questions: Sequence[str],
-    contexts: Sequence[str],
-    answers: Sequence[Mapping[str, Any]],
-    tokenizer: PreTrainedTokenizerBase,
-    max_length: int = 384,
-    stride: int = 128,
-) -> tuple[list[int], list[int]]:
-    """Reference only: the course's per-feature label loop (L5243-5296), transcribed as is."""
-    inputs = _tokenize(questions, contexts, tokenizer, max_length, stride)
-    offset_mapping = inputs.pop("offset_mapping")
-    sample_map = inputs.pop("overflow_to_sample_mapping")
-    return course_label_loop(inputs, offset_mapping, sample_map, answers)
-
-
-def course_label_loop(inputs: BatchEncoding, offset_mapping: Sequence[Any], sample_map: Sequence[int],
-                      answers: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[int]]:
-    """The course's loop over the tokenized features: (start, end) token positions, (0, 0) when the answer
-    is not wholly inside the window."""
-    start_positions = []
-    end_positions = []
-
-    for i, offset in enumerate(offset_mapping):
-        sample_idx = sample_map[i]
-        answer = answers[sample_idx]
-        start_char = answer["answer_start"][0]
-        end_char = answer["answer_start"][0] + len(answer["text"][0])
-        sequence_ids = inputs.sequence_ids(i)
-
-        idx = 0
-        while sequence_ids[idx] != 1:
-            idx += 1
-        context_start = idx
-        while sequence_ids[idx] == 1:
-            idx += 1
-        context_end = idx - 1
-
-        if offset[context_start][0] > start_char or offset[context_end][1] < end_char:
-            start_positions.append(0)
-            end_positions.append(0)
-        else:
-            idx = context_start
-            while idx <= context_end and offset[idx][0] <= start_char:
-                idx += 1
-            start_positions.append(idx - 1)
-
-            idx = context_end
-            while idx >= context_start and offset[idx][1] >= end_char:
-                idx -= 1
-            end_positions.append(idx + 1)
-    return start_positions, end_positions
-
-
 def prepare_eval_features(
     ids: Sequence[str],
     questions: Sequence[str],
@@ -305,7 +229,7 @@ def prepare_eval_features(
     max_length: int = 384,
     stride: int = 128,
 ) -> dict[str, Any]:
-    """Sliding-window evaluation features (SPEC §6.4) with ``example_id`` and ``offset_mapping``.
+    """Sliding-window evaluation features with ``example_id`` and ``offset_mapping``.
 
     Offsets of non-context tokens (question, special tokens, padding) are ``[-1, -1]`` rather than
     ``None``. Drop ``example_id`` and ``offset_mapping`` before the forward pass.
@@ -419,7 +343,7 @@ def postprocess_predictions(
     n_best: int = 20,
     max_answer_length: int = 30,
 ) -> dict[str, str]:
-    """Best answer text per example id (SPEC §6.6), ``""`` when no valid span; vectorised.
+    """Best answer text per example id, ``""`` when no valid span; vectorised.
 
     Per feature: top-``n_best`` start and end indices (the course's argsort order), an
     n_best x n_best score matrix ``start_logit[s] + end_logit[e]`` masked for out-of-context tokens
@@ -461,49 +385,3 @@ def postprocess_predictions(
     return preds
 
 
-def course_postprocess(
-    start_logits: np.ndarray,
-    end_logits: np.ndarray,
-    feature_example_ids: Sequence[str],
-    offset_mapping: np.ndarray,
-    examples: Mapping[str, Sequence[str]],
-    n_best: int = 20,
-    max_answer_length: int = 30,
-) -> dict[str, str]:
-    """Reference only: the course's per-feature, per-candidate loop (L5598-5645), transcribed.
-
-    Offsets come in as the ``-1`` representation and are turned back into the course's ``None``
-    per feature, as reading a feature row would.
-    """
-    example_to_features = collections.defaultdict(list)
-    for idx, example_id in enumerate(feature_example_ids):
-        example_to_features[example_id].append(idx)
-
-    predicted = {}
-    for example_id, context in zip(examples["id"], examples["context"], strict=True):
-        answers = []
-        for feature_index in example_to_features[example_id]:
-            start_logit = start_logits[feature_index]
-            end_logit = end_logits[feature_index]
-            offsets = [o if o[0] >= 0 else None for o in np.asarray(offset_mapping[feature_index]).tolist()]
-
-            start_indexes = np.argsort(start_logit)[-1 : -n_best - 1 : -1].tolist()
-            end_indexes = np.argsort(end_logit)[-1 : -n_best - 1 : -1].tolist()
-            for start_index in start_indexes:
-                for end_index in end_indexes:
-                    if offsets[start_index] is None or offsets[end_index] is None:
-                        continue
-                    if end_index < start_index or end_index - start_index + 1 > max_answer_length:
-                        continue
-                    answer = {
-                        "text": context[offsets[start_index][0] : offsets[end_index][1]],
-                        "logit_score": start_logit[start_index] + end_logit[end_index],
-                    }
-                    answers.append(answer)
-
-        if len(answers) > 0:
-            best_answer = max(answers, key=lambda x: x["logit_score"])
-            predicted[example_id] = best_answer["text"]
-        else:
-            predicted[example_id] = ""
-    return predicted

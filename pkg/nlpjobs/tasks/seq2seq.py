@@ -1,4 +1,4 @@
-"""Shared base of the sequence-to-sequence tasks (translation SPEC §3, summarization SPEC §4).
+"""Shared base of the sequence-to-sequence tasks (translation and summarization).
 
 What both tasks share: source/target tokenization with ``text_target`` and per-side max lengths
 (truncations counted), ``DataCollatorForSeq2Seq(model=...)`` (labels padded with -100,
@@ -153,7 +153,7 @@ def marian_tokenizer(sources: list[str], targets: list[str], vocab_size: int, ma
 
 def t5_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
     """A fast T5 tokenizer (pad=0, </s>=1, <unk>=2, no sentinel tokens) on a SentencePiece unigram model
-    trained on ``texts``; saved to a folder and reloaded with from_pretrained (DESIGN §3)."""
+    trained on ``texts``; saved to a folder and reloaded with from_pretrained."""
     import sentencepiece as spm
     from transformers import AutoTokenizer, T5Tokenizer, T5TokenizerFast
 
@@ -176,7 +176,8 @@ def t5_tokenizer(texts: list[str], vocab_size: int, max_length: int) -> Any:
 def check_tokenizer_size(tokenizer: Any, expected: int, what: str) -> None:
     if len(tokenizer) != expected:
         raise ConfigError(f"{what} reloaded with {len(tokenizer)} tokens but its vocabulary has {expected}; the "
-                          "saved tokenizer files are inconsistent (see DESIGN §3 on from_pretrained(folder))")
+                          "saved tokenizer files are inconsistent (tokenizers must be saved to a folder and loaded with "
+                          "from_pretrained(folder))")
 
 
 def check_model_vocab(tokenizer: Any, model: Any, exact: bool) -> None:
@@ -302,7 +303,7 @@ def tokenize_pairs(ds: datasets.Dataset, tokenizer: Any, sources: str, targets: 
 
 
 def decode_pairs(tokenizer: Any, preds: list[np.ndarray], labels: list[np.ndarray]) -> tuple[list[str], list[str]]:
-    """Decoded (stripped) predictions and references: -100 → pad id before decoding (SPEC §3.5)."""
+    """Decoded (stripped) predictions and references: -100 → pad id before decoding."""
     pad = tokenizer.pad_token_id
     labels = [np.where(row != -100, row, pad) for row in labels]
     decoded_preds = tokenizer.batch_decode([row.tolist() for row in preds], skip_special_tokens=True)
@@ -420,7 +421,7 @@ class Seq2SeqTask(Task):
         """
         import torch
 
-        from nlpjobs.train.evalloop import collect
+        from nlpjobs.tasks.evaluation import collect
 
         cfg: Seq2SeqEvaluateConfig = ctx.job.evaluate  # type: ignore[assignment]
         acc, tokenizer = ctx.accelerator, ctx.tokenizer
@@ -432,7 +433,7 @@ class Seq2SeqTask(Task):
             gen_kwargs["num_beams"] = cfg.num_beams
 
         def forward(wrapped: Any, batch: dict[str, Any]) -> dict[str, Any]:
-            # generate() lives on the unwrapped model only (SPEC §3.7)
+            # generate() lives on the unwrapped model only
             generated = acc.unwrap_model(wrapped).generate(input_ids=batch["input_ids"],
                                                            attention_mask=batch["attention_mask"], **gen_kwargs)
             inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids") if k in batch}

@@ -1,4 +1,4 @@
-"""Bilingual (English + Spanish) summarization, SPEC §4: body → short title, mT5, ROUGE beside lead-3."""
+"""Bilingual (English + Spanish) summarization: body → short title, mT5, ROUGE beside lead-3."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ class SummarizationPreprocessConfig(Seq2SeqPreprocessConfig):
     """Body → title pairs, short-title filter, bilingual mix."""
 
     max_source_length: int = 512
-    """Body tokens per example (SPEC §4.3: 512); longer bodies are truncated and counted."""
+    """Body tokens per example (512); longer bodies are truncated and counted."""
     max_target_length: int = 30
-    """Title tokens per example (SPEC §4.3: 30)."""
+    """Title tokens per example (30)."""
     min_target_words: int = 3
     """Keep examples whose title has at least this many whitespace-separated words (the course keeps
     len(title.split()) > 2, since 1-2 word titles teach the model to emit 1-2 words); 0 keeps all."""
@@ -78,7 +78,7 @@ class SummarizationEvaluateConfig(Seq2SeqEvaluateConfig):
 
 
 def long_titles(bodies: list[Any], titles: list[Any], min_words: int) -> np.ndarray:
-    """Which rows have a non-empty body and a title of at least ``min_words`` words (SPEC §4.1)."""
+    """Which rows have a non-empty body and a title of at least ``min_words`` words."""
     return np.fromiter((isinstance(b, str) and bool(b.strip()) and isinstance(t, str) and len(t.split()) >= min_words
                         for b, t in zip(bodies, titles)), bool, len(titles))
 
@@ -88,7 +88,7 @@ ROUGE_BOOTSTRAP_SEED = 0
 
 def rouge_scores(predictions: list[str], references: list[str], languages: list[str],
                  predictions_split: bool = False) -> dict[str, float]:
-    """ROUGE-1/2/L/Lsum F-measure × 100 (4 decimals), stemmed, one sentence per line (SPEC §4.5);
+    """ROUGE-1/2/L/Lsum F-measure × 100 (4 decimals), stemmed, one sentence per line;
     ``predictions_split``: the predictions already hold one sentence per line (lead-N).
 
     The bootstrap's resamples are seeded (``ROUGE_BOOTSTRAP_SEED``): the same predictions score the same in
@@ -112,13 +112,13 @@ def lead_baseline(bodies: list[str], references: list[str], languages: list[str]
 
 
 def baseline_gate(model: dict[str, Any], baseline: dict[str, Any]) -> dict[str, bool]:
-    """Per ROUGE variant: does the model reach the baseline? (SPEC §4.8 note: check each, not only rouge1)."""
+    """Per ROUGE variant: does the model reach the baseline? (check each, not only rouge1)."""
     return {k: float(model[k]) >= float(baseline[k]) for k in ROUGE_KEYS if k in model and k in baseline}
 
 
 class SummarizationTask(Seq2SeqTask):
     name = "summarization"
-    description = "Bilingual en+es summarization with mT5, ROUGE beside lead-3; SPEC §4"
+    description = "Bilingual en+es summarization with mT5, ROUGE beside lead-3"
     preprocess_config = SummarizationPreprocessConfig
     evaluate_config = SummarizationEvaluateConfig
     required_columns = ("body", "title")
@@ -176,7 +176,7 @@ class SummarizationTask(Seq2SeqTask):
             if len(rows) == 0:
                 raise TaskDataError(f"summarization: every title of split {split!r} has fewer than "
                                     f"{cfg.min_target_words} words; lower preprocess.min_target_words")
-            rows = rows[np.random.default_rng(cfg.shuffle_seed).permutation(len(rows))]  # = .shuffle(seed) (SPEC §4.1)
+            rows = rows[np.random.default_rng(cfg.shuffle_seed).permutation(len(rows))]  # = .shuffle(seed)
             if split == "eval" and cfg.eval_sample and cfg.eval_sample < len(rows):
                 rows = rows[:cfg.eval_sample]
             # one chunk: the indexed read gives one Arrow chunk per row, which map() would walk row by row

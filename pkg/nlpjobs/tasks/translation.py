@@ -1,4 +1,4 @@
-"""Translation (English → French by default), SPEC §3: KDE4-shaped pairs, Marian, sacreBLEU."""
+"""Translation (English → French by default): KDE4-shaped pairs, Marian, sacreBLEU."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def extract_pairs(ds: datasets.Dataset, source_lang: str, target_lang: str, spli
 
 
 def bleu(predictions: list[str], references: list[str]) -> dict[str, Any]:
-    """sacreBLEU with one reference per prediction, passed as a list of references each (SPEC §3.5)."""
+    """sacreBLEU with one reference per prediction, passed as a list of references each."""
     from nlpjobs.metrics import load_metric
 
     if len(predictions) != len(references):
@@ -76,7 +76,7 @@ def bleu(predictions: list[str], references: list[str]) -> dict[str, Any]:
 
 class TranslationTask(Seq2SeqTask):
     name = "translation"
-    description = "Translation (en→fr) with Marian and sacreBLEU; SPEC §3"
+    description = "Translation (en→fr) with Marian and sacreBLEU"
     preprocess_config = TranslationPreprocessConfig
     required_columns = ("translation",)
     pipeline_task = "translation"
@@ -97,7 +97,7 @@ class TranslationTask(Seq2SeqTask):
         self.check_columns(raw)
         train, eval_ = raw["train"], raw["eval"]
         if cfg.split_train_size is not None:
-            # SPEC §3.1: split = raw["train"].train_test_split(train_size=0.9, seed=20); "test" → validation
+            # split = raw["train"].train_test_split(train_size=0.9, seed=20); "test" → validation
             carved = train.train_test_split(train_size=cfg.split_train_size, seed=cfg.split_seed)
             train, eval_ = carved["train"], carved["test"]
             if job.data.max_eval_examples and job.data.max_eval_examples < len(eval_):

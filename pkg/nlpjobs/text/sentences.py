@@ -114,12 +114,12 @@ def split_sentences(text: str, language: str = "en") -> list[str]:
 
 
 def sentences_newline(text: str, language: str = "en") -> str:
-    """``text`` with one sentence per line: the form ROUGE-Lsum expects (SPEC §4.5)."""
+    """``text`` with one sentence per line: the form ROUGE-Lsum expects."""
     return "\n".join(split_sentences(text.strip(), language))
 
 
 def lead_n(text: str, n: int = 3, language: str = "en") -> str:
-    """The first ``n`` sentences joined by newlines (the lead-3 baseline, SPEC §4.5).
+    """The first ``n`` sentences joined by newlines (the lead-3 baseline).
 
     Long articles are split over a growing prefix only (pysbd is slow on long texts): once the prefix
     yields more than ``n`` sentences, the first ``n`` are complete.

@@ -1,4 +1,4 @@
-"""Committed checkpoints on object storage (DESIGN §1).
+"""Committed checkpoints on object storage.
 
 A checkpoint is ``<run>/checkpoints/step-00000500/`` holding Accelerate's state (model, optimizer,
 scheduler, every process's RNG) plus ``trainer_state.json``. It counts only once ``_COMMITTED`` is

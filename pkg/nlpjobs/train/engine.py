@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +25,11 @@ from tqdm.auto import tqdm
 
 from nlpjobs import paths, storage
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.data.shards import Manifest, load_split, load_tokenizer, open_dataset
-from nlpjobs.tasks import get_task
-from nlpjobs.tasks.base import EvalContext, Task
+from nlpjobs.data.shards import load_split, load_tokenizer, open_dataset
+from nlpjobs.train import speed
 from nlpjobs.train.checkpoint import CheckpointStore
-from nlpjobs.train.cpu_step import fast_dropout, fuse_tanh_gelu
-from nlpjobs.train.head_loss import HeadLoss
+from nlpjobs.train.protocol import EvalContext
+from nlpjobs.train.protocol import TrainTask as Task
 from nlpjobs.train.sampling import EpochSampler, row_lengths
 from nlpjobs.train.stop import EvaluationInterrupted, TrainingInterrupted, detach_worker
 from nlpjobs.train.stop import current as stop_request
@@ -164,23 +162,22 @@ def check_run(job: JobConfig, run_uri: str, is_main: bool) -> bool:
     return storage.exists(storage.join(paths.model_uri(job), "_SUCCESS"))
 
 
-def train(job: JobConfig, show_progress: bool = True) -> TrainResult:
-    """Train ``job`` on its committed dataset, resuming from the newest committed checkpoint."""
+def train(job: JobConfig, task: Task, show_progress: bool = True) -> TrainResult:
+    """Train ``job`` (of ``task``) on its committed dataset, resuming from the newest committed checkpoint."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # forked loader workers; the CLI sets it too
     started = time.time()
     stop = stop_request()
     stop.install()  # the CLI installs it earlier; here for library callers
     try:
-        return _train(job, show_progress, stop, started)
+        return _train(job, task, show_progress, stop, started)
     finally:
         stop.restore()
 
 
-def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> TrainResult:
+def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: float) -> TrainResult:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    task = get_task(job.task)
     cfg = job.train
     acc = make_accelerator(job)
     deepspeed = job.deepspeed.enabled
@@ -195,8 +192,7 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
     tokenizer = load_tokenizer(manifest)
     set_seed(cfg.seed)
     model = task.build_model(job, manifest, tokenizer)
-    step_kernels, head_loss = _cpu_kernels(job, acc, task, model)
-    _print_cpu_setup(acc, cfg.mixed_precision)
+    step_loss = speed.prepare(job, acc, model, task.loss, task.head_batch)
     collate = task.collator(tokenizer, model)
     train_ds = model_inputs(task, load_split(manifest, "train"))
     eval_ds = model_inputs(task, load_split(manifest, "eval"))
@@ -289,10 +285,7 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
             boundary = micro % cfg.grad_accum == 0 or micro == micro_per_epoch
             sync = contextlib.nullcontext() if boundary else acc.no_sync(model)
             with sync:
-                with step_kernels():  # the forward only: the backward draws no masks
-                    loss = head_loss(model, batch) if head_loss is not None else None
-                    if loss is None:
-                        loss = task.loss(model, batch)
+                loss = step_loss(model, batch)
                 if not bool(torch.isfinite(loss.detach())):  # free on CPU; one scalar copy per micro-batch on GPU
                     raise _nonfinite("loss", float(loss.detach()), task, model, batch, acc, run_uri, step, micro,
                                      sampler, cfg.batch_size, epoch)
@@ -351,35 +344,6 @@ def _train(job: JobConfig, show_progress: bool, stop: Any, started: float) -> Tr
                        final_eval, history)
 
 
-def _cpu_kernels(job: JobConfig, acc: Any, task: Task, model: Any) -> tuple[Callable[[], Any], HeadLoss | None]:
-    """The training forward's context and blockwise head loss under ``train.cpu_kernels`` (train/cpu_step.py,
-    train/head_loss.py): CPU, fp32 or bf16 mixed precision, no activation checkpointing (its recomputation in
-    the backward pass would draw other dropout masks than the forward); the head loss also not under DeepSpeed
-    (ZeRO-3 partitions the head's weight). Else a null context and None."""
-    if not (job.train.cpu_kernels and acc.device.type == "cpu" and acc.mixed_precision in ("no", "bf16")
-            and not getattr(model, "is_gradient_checkpointing", False)):
-        return contextlib.nullcontext, None
-    gelus = fuse_tanh_gelu(model)
-    dtype = torch.bfloat16 if acc.mixed_precision == "bf16" else None
-    head_loss = None if job.deepspeed.enabled else HeadLoss.create(model, task.head_batch, task.loss,
-                                                                   report=acc.print, dtype=dtype)
-    acc.print(f"CPU kernels: dropout masks from 64-bit words, {gelus} one-kernel tanh-GELU modules, "
-              f"blockwise head loss {'to be checked on the first batch' if head_loss else 'not applicable'}")
-    return fast_dropout, head_loss
-
-
-def _print_cpu_setup(acc: Any, mixed_precision: str) -> None:
-    """On the CPU, the allocator training runs on, and how to get tcmalloc where it is glibc's malloc (the
-    CPU images and ``make run`` preload tcmalloc: nlpjobs/allocator.py); the precision it trains in, and bf16
-    where the CPU multiplies it natively (nlpjobs/precision.py)."""
-    if acc.device.type == "cpu":
-        from nlpjobs.allocator import report
-        from nlpjobs.precision import cpu_advice
-
-        acc.print(f"allocator: {report()}")
-        acc.print(cpu_advice(mixed_precision))
-
-
 def _nonfinite(what: str, value: float, task: Task, model: Any, batch: Any, acc: Any, run_uri: str, step: int,
                micro: int, sampler: EpochSampler, batch_size: int, epoch: int) -> Exception:
     """The sentinel's error, with the offending batch's rows traced back to training rows."""
@@ -428,38 +392,3 @@ def write_train_report(run_uri: str, record: dict[str, Any], task: Task) -> None
     png = loss_curve_png(record, task.headline_metric)
     if png:
         storage.write_bytes(storage.join(run_uri, "loss_curve.png"), png)
-
-
-def evaluate_saved(job: JobConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Evaluate the trained model of the run on the eval split (distributed when launched so)."""
-    task = get_task(job.task)
-    acc = make_accelerator(job, training=False)
-    manifest: Manifest = open_dataset(paths.dataset_uri(job, task))
-    model_dir = fetch_model(job, download=acc.is_local_main_process)
-    acc.wait_for_everyone()
-    tokenizer = load_tokenizer(manifest)
-    model = task.load_trained(str(model_dir))
-    eval_ds = model_inputs(task, load_split(manifest, "eval"))
-    eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=task.collator(tokenizer, model))
-    model, eval_dl = acc.prepare(model, eval_dl)
-    metrics = task.evaluate(EvalContext(acc, job, manifest, tokenizer, show_progress), model, eval_dl)
-    if acc.is_main_process:
-        from nlpjobs.report import update_metrics
-
-        update_metrics(paths.run_uri(job), "evaluate", metrics)
-    return metrics
-
-
-def fetch_model(job: JobConfig, download: bool = True) -> Path:
-    """Local directory holding the run's trained model (downloaded when remote and ``download``)."""
-    uri = paths.model_uri(job)
-    if not storage.exists(storage.join(uri, "_SUCCESS")):
-        raise ConfigError(f"no trained model at {uri}: run `nlpjobs train` with the same config first")
-    if uri.startswith("file://"):
-        return Path(storage.resolve(uri)[1])
-    local = storage.cache_dir() / "models" / job.name
-    if download:
-        if local.exists():
-            shutil.rmtree(local)
-        storage.download(uri, local)
-    return local

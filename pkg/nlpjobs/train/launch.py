@@ -1,4 +1,4 @@
-"""Multi-node launch from the pod environment (DESIGN §2): a static-rendezvous torchrun.
+"""Multi-node launch from the pod environment: a static-rendezvous torchrun.
 
 An Indexed Job gives each pod ``JOB_COMPLETION_INDEX``; the chart adds ``NLPJOBS_NNODES``,
 ``NLPJOBS_NPROC_PER_NODE``, ``NLPJOBS_MASTER_ADDR`` (``<job>-0.<headless service>``) and

@@ -1,4 +1,4 @@
-"""The NaN/Inf sentinel (SPEC §8 item 22): stop at the first non-finite loss or gradient norm, and record
+"""The NaN/Inf sentinel: stop at the first non-finite loss or gradient norm, and record
 which rows of the offending batch are to blame, before anything is checkpointed."""
 
 from __future__ import annotations

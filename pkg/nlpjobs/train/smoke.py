@@ -1,21 +1,14 @@
-"""Debugging aids from the course's chapter 8 (SPEC §8): the initial-loss sanity check and the
+"""Debugging aids from the course's chapter 8: the initial-loss sanity check and the
 one-batch overfit smoke test."""
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from nlpjobs import paths
-from nlpjobs.config import JobConfig
-from nlpjobs.data.shards import load_split, load_tokenizer, open_dataset
-from nlpjobs.tasks import get_task
-from nlpjobs.tasks.base import Task
+from nlpjobs.train.protocol import TrainTask as Task
 
 log = logging.getLogger(__name__)
 HIGH, LOW = 1.5, 0.5
@@ -75,36 +68,3 @@ class OverfitResult:
 def first_train_batch(task: Task, train_ds: Any, tokenizer: Any, model: Any, size: int) -> dict[str, Any]:
     """The first ``size`` rows of the (model-input) training split, collated as the engine collates them."""
     return task.collator(tokenizer, model)([train_ds[i] for i in range(min(size, len(train_ds)))])
-
-
-def overfit_batch(job: JobConfig, steps: int, ratio: float = 0.5, learning_rate: float | None = None,
-                  batch_size: int | None = None) -> OverfitResult:
-    """Train fresh weights on the first training batch for ``steps`` steps; nothing is written anywhere.
-
-    Passes when the last loss is at most ``ratio`` x the first: the model, collator and loss can learn.
-    """
-    from accelerate.utils import set_seed
-
-    from nlpjobs.train.engine import grouped_parameters, model_inputs
-
-    task = get_task(job.task)
-    manifest = open_dataset(paths.dataset_uri(job, task))
-    tokenizer = load_tokenizer(manifest)
-    set_seed(job.train.seed)
-    model = task.build_model(job, manifest, tokenizer)
-    train_ds = model_inputs(task, load_split(manifest, "train"))
-    batch = first_train_batch(task, train_ds, tokenizer, model, batch_size or job.train.batch_size)
-    optimizer = torch.optim.AdamW(grouped_parameters(model, 0.0), lr=learning_rate or job.train.learning_rate)
-    model.train()
-    result = OverfitResult(ratio_needed=ratio)
-    started = time.time()
-    for _ in range(steps):
-        loss = task.loss(model, batch)
-        loss.backward()
-        if job.train.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), job.train.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.losses.append(float(loss.detach()))
-    result.seconds = time.time() - started
-    return result

@@ -1,6 +1,6 @@
 """``codeparrot-local``: real data-science Python files in the shape of ``huggingface-course/codeparrot-ds``.
 
-The course (SPEC §5.1) keeps the GitHub Python files of ``transformersbook/codeparrot`` that mention
+The course keeps the GitHub Python files of ``transformersbook/codeparrot`` that mention
 pandas, sklearn, matplotlib or seaborn (a plain substring test). Offline, the same filter runs over
 the ``.py`` members of five pinned data-science wheels (read with zipfile, never installed), whose
 sources are full of exactly the code the course wants the model to complete.

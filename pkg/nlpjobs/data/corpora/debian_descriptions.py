@@ -1,4 +1,5 @@
-"""Debian package descriptions as bilingual summarization pairs (SPEC §4 offline stand-in, DESIGN §4).
+"""Debian package descriptions as bilingual summarization pairs (the offline stand-in for the
+course's product-review corpus, which has been withdrawn).
 
 Every Debian package has a one-line synopsis and a long description; apt's ``Translation-en`` and
 ``Translation-es`` index files hold them (English for every package of ``main``, Spanish for the

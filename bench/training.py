@@ -1,14 +1,14 @@
 """Training throughput: the nlpjobs engine (``nlpjobs train``) against the course recipe (``Trainer`` /
 ``Seq2SeqTrainer`` with the course's collator and hyperparameters) on the same model, the same preprocessed
 data and the same batch size, plus model-FLOPs utilisation against the matmul peak measured in the same
-run. Both engines run on one device (:func:`nlpjobs.bench.machine.device`: the GPU where there is one) and in
+run. Both engines run on one device (:func:`bench.machine.device`: the GPU where there is one) and in
 one precision: fp32, except on a GPU for the recipes the course trains with ``fp16=True``, where both train in
 fp16 mixed precision (``Recipe.course_fp16``). On a CPU that multiplies bf16 natively (the machine's measured
 peaks) each repeat also runs both engines in bf16 mixed precision (the course Trainer's ``bf16=True``,
 nlpjobs' ``train.mixed_precision=bf16``), and a row compares nlpjobs in bf16 with the course in fp32: the
 course's ``fp16=True`` has no fast CPU form (fp16 products are emulated there), so a CPU user of the course
-trains in fp32. Tasks: NER (SPEC §1.5), masked-LM adaptation (SPEC §2.5), translation (SPEC §3.6), summarization
-(SPEC §4.6), causal-LM pretraining (SPEC §5.5) and extractive QA (SPEC §6.7).
+trains in fp32. Tasks: NER, masked-LM adaptation, translation, summarization, causal-LM pretraining and
+extractive QA, each with the course's recipe.
 
 Both engines are timed the same way, from outside: a global optimizer-step hook stamps every optimizer step
 and a wrapper around the collator counts each batch's real (non-pad) tokens and samples. Throughput covers
@@ -40,17 +40,17 @@ from typing import Any
 
 import numpy as np
 
-from nlpjobs.bench.common import Sizes, load_preset, log
-from nlpjobs.bench.records import Sample, scores_metric
+from bench.common import Sizes, load_preset, log
+from bench.records import Sample, scores_metric
 
 COURSE_LR = 2e-5
 COURSE_WEIGHT_DECAY = 0.01
-"""SPEC §1.5 (and §2.5, §3.6): the course's Trainer hyperparameters (linear schedule, no warmup, AdamW)."""
+"""The course's Trainer hyperparameters (linear schedule, no warmup, AdamW)."""
 COURSE_SUMMARIZATION_LR = 5.6e-5
-"""SPEC §4.6: the course's Seq2SeqTrainer for mT5 (weight decay 0.01, linear schedule)."""
+"""the course's Seq2SeqTrainer for mT5 (weight decay 0.01, linear schedule)."""
 COURSE_CLM_LR = 5e-4
 COURSE_CLM_WEIGHT_DECAY = 0.1
-"""SPEC §5.5: the course's causal-LM Trainer (cosine schedule; its 1,000 warmup steps of ~65k are 1.5%: none
+"""the course's causal-LM Trainer (cosine schedule; its 1,000 warmup steps of ~65k are 1.5%: none
 in a few dozen steps; no gradient accumulation here, so that one batch is one optimizer step)."""
 
 MLM_MFU_NOTE = ("; model FLOPs count the masked-LM head on every token, as the course's model computes it: "
@@ -64,7 +64,7 @@ QA_LAYOUT_NOTE = (
     "(train.group_by_length=false for nlpjobs here: the training rows are 5 questions replicated, so grouping "
     "by length would fill each batch with copies of one question); the sample windows hold {mean_real:.0f} real "
     "tokens on average ({padding:.0f}% of a {max_length}-token window is padding); SQuAD v1.1's 87,599 training "
-    "examples make 88,729 windows (SPEC §6.3): nearly all of its contexts fit one window (its padding share is "
+    "examples make 88,729 windows: nearly all of its contexts fit one window (its padding share is "
     "not measured here: no Hub)")
 
 KERNELS_NOTE = ("; nlpjobs with its default train.cpu_kernels (dropout masks drawn four per random word, one-kernel "
@@ -105,7 +105,7 @@ class Recipe:
     """How each engine lays out its batches, for the throughput note (default: length grouping against the
     course Trainer's random order)."""
     course_fp16: bool = False
-    """The course's arguments set ``fp16=True`` (SPEC: masked LM, translation, causal LM, QA): on a GPU both
+    """The course's arguments set ``fp16=True`` (masked LM, translation, causal LM, QA): on a GPU both
     engines train in fp16 mixed precision (on the CPU, where the Trainer has no fp16, both in fp32)."""
 
     @property
@@ -295,7 +295,7 @@ def _check_init(model: Any, expected: str | None, engine: str) -> None:
 
 
 def course_ner_compute_metrics(label_names: list[str]) -> Callable[[Any], dict[str, float]]:
-    """SPEC §1.7 (L527-618): argmax, drop -100 positions, names, seqeval (predictions, references in order)."""
+    """The course's: argmax, drop -100 positions, names, seqeval (predictions, references in order)."""
     from nlpjobs.metrics import load_metric
 
     metric = load_metric("seqeval")
@@ -330,8 +330,8 @@ def eval_loss(model: Any, job: Any, manifest: Any) -> dict[str, float]:
 
     from nlpjobs.data.shards import load_split, load_tokenizer
     from nlpjobs.tasks import get_task
+    from nlpjobs.tasks.evaluation import perplexity
     from nlpjobs.train.engine import model_inputs
-    from nlpjobs.train.evalloop import perplexity
 
     task = get_task(job.task)
     loader = DataLoader(model_inputs(task, load_split(manifest, "eval")), batch_size=job.evaluate.batch_size,
@@ -355,7 +355,7 @@ def eval_loss(model: Any, job: Any, manifest: Any) -> dict[str, float]:
 def qa_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
     """SQuAD EM/F1 of ``model`` on the preprocessed eval windows (nlpjobs' post-processing) and the mean
     start/end cross-entropy over each window's real tokens, the answer positions labelled as for training
-    (SPEC §6.3). Full-width windows in dataset order: neither engine's batching is involved."""
+   . Full-width windows in dataset order: neither engine's batching is involved."""
     import torch
     import torch.nn.functional as F
 
@@ -392,13 +392,13 @@ def qa_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
 def model_scores(model: Any, job: Any, manifest: Any) -> dict[str, float]:
     """The task's eval scores of a trained model (``RECIPES[job.task].scores``), one function for both engines,
     in fp32 on the bench's device."""
-    from nlpjobs.bench.machine import device
+    from bench.machine import device
 
     model = model.to(device()).float()
     return qa_scores(model, job, manifest) if job.task == "qa" else eval_loss(model, job, manifest)
 
 
-# ---- the course's Trainer recipes (NER SPEC §1.4-1.7, mlm §2.5, translation §3.4-3.6, summarization §4.6,
+# ---- the course's Trainer recipes (NER mlm §2.5, translation §3.4-3.6, summarization §4.6,
 # clm §5.4-5.5) ---------------------------------------------------------------------------------------
 
 
@@ -434,7 +434,7 @@ def course_parts(job: Any, manifest: Any, tokenizer: Any, init_dir: Path | None)
         from transformers import AutoModelForQuestionAnswering, default_data_collator
 
         model = AutoModelForQuestionAnswering.from_pretrained(str(init_dir))
-        return model, default_data_collator, Trainer, TrainingArguments  # SPEC §6.5: features are pre-padded
+        return model, default_data_collator, Trainer, TrainingArguments  # features are pre-padded
     if job.task == "clm":
         from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling
 
@@ -446,10 +446,10 @@ def course_parts(job: Any, manifest: Any, tokenizer: Any, init_dir: Path | None)
 
 def run_course_trainer(job: Any, manifest: Any, steps: int, batch_size: int, out_dir: Path, meter: Meter,
                        init_dir: Path | None = None, init: str | None = None) -> dict[str, float]:
-    """The course's Trainer (SPEC §1.5, §3.6, §5.5) on nlpjobs' preprocessed splits for ``steps`` steps, with
+    """The course's Trainer on nlpjobs' preprocessed splits for ``steps`` steps, with
     the job's schedule (set to the course's); its eval scores (``RECIPES[job.task].scores``). ``init``: the
     fingerprint the loaded model must have."""
-    from nlpjobs.bench.machine import device
+    from bench.machine import device
     from nlpjobs.data.shards import load_split, load_tokenizer
     from nlpjobs.tasks import get_task
     from nlpjobs.train.engine import model_inputs
@@ -503,8 +503,9 @@ def run_nlpjobs(job: Any, steps: int, meter: Meter, manifest: Any = None, init: 
     ``init``: the fingerprint the engine's freshly built model must have."""
     from unittest import mock
 
+    from nlpjobs.stages import evaluate as evaluate_saved
+    from nlpjobs.stages import fetch_model, train
     from nlpjobs.tasks import get_task
-    from nlpjobs.train.engine import evaluate_saved, fetch_model, train
 
     recipe = RECIPES[job.task]
     task_cls = type(get_task(job.task))
@@ -588,7 +589,7 @@ def qa_raw_files(train_examples: int, folder: Path) -> None:
     """The QA preset's 5 SQuAD sample questions as JSON-lines files: ``train_examples`` training rows
     (replicated with distinct ids, as the preprocessing figure does) and the 5 eval questions once (replicas
     would be scored identically)."""
-    from nlpjobs.bench.preprocess import replicate_qa
+    from bench.preprocess import replicate_qa
     from nlpjobs.data import sources
 
     preset = load_preset("qa")
@@ -721,7 +722,7 @@ def measure(sizes: Sizes, scratch: Path, peaks: dict[str, float] | None, task: s
 
 def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path, init_dir: Path | None,
              peaks: dict[str, float]) -> list[Sample]:
-    from nlpjobs.bench.machine import check_one_gpu, device
+    from bench.machine import check_one_gpu, device
 
     check_one_gpu(f"{task} training")
     where = device()

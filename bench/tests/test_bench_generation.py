@@ -1,4 +1,4 @@
-"""The seq2seq generation figure (nlpjobs.bench.generation): the course's compute_metrics score the same
+"""The seq2seq generation figure (bench.generation): the course's compute_metrics score the same
 predictions as nlpjobs does, and the figure runs both engines on a tiny trained model. No timings asserted."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nlpjobs.bench import cli, generation
-from nlpjobs.bench.common import Sizes
-from nlpjobs.bench.records import aggregate
+from bench import cli, generation
+from bench.common import Sizes
+from bench.records import aggregate
 from nlpjobs.tasks.seq2seq import decode_pairs, marian_tokenizer, t5_tokenizer
 from nlpjobs.tasks.summarization import rouge_scores
 from nlpjobs.tasks.translation import bleu

@@ -1,4 +1,4 @@
-"""The preprocessing cases of mlm, translation, summarization and clm (nlpjobs.bench.preprocess): on a small
+"""The preprocessing cases of mlm, translation, summarization and clm (bench.preprocess): on a small
 slice of each offline preset, the course's map functions and nlpjobs' prepare() give the same model inputs,
 and ``compare`` notices an altered course output."""
 
@@ -12,8 +12,9 @@ import datasets
 import numpy as np
 import pytest
 
-from nlpjobs.bench.common import Sizes
-from nlpjobs.bench.preprocess import CASES, course_mlm_fns
+from bench.common import Sizes
+from bench.course import course_mlm_fns
+from bench.preprocess import CASES
 from nlpjobs.tasks.mlm import group_flat
 
 TASKS = ("mlm", "translation", "summarization", "clm")

@@ -1,4 +1,4 @@
-"""The CPU training-step kernels (train/cpu_step.py): dropout with masks from 64-bit words, attention with
+"""The CPU training-step kernels (train/speed/kernels.py): dropout with masks from 64-bit words, attention with
 that dropout, and the one-kernel tanh-GELU, each checked against torch's / transformers' own function."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nlpjobs.train import cpu_step
+from nlpjobs.train.speed import kernels as cpu_step
 
 
 def test_dropout_keeps_each_element_with_probability_one_minus_p() -> None:

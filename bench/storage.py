@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from nlpjobs.bench.common import Sizes, load_preset, log, repo_root, short, timed
-from nlpjobs.bench.records import Sample
+from bench.common import Sizes, load_preset, log, repo_root, short, timed
+from bench.records import Sample
 
 BUCKET = "nlpjobs-bench"
 MB = 1_000_000

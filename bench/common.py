@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -14,14 +15,23 @@ T = TypeVar("T")
 
 
 def repo_root() -> Path:
-    """The source checkout (jobs/, tests/ beside pkg/), else the working directory."""
-    here = Path(__file__).resolve().parents[3]
-    return here if (here / "jobs" / "local").is_dir() else Path.cwd()
+    """The source checkout: ``bench/`` sits beside ``jobs/``, ``pkg/`` and ``tests/``."""
+    return Path(__file__).resolve().parents[1]
+
+
+def importable_env(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with the checkout on PYTHONPATH, so that ``python -m bench.<module>`` subprocesses import this
+    package wherever they start."""
+    root = str(repo_root())
+    current = env.get("PYTHONPATH", "")
+    if root not in current.split(os.pathsep):
+        env = {**env, "PYTHONPATH": os.pathsep.join(p for p in (root, current) if p)}
+    return env
 
 
 def load_preset(task: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """The task's offline preset (jobs/local/<task>.yaml) with ``--set``-style overrides."""
-    from nlpjobs.config import load_job
+    from nlpjobs.jobfile import load_job
 
     return load_job(repo_root() / "jobs" / "local" / f"{task}.yaml", list(overrides))
 

@@ -2,7 +2,7 @@
 (``Dataset.map(batched=True)`` with the course's Python functions) and the tokenizer alone, on the same raw
 data and tokenizer (the task's offline preset in jobs/local/).
 
-The ``course_*`` functions are the course's code (SPEC §1.3, §2.3, §3.1, §3.3, §4.1, §4.3, §5.2, §6.3, §6.4)
+The ``course_*`` functions are the course's code
 as written there, with only the tokenizer and constants passed in instead of read from globals.
 """
 
@@ -17,188 +17,21 @@ from typing import Any
 
 import datasets
 
-from nlpjobs.bench.common import Sizes, load_preset, log, timed, timed_median
-from nlpjobs.bench.records import Sample
-from nlpjobs.tasks.qa_features import course_label_loop
+from bench.common import Sizes, load_preset, log, timed, timed_median
+from bench.course import (
+    course_clm_fn,
+    course_mlm_fns,
+    course_ner_map_fn,
+    course_qa_eval_fn,
+    course_qa_train_fn,
+    course_summarization_fn,
+    course_summarization_mix,
+    course_translation_fn,
+    course_translation_split,
+)
+from bench.records import Sample
 
 # ---- the course's recipes -----------------------------------------------------------------------
-
-
-def course_align_labels_with_tokens(labels: list[int], word_ids: list[int | None]) -> list[int]:
-    """SPEC §1.3 (L251-272): B-X (odd id) on a continuation token becomes I-X (id + 1)."""
-    new_labels = []
-    current_word = None
-    for word_id in word_ids:
-        if word_id != current_word:
-            # Start of a new word!
-            current_word = word_id
-            label = -100 if word_id is None else labels[word_id]
-            new_labels.append(label)
-        elif word_id is None:
-            # Special token
-            new_labels.append(-100)
-        else:
-            # Same word as previous token
-            label = labels[word_id]
-            # If the label is B-XXX we change it to I-XXX
-            if label % 2 == 1:
-                label += 1
-            new_labels.append(label)
-    return new_labels
-
-
-def course_ner_map_fn(tokenizer: Any) -> Callable[[dict[str, list]], Any]:
-    """SPEC §1.3 (L296-308): ``tokenize_and_align_labels`` for ``Dataset.map(batched=True)``."""
-
-    def tokenize_and_align_labels(examples: dict[str, list]) -> Any:
-        tokenized_inputs = tokenizer(examples["tokens"], truncation=True, is_split_into_words=True)
-        all_labels = examples["ner_tags"]
-        new_labels = []
-        for i, labels in enumerate(all_labels):
-            word_ids = tokenized_inputs.word_ids(i)
-            new_labels.append(course_align_labels_with_tokens(labels, word_ids))
-        tokenized_inputs["labels"] = new_labels
-        return tokenized_inputs
-
-    return tokenize_and_align_labels
-
-
-def course_qa_train_fn(tokenizer: Any, max_length: int = 384, stride: int = 128) -> Callable[[dict], Any]:
-    """SPEC §6.3 (L5243-5296): ``preprocess_training_examples``."""
-
-    def preprocess_training_examples(examples: dict[str, list]) -> Any:
-        questions = [q.strip() for q in examples["question"]]
-        inputs = tokenizer(questions, examples["context"], max_length=max_length, truncation="only_second",
-                           stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                           padding="max_length")
-        offset_mapping = inputs.pop("offset_mapping")
-        sample_map = inputs.pop("overflow_to_sample_mapping")
-        start_positions, end_positions = course_label_loop(inputs, offset_mapping, sample_map, examples["answers"])
-        inputs["start_positions"] = start_positions
-        inputs["end_positions"] = end_positions
-        return inputs
-
-    return preprocess_training_examples
-
-
-def course_qa_eval_fn(tokenizer: Any, max_length: int = 384, stride: int = 128) -> Callable[[dict], Any]:
-    """SPEC §6.4 (L5318-5370): ``preprocess_validation_examples`` (non-context offsets become None)."""
-
-    def preprocess_validation_examples(examples: dict[str, list]) -> Any:
-        questions = [q.strip() for q in examples["question"]]
-        inputs = tokenizer(questions, examples["context"], max_length=max_length, truncation="only_second",
-                           stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                           padding="max_length")
-        sample_map = inputs.pop("overflow_to_sample_mapping")
-        example_ids = []
-        for i in range(len(inputs["input_ids"])):
-            sample_idx = sample_map[i]
-            example_ids.append(examples["id"][sample_idx])
-            sequence_ids = inputs.sequence_ids(i)
-            offset = inputs["offset_mapping"][i]
-            inputs["offset_mapping"][i] = [o if sequence_ids[k] == 1 else None for k, o in enumerate(offset)]
-        inputs["example_id"] = example_ids
-        return inputs
-
-    return preprocess_validation_examples
-
-
-def course_mlm_fns(tokenizer: Any, chunk_size: int = 128) -> tuple[Callable[[dict], Any], Callable[[dict], Any]]:
-    """SPEC §2.3 (L1224-1229, L1342-1356): ``tokenize_function`` (no truncation, word_ids) and ``group_texts``
-    (batch concatenated with list sums, remainder dropped, labels = input_ids copy)."""
-
-    def tokenize_function(examples: dict[str, list]) -> Any:
-        result = tokenizer(examples["text"])
-        if tokenizer.is_fast:
-            result["word_ids"] = [result.word_ids(i) for i in range(len(result["input_ids"]))]
-        return result
-
-    def group_texts(examples: dict[str, list]) -> Any:
-        # Concatenate all texts
-        concatenated_examples = {k: sum(examples[k], []) for k in examples.keys()}  # noqa: SIM118
-        # Compute length of concatenated texts
-        total_length = len(concatenated_examples[list(examples.keys())[0]])
-        # We drop the last chunk if it's smaller than chunk_size
-        total_length = (total_length // chunk_size) * chunk_size
-        # Split by chunks of max_len
-        result = {
-            k: [t[i: i + chunk_size] for i in range(0, total_length, chunk_size)]
-            for k, t in concatenated_examples.items()
-        }
-        # Create a new labels column
-        result["labels"] = result["input_ids"].copy()
-        return result
-
-    return tokenize_function, group_texts
-
-
-def course_translation_split(train: datasets.Dataset, train_size: float = 0.9, seed: int = 20) -> datasets.DatasetDict:
-    """SPEC §3.1 (L2067-2087): the validation split carved out of kde4's only split."""
-    split_datasets = train.train_test_split(train_size=train_size, seed=seed)
-    split_datasets["validation"] = split_datasets.pop("test")
-    return split_datasets
-
-
-def course_translation_fn(tokenizer: Any, max_length: int = 128, source: str = "en",
-                          target: str = "fr") -> Callable[[dict], Any]:
-    """SPEC §3.3 (L2202-2214): ``preprocess_function``, targets through ``text_target``."""
-
-    def preprocess_function(examples: dict[str, list]) -> Any:
-        inputs = [ex[source] for ex in examples["translation"]]
-        targets = [ex[target] for ex in examples["translation"]]
-        model_inputs = tokenizer(
-            inputs, text_target=targets, max_length=max_length, truncation=True
-        )
-        return model_inputs
-
-    return preprocess_function
-
-
-def course_summarization_mix(ds: datasets.Dataset, seed: int = 42) -> datasets.Dataset:
-    """SPEC §4.1 (L3111-3146): the bilingual shuffle, then the short-title filter (titles of > 2 words).
-    The course concatenates its two single-language datasets first; ours carry both languages already."""
-    books = ds.shuffle(seed=seed)
-    return books.filter(lambda x: len(x["title"].split()) > 2)
-
-
-def course_summarization_fn(tokenizer: Any, max_input_length: int = 512,
-                            max_target_length: int = 30) -> Callable[[dict], Any]:
-    """SPEC §4.3 (L3223-3237): ``preprocess_function`` as coded (targets by a plain second call, not
-    ``text_target``: the same ids for mT5's single vocabulary). review_body/review_title are body/title here."""
-
-    def preprocess_function(examples: dict[str, list]) -> Any:
-        model_inputs = tokenizer(
-            examples["body"],
-            max_length=max_input_length,
-            truncation=True,
-        )
-        labels = tokenizer(
-            examples["title"], max_length=max_target_length, truncation=True
-        )
-        model_inputs["labels"] = labels["input_ids"]
-        return model_inputs
-
-    return preprocess_function
-
-
-def course_clm_fn(tokenizer: Any, context_length: int = 128) -> Callable[[dict], Any]:
-    """SPEC §5.2 (L4201-4213): ``tokenize``, overflowing 128-token chunks, every shorter tail dropped."""
-
-    def tokenize(element: dict[str, list]) -> Any:
-        outputs = tokenizer(
-            element["content"],
-            truncation=True,
-            max_length=context_length,
-            return_overflowing_tokens=True,
-            return_length=True,
-        )
-        input_batch = []
-        for length, input_ids in zip(outputs["length"], outputs["input_ids"]):
-            if length == context_length:
-                input_batch.append(input_ids)
-        return {"input_ids": input_batch}
-
-    return tokenize
 
 
 # ---- one task's case ----------------------------------------------------------------------------
@@ -393,7 +226,7 @@ def mlm_case(sizes: Sizes, scratch: Path) -> Case:
 
     note = (f"{sizes.mlm_reviews} IMDb train / {n_eval} eval reviews, every {cfg.chunk_size}-token chunk kept "
             "(preprocess.train_size/test_size null: the course downsamples in §2.1, after §2.3). prepare() also "
-            "masks the eval chunks once with a seeded generator (deliberate, SPEC §2.6: deterministic perplexity; "
+            "masks the eval chunks once with a seeded generator (deliberate: deterministic perplexity; "
             "compared with the masked tokens restored from the labels) and stores no token_type_ids (the "
             "course's are all 0, the model's default) nor train word_ids (standard collator)")
     return Case("mlm", job, raw, tokenizer, course, tokenizer_only, compare, note)

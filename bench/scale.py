@@ -28,9 +28,9 @@ from typing import Any
 
 import datasets
 
-from nlpjobs.bench.common import Sizes, log, short, timed
-from nlpjobs.bench.records import Sample
-from nlpjobs.bench.training import Meter
+from bench.common import Sizes, importable_env, log, short, timed
+from bench.records import Sample
+from bench.training import Meter
 
 TRAIN_FIGURE = "scale: train 2 processes vs 1"
 TRAIN_TOKENS_FIGURE = "scale: train real tokens/s, 2 processes vs 1"
@@ -59,7 +59,7 @@ def measure(sizes: Sizes, scratch: Path) -> list[Sample]:
 def measure_preprocess(sizes: Sizes, scratch: Path) -> list[Sample]:
     """``sizes.repeats`` repeats over ``sizes.scale_examples`` // 4, // 2 and all of it (training sentences,
     plus a quarter as many eval sentences)."""
-    from nlpjobs.bench.preprocess import ner_case
+    from bench.preprocess import ner_case
     from nlpjobs.tasks import get_task
 
     datasets.disable_caching()
@@ -111,7 +111,7 @@ def train_command(job_path: Path, name: str, steps: int, processes: int) -> list
         raise ValueError(f"processes must be >= 1, got {processes}")
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
               "--max_restarts=0"] if processes > 1 else [sys.executable]
-    return [*launch, "-m", "nlpjobs.bench.scale", "train", "-q", "-c", str(job_path), "--set", f"name={name}",
+    return [*launch, "-m", "bench.scale", "train", "-q", "-c", str(job_path), "--set", f"name={name}",
             "--set", f"train.max_steps={steps}"]
 
 
@@ -138,9 +138,9 @@ def train_env(threads: int, meter_prefix: Path, base: dict[str, str] | None = No
               devices: dict[str, str] | None = None) -> dict[str, str]:
     """The subprocess environment: ``threads`` OpenMP/torch threads per process, where the meters go, the step
     whose stamp waits for the GPU (``sync_at``), ``devices`` (:func:`train_devices`)."""
-    return {**(os.environ if base is None else base), "OMP_NUM_THREADS": str(threads), METER_ENV: str(meter_prefix),
+    return importable_env({**(os.environ if base is None else base), "OMP_NUM_THREADS": str(threads), METER_ENV: str(meter_prefix),
             SYNC_ENV: str(sync_at), "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
-            **(devices or {})}
+            **(devices or {})})
 
 
 def metered_cli(argv: list[str], task: str = "ner") -> None:
@@ -149,7 +149,7 @@ def metered_cli(argv: list[str], task: str = "ner") -> None:
     collator. The meter goes to ``$NLPJOBS_BENCH_METER.<RANK>.json`` when the CLI exits."""
     from unittest import mock
 
-    from nlpjobs.bench.training import CountingCollator, Meter, step_clock
+    from bench.training import CountingCollator, Meter, step_clock
     from nlpjobs.cli import main
     from nlpjobs.tasks import get_task
 
@@ -257,7 +257,7 @@ def measure_training(sizes: Sizes, scratch: Path) -> list[Sample]:
     import torch
     import yaml
 
-    from nlpjobs.bench.training import _preprocessed
+    from bench.training import _preprocessed
 
     steps = min(sizes.train_steps, TRAIN_STEPS_CAP)
     store = scratch / "scale-train-store"
@@ -277,7 +277,7 @@ def measure_training(sizes: Sizes, scratch: Path) -> list[Sample]:
             f"sentences), per-process batch {batch} and {steps} steps, so 2 processes do twice the samples per "
             f"step: samples/s and real tokens/s compare, time per step does not. Steps 2..{steps} timed by an "
             f"optimizer-step hook in every process and real tokens counted by a wrapper around the collator "
-            f"(the training figure's meter, installed by `python -m nlpjobs.bench.scale`, which runs the nlpjobs "
+            f"(the training figure's meter, installed by `python -m bench.scale`, which runs the nlpjobs "
             f"CLI); process start, imports, process group, data and model load, step 1, the final checkpoint "
             f"and the model export are excluded")
     samples: list[Sample] = []
@@ -296,5 +296,5 @@ def measure_training(sizes: Sizes, scratch: Path) -> list[Sample]:
     return samples
 
 
-if __name__ == "__main__":  # the training launches above: `python -m nlpjobs.bench.scale train ...`
+if __name__ == "__main__":  # the training launches above: `python -m bench.scale train ...`
     metered_cli(sys.argv[1:])

@@ -1,6 +1,6 @@
 """Seq2seq evaluation throughput: ``nlpjobs evaluate`` (generation, eval loss, decoding, metric) against the
 course recipe (``Seq2SeqTrainer(..., predict_with_generate=True).evaluate(max_length=..., num_beams=...)``
-with the course's ``compute_metrics``, SPEC §3.5 / §4.5) on the same model, the same preprocessed eval
+with the course's ``compute_metrics``) on the same model, the same preprocessed eval
 split, the same batch size and the same generation settings.
 
 The model: the task's offline preset preprocessed into a scratch file:// store and trained for
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from nlpjobs.bench.common import Sizes, load_preset, log
-from nlpjobs.bench.records import Sample, scores_metric
+from bench.common import Sizes, load_preset, log
+from bench.records import Sample, scores_metric
 
 TASKS = ("translation", "summarization")
 FIGURE = "eval generation examples/s vs course Seq2SeqTrainer"
@@ -44,11 +44,11 @@ class EvalRun:
     predictions: list[str]
 
 
-# ---- the course's compute_metrics (SPEC §3.5, §4.5), as the course wrote them ----------------------
+# ---- the course's compute_metrics, as the course wrote them ----------------------
 
 
 def course_translation_compute_metrics(tokenizer: Any) -> Callable[[Any], dict[str, float]]:
-    """SPEC §3.5 (L2522-2539); ``evaluate.load("sacrebleu")`` is the project's offline copy of that module."""
+    """``evaluate.load("sacrebleu")`` is the project's offline copy of that module."""
     from nlpjobs.metrics import load_metric
 
     metric = load_metric("sacrebleu")
@@ -83,7 +83,7 @@ def sent_tokenize(text: str) -> list[str]:
 
 
 def course_summarization_compute_metrics(tokenizer: Any) -> Callable[[Any], dict[str, float]]:
-    """SPEC §4.5 (L3471-3488). Two forced substitutions: ``sent_tokenize`` (above), and the rouge module
+    """Two forced substitutions: ``sent_tokenize`` (above), and the rouge module
     returns the mid F-measure as a float (the course's ``value.mid.fmeasure`` is the old API's)."""
     from nlpjobs.metrics import load_metric
 
@@ -139,7 +139,7 @@ def run_course(job: Any, manifest: Any, model_dir: Path, out_dir: Path) -> EvalR
         Seq2SeqTrainingArguments,
     )
 
-    from nlpjobs.bench.machine import device
+    from bench.machine import device
     from nlpjobs.data.shards import load_split, load_tokenizer
     from nlpjobs.tasks import get_task
     from nlpjobs.train.engine import model_inputs
@@ -171,13 +171,13 @@ def run_course(job: Any, manifest: Any, model_dir: Path, out_dir: Path) -> EvalR
 
 
 def run_nlpjobs(job: Any) -> EvalRun:
-    """``nlpjobs evaluate`` (``evaluate_saved``) with its ``task.evaluate`` call timed from outside, less the
+    """``nlpjobs evaluate`` (``nlpjobs.stages.evaluate``) with its ``task.evaluate`` call timed from outside, less the
     lead-N baseline summarization scores beside the model (the course scores it in a separate step, §4.5)."""
     from unittest import mock
 
+    from nlpjobs.stages import evaluate as evaluate_saved
+    from nlpjobs.tasks import evaluation as evalloop
     from nlpjobs.tasks import get_task, summarization
-    from nlpjobs.train import evalloop
-    from nlpjobs.train.engine import evaluate_saved
 
     task_cls = type(get_task(job.task))
     evaluate, generate, collect = task_cls.evaluate, task_cls.generate_and_score, evalloop.collect
@@ -236,7 +236,7 @@ def overrides(task: str, sizes: Sizes, store: Path) -> list[str]:
 def trained_model(job: Any) -> tuple[Any, Path]:
     """(manifest, exported model folder): the job preprocessed and trained with nlpjobs."""
     from nlpjobs import stages
-    from nlpjobs.train.engine import fetch_model, train
+    from nlpjobs.stages import fetch_model, train
 
     manifest = stages.preprocess(job).manifest
     with contextlib.redirect_stdout(sys.stderr):
@@ -274,8 +274,8 @@ def measure(task: str, sizes: Sizes, scratch: Path) -> list[Sample]:
     """``sizes.repeats`` evaluations per engine (alternating which goes first) of one trained model."""
     import datasets
 
+    from bench.machine import check_one_gpu
     from nlpjobs import storage
-    from nlpjobs.bench.machine import check_one_gpu
     from nlpjobs.metrics import load_metric
 
     check_one_gpu(f"{task} generation")

@@ -14,8 +14,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from nlpjobs.bench import cli
-from nlpjobs.bench.records import (
+from bench import cli
+from bench.course import (
+    course_align_labels_with_tokens,
+    course_compute_predictions,
+    course_ner_map_fn,
+    course_qa_eval_fn,
+)
+from bench.records import (
     RECORD_KEYS,
     Sample,
     aggregate,
@@ -142,7 +148,7 @@ def test_every_option_has_help() -> None:
 
 
 def test_meter_times_steps_two_to_n() -> None:
-    from nlpjobs.bench.training import Meter
+    from bench.training import Meter
 
     meter = Meter(steps=[10.0, 11.0, 13.0, 14.0, 99.0], tokens=[1000, 10, 20, 30, 7], samples=[9, 1, 2, 3, 4])
     tokens_s, samples_s, seconds = meter.throughput(4)  # a 5th batch was prefetched: ignored
@@ -153,7 +159,7 @@ def test_meter_times_steps_two_to_n() -> None:
 
 
 def test_meter_counts_step_one_from_the_first_batch_when_known() -> None:
-    from nlpjobs.bench.training import Meter
+    from bench.training import Meter
 
     meter = Meter(steps=[10.0, 11.0, 13.0, 14.0], tokens=[1000, 10, 20, 30], samples=[9, 1, 2, 3], started=8.0)
     tokens_s, samples_s, seconds = meter.throughput(4)
@@ -180,7 +186,7 @@ def _step(optimizer: Any, count: int) -> None:
 def test_counting_collator_and_step_clock() -> None:
     import torch
 
-    from nlpjobs.bench.training import CountingCollator, Meter, step_clock
+    from bench.training import CountingCollator, Meter, step_clock
 
     meter = Meter()
 
@@ -206,7 +212,7 @@ def test_step_clock_waits_for_the_gpu_at_the_last_timed_step_only(monkeypatch: p
     synchronises would otherwise be timed by when its last step was queued); the other steps are not held up."""
     import torch
 
-    from nlpjobs.bench.training import Meter, step_clock
+    from bench.training import Meter, step_clock
 
     synced: list[int] = []
     meter = Meter(sync_at=3)
@@ -225,9 +231,9 @@ def test_step_clock_waits_for_the_gpu_at_the_last_timed_step_only(monkeypatch: p
 
 def test_both_engines_train_on_one_device_in_one_precision() -> None:
     """On the CPU both engines train in fp32 (the course Trainer on the CPU too); on a GPU both on it, in fp16
-    mixed precision exactly where the course's arguments set fp16=True (SPEC: masked LM, translation, causal LM,
+    mixed precision exactly where the course's arguments set fp16=True (masked LM, translation, causal LM,
     QA; not NER, not mT5 summarization)."""
-    from nlpjobs.bench.training import RECIPES, course_device_args, precision, setting
+    from bench.training import RECIPES, course_device_args, precision, setting
 
     for task, recipe in RECIPES.items():
         assert precision(recipe, "cpu") == "no", task
@@ -246,7 +252,7 @@ def test_a_change_of_precision_clears_accelerates_state_and_only_then() -> None:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from nlpjobs.bench.training import use_precision
+    from bench.training import use_precision
 
     AcceleratorState._reset_state()
     use_precision("bf16")  # nothing set yet: nothing to clear
@@ -266,7 +272,7 @@ def test_each_course_run_trains_in_its_own_precision(tmp_path: Path, monkeypatch
     from accelerate.state import AcceleratorState
     from transformers import TrainingArguments
 
-    from nlpjobs.bench.training import ACCELERATE_PRECISION, course_device_args, run_precision
+    from bench.training import ACCELERATE_PRECISION, course_device_args, run_precision
 
     monkeypatch.delenv(ACCELERATE_PRECISION, raising=False)
     AcceleratorState._reset_state()
@@ -290,8 +296,8 @@ def test_each_course_run_trains_in_its_own_precision(tmp_path: Path, monkeypatch
 def test_training_note_names_the_setting_and_the_cpu_kernels_only_on_the_cpu() -> None:
     from types import SimpleNamespace
 
-    from nlpjobs.bench.common import Sizes
-    from nlpjobs.bench.training import KERNELS_NOTE, note
+    from bench.common import Sizes
+    from bench.training import KERNELS_NOTE, note
 
     job = SimpleNamespace(train=SimpleNamespace(learning_rate=5e-4, weight_decay=0.1, scheduler="cosine"),
                           preprocess=SimpleNamespace(context_length=128))
@@ -303,7 +309,7 @@ def test_training_note_names_the_setting_and_the_cpu_kernels_only_on_the_cpu() -
 def test_mfu_and_matmul_params() -> None:
     import torch
 
-    from nlpjobs.bench.training import matmul_params, mfu
+    from bench.training import matmul_params, mfu
 
     model = torch.nn.Sequential(torch.nn.Embedding(100, 8), torch.nn.Linear(8, 4))
     assert matmul_params(model) == 8 * 4 + 4
@@ -312,7 +318,7 @@ def test_mfu_and_matmul_params() -> None:
 
 
 def test_matmul_peak_is_measured() -> None:
-    from nlpjobs.bench.machine import describe, matmul_gflops
+    from bench.machine import describe, matmul_gflops
 
     assert matmul_gflops(size=64, seconds=0.05) > 0
     machine = describe(matmul_size=64, seconds=0.05)
@@ -334,7 +340,7 @@ def test_matmul_peak_is_measured() -> None:
 def test_several_gpus_are_refused_before_a_course_trainer_spreads_over_them(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from nlpjobs.bench.machine import check_one_gpu
+    from bench.machine import check_one_gpu
 
     check_one_gpu("clm training")  # no GPU here: nothing to refuse
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -346,7 +352,7 @@ def test_several_gpus_are_refused_before_a_course_trainer_spreads_over_them(monk
 
 
 def test_device_cpu_hides_the_gpus_from_the_whole_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from nlpjobs.bench import cli
+    from bench import cli
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert cli.main(["--device", "cpu", "--figures", "", "--matmul-size", "32", "--out", str(tmp_path)]) == 0
@@ -368,7 +374,6 @@ def tokenizer():
 
 
 def test_course_alignment_matches_spec_example() -> None:
-    from nlpjobs.bench.preprocess import course_align_labels_with_tokens
 
     word_ids = [None, 0, 1, 2, 3, 4, 5, 6, 7, 7, 8, None]
     assert course_align_labels_with_tokens([3, 0, 7, 0, 0, 0, 7, 0, 0], word_ids) == \
@@ -378,9 +383,8 @@ def test_course_alignment_matches_spec_example() -> None:
 def test_course_ner_map_equals_nlpjobs_prepare(tokenizer) -> None:
     import datasets
 
-    from nlpjobs.bench.preprocess import course_ner_map_fn
-    from nlpjobs.config import job_from_dict
     from nlpjobs.data.offline import CONLL_LABELS
+    from nlpjobs.jobfile import job_from_dict
     from nlpjobs.tasks import get_task
 
     features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
@@ -401,8 +405,7 @@ def test_course_ner_map_equals_nlpjobs_prepare(tokenizer) -> None:
 def test_course_qa_loop_and_nlpjobs_postprocessing_agree(tokenizer, logits: str) -> None:
     import datasets
 
-    from nlpjobs.bench.preprocess import course_qa_eval_fn
-    from nlpjobs.bench.qa_postproc import course_compute_predictions, nlpjobs_predictions
+    from bench.qa_postproc import nlpjobs_predictions
     from nlpjobs.tasks import qa_features
 
     context = " ".join(f"Sentence {i} tells that the harbour of town {i} was rebuilt in year {1800 + i}."
@@ -432,7 +435,7 @@ def test_course_qa_loop_and_nlpjobs_postprocessing_agree(tokenizer, logits: str)
 
 
 def test_timed_median_calls_until_the_budget_and_takes_the_median() -> None:
-    from nlpjobs.bench.common import timed_median
+    from bench.common import timed_median
 
     calls: list[int] = []
     delays = iter([0.03, 0.0, 0.0, 0.0, 0.0] + [0.0] * 100)
@@ -452,7 +455,7 @@ def test_timed_median_calls_until_the_budget_and_takes_the_median() -> None:
 def test_steady_allocator_fixes_glibc_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     import ctypes
 
-    from nlpjobs.bench import machine
+    from bench import machine
 
     calls: list[tuple[int, int]] = []
 

@@ -38,7 +38,7 @@ def _version(package: str) -> str:
 
 def device() -> str:
     """The device both engines of every figure train and evaluate on: "cuda" where torch sees a GPU (the
-    first one), else "cpu". ``python -m nlpjobs.bench --device cpu`` hides the GPUs from the whole run."""
+    first one), else "cpu". ``python -m bench --device cpu`` hides the GPUs from the whole run."""
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,5 +1,5 @@
 """QA post-processing time: nlpjobs' vectorised ``postprocess_predictions`` against the course's per-feature,
-per-candidate loop (SPEC §6.6) on the same logits, with identical predictions asserted.
+per-candidate loop on the same logits, with identical predictions asserted.
 
 Both start where evaluation has the logits: nlpjobs from its eval features dataset (offsets as ``-1``) and
 the examples, reading the columns as ``QaTask.evaluate`` does; the course from its own validation features
@@ -9,61 +9,15 @@ them row by row as its ``compute_metrics`` does. The metric call itself (identic
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import datasets
 import numpy as np
 
-from nlpjobs.bench.common import Sizes, load_preset, log, timed_median
-from nlpjobs.bench.records import Sample
-
-
-def course_compute_predictions(start_logits: np.ndarray, end_logits: np.ndarray, features: Any, examples: Any,
-                               n_best: int = 20, max_answer_length: int = 30) -> list[dict[str, str]]:
-    """The course's ``compute_metrics`` loop (L5598-5645) up to ``predicted_answers``, as written there."""
-    example_to_features = collections.defaultdict(list)
-    for idx, feature in enumerate(features):
-        example_to_features[feature["example_id"]].append(idx)
-
-    predicted_answers = []
-    for example in examples:
-        example_id = example["id"]
-        context = example["context"]
-        answers = []
-
-        # Loop through all features associated with that example
-        for feature_index in example_to_features[example_id]:
-            start_logit = start_logits[feature_index]
-            end_logit = end_logits[feature_index]
-            offsets = features[feature_index]["offset_mapping"]
-
-            start_indexes = np.argsort(start_logit)[-1 : -n_best - 1 : -1].tolist()
-            end_indexes = np.argsort(end_logit)[-1 : -n_best - 1 : -1].tolist()
-            for start_index in start_indexes:
-                for end_index in end_indexes:
-                    # Skip answers that are not fully in the context
-                    if offsets[start_index] is None or offsets[end_index] is None:
-                        continue
-                    # Skip answers with a length that is either < 0 or > max_answer_length
-                    if end_index < start_index or end_index - start_index + 1 > max_answer_length:
-                        continue
-
-                    answer = {
-                        "text": context[offsets[start_index][0] : offsets[end_index][1]],
-                        "logit_score": start_logit[start_index] + end_logit[end_index],
-                    }
-                    answers.append(answer)
-
-        # Select the answer with the best score
-        if len(answers) > 0:
-            best_answer = max(answers, key=lambda x: x["logit_score"])
-            predicted_answers.append({"id": example_id, "prediction_text": best_answer["text"]})
-        else:
-            predicted_answers.append({"id": example_id, "prediction_text": ""})
-    return predicted_answers
+from bench.common import Sizes, load_preset, log, timed_median
+from bench.course import course_compute_predictions, course_qa_eval_fn
+from bench.records import Sample
 
 
 def nlpjobs_predictions(start_logits: np.ndarray, end_logits: np.ndarray, features: datasets.Dataset,
@@ -95,7 +49,7 @@ class QaInputs:
 def build_inputs(n_examples: int, seed: int = 0) -> QaInputs:
     """The SQuAD sample's eval examples (jobs/local/qa.yaml) replicated to ``n_examples`` with distinct ids,
     featurised by nlpjobs and by the course, with standard-normal float32 logits of shape [features, 384]."""
-    from nlpjobs.bench.preprocess import course_qa_eval_fn, replicate_qa
+    from bench.preprocess import replicate_qa
     from nlpjobs.data import sources
     from nlpjobs.tasks import get_task, qa_features
 

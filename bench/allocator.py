@@ -1,10 +1,10 @@
-"""nlpjobs on tcmalloc (what the CPU images and ``make run`` preload, :mod:`nlpjobs.allocator`) against nlpjobs on
+"""nlpjobs on tcmalloc (what the CPU images and ``make run`` preload, :mod:`nlpjobs.train.speed.allocator`) against nlpjobs on
 the C library's malloc: one task's ``prepare()`` examples/s and training real tokens/s, on the CPU.
 
 An allocator is chosen when a process starts, so each measurement is a fresh worker process
-(``python -m nlpjobs.bench.allocator``), with and without ``LD_PRELOAD``, alternating which goes first. The
+(``python -m bench.allocator``), with and without ``LD_PRELOAD``, alternating which goes first. The
 glibc worker keeps malloc's default settings, as ``nlpjobs`` runs them (the other figures fix its thresholds for
-both engines, :func:`nlpjobs.bench.machine.steady_allocator`). Each worker reports the allocator it found mapped
+both engines, :func:`bench.machine.steady_allocator`). Each worker reports the allocator it found mapped
 into itself, and a run on another allocator than the one launched is an error, not a figure.
 """
 
@@ -20,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from nlpjobs.bench.common import Sizes, log, timed_median
-from nlpjobs.bench.records import Sample, scores_metric
+from bench.common import Sizes, importable_env, log, timed_median
+from bench.records import Sample, scores_metric
 
 PREPARE_FIGURE = "allocator: preprocess prepare(), tcmalloc vs glibc malloc"
 TRAIN_FIGURE = "allocator: train real tokens/s, tcmalloc vs glibc malloc"
@@ -37,13 +37,13 @@ def worker_env(preload: str | None, base: dict[str, str] | None = None) -> dict[
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     if preload:
         env["LD_PRELOAD"] = preload
-    return env
+    return importable_env(env)
 
 
 def run_worker(task: str, sizes: Sizes, scratch: Path, preload: str | None) -> dict[str, Any]:
     """One worker process's measurements (:func:`work`), checked to have run on the allocator launched."""
     expected = "tcmalloc" if preload else "glibc malloc"
-    argv = [sys.executable, "-m", "nlpjobs.bench.allocator", task, str(scratch), json.dumps(dataclasses.asdict(sizes))]
+    argv = [sys.executable, "-m", "bench.allocator", task, str(scratch), json.dumps(dataclasses.asdict(sizes))]
     proc = subprocess.run(argv, env=worker_env(preload), capture_output=True, text=True, timeout=WORKER_TIMEOUT_S)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -60,10 +60,10 @@ def work(task: str, sizes: Sizes, scratch: Path) -> dict[str, Any]:
     real tokens/s and eval metric on the training figure's (steps 1..N, as there)."""
     import datasets
 
-    from nlpjobs.allocator import in_use
-    from nlpjobs.bench import training
-    from nlpjobs.bench.preprocess import CASES
+    from bench import training
+    from bench.preprocess import CASES
     from nlpjobs.tasks import get_task
+    from nlpjobs.train.speed.allocator import in_use
 
     datasets.disable_progress_bars()
     datasets.disable_caching()
@@ -84,8 +84,8 @@ def work(task: str, sizes: Sizes, scratch: Path) -> dict[str, Any]:
 
 def measure(task: str, sizes: Sizes, scratch: Path) -> list[Sample]:
     """``sizes.repeats`` pairs of workers; without tcmalloc on this machine, a record saying how to install it."""
-    from nlpjobs.allocator import INSTALL_HINT, find_tcmalloc
-    from nlpjobs.bench.training import RECIPES
+    from bench.training import RECIPES
+    from nlpjobs.train.speed.allocator import INSTALL_HINT, find_tcmalloc
 
     library = find_tcmalloc()
     if library is None:

@@ -1,4 +1,4 @@
-"""``python -m nlpjobs.bench``: run the figures, write results.json / results.md, print the table."""
+"""``python -m bench``: run the figures, write results.json / results.md, print the table."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from nlpjobs.bench.common import Sizes, log, short
-from nlpjobs.bench.machine import Machine
-from nlpjobs.bench.records import Sample, aggregate, markdown_table, write_results
+from bench.common import Sizes, log, short
+from bench.machine import Machine
+from bench.records import Sample, aggregate, markdown_table, write_results
 
 FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale", "generation", "allocator")
 TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
@@ -25,7 +25,7 @@ TRAIN_TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m nlpjobs.bench",
+        prog="python -m bench",
         description="Measure nlpjobs side by side with the course recipe on the same data, model and machine; "
                     "write OUT/results.json and OUT/results.md (medians of the repeats) and print the table. "
                     "Figures never fail on a slow number; a figure that cannot be measured says why.")
@@ -125,7 +125,7 @@ def plan(task: str, figures: list[str]) -> list[tuple[str, str]]:
         elif figure == "generation":
             out += [("generation", t) for t in wanted if t in ("translation", "summarization")]
         elif figure == "allocator":
-            from nlpjobs.bench.allocator import DEFAULT_TASK
+            from bench.allocator import DEFAULT_TASK
 
             out.append(("allocator", DEFAULT_TASK if task == "all" else task))
     return out
@@ -152,14 +152,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from nlpjobs.allocator import in_use
-    from nlpjobs.bench import machine
+    from bench import machine
+    from nlpjobs.train.speed.allocator import in_use
 
     current = in_use()  # the allocator the bench process itself was started on
     allocator = (machine.steady_allocator() if current in ("glibc malloc", "unknown")
                  else f"allocator: {current} (preloaded) for every figure but the allocator figure's own workers")
     started = time.time()
-    from nlpjobs.bench.machine import busy_cores
+    from bench.machine import busy_cores
 
     busy = busy_cores()
     parallelism = os.environ.get("TOKENIZERS_PARALLELISM")  # before any figure's imports may set it
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(allocator)
     lines.append("TOKENIZERS_PARALLELISM at the start: " + (parallelism or "unset (the fast tokenizer uses every "
                                                                          "core, for the course as for nlpjobs)"))
-    command = "python -m nlpjobs.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
     header = (f"`{command.strip()}` · {time.strftime('%Y-%m-%d %H:%M')} · {sizes.repeats} repeat(s) · "
               f"{time.time() - started:.0f} s")
     write_results(args.out, records, lines, header)
@@ -208,34 +208,34 @@ def run_figure(figure: str, task: str, sizes: Sizes, scratch: Path, host: Machin
         if task not in PREPROCESS_TASKS:
             return [not_measured(task, "preprocess prepare() vs course map",
                                  f"the course recipe for {task} is not in the benchmark yet")]
-        from nlpjobs.bench import preprocess
+        from bench import preprocess
 
         runners[figure] = lambda: preprocess.measure(task, sizes, scratch)
     elif figure == "qa-postproc":
-        from nlpjobs.bench import qa_postproc
+        from bench import qa_postproc
 
         runners[figure] = lambda: qa_postproc.measure(sizes, scratch)
     elif figure == "storage":
-        from nlpjobs.bench import storage
+        from bench import storage
 
         runners[figure] = lambda: storage.measure(sizes, scratch)
     elif figure == "train":
         if task not in TRAIN_TASKS:
             return [not_measured(task, "train real tokens/s vs course Trainer",
                                  f"the course Trainer recipe for {task} is not in the benchmark yet")]
-        from nlpjobs.bench import training
+        from bench import training
 
         runners[figure] = lambda: training.measure(sizes, scratch, host.peaks(), task)
     elif figure == "scale":
-        from nlpjobs.bench import scale
+        from bench import scale
 
         runners[figure] = lambda: scale.measure(sizes, scratch)
     elif figure == "generation":
-        from nlpjobs.bench import generation
+        from bench import generation
 
         runners[figure] = lambda: generation.measure(task, sizes, scratch)
     elif figure == "allocator":
-        from nlpjobs.bench import allocator
+        from bench import allocator
 
         runners[figure] = lambda: allocator.measure(task, sizes, scratch)
     try:

@@ -1,4 +1,4 @@
-"""The training figure beyond NER (nlpjobs.bench.training): seq2seq token counting, one initial model for both
+"""The training figure beyond NER (bench.training): seq2seq token counting, one initial model for both
 engines, the token-weighted eval loss, and a 3-step translation run of the figure. No timings asserted."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nlpjobs.bench import cli, training
-from nlpjobs.bench.common import Sizes
-from nlpjobs.bench.records import aggregate
+from bench import cli, training
+from bench.common import Sizes
+from bench.records import aggregate
 
 SIZES = Sizes(repeats=1, train_steps=3, train_examples=120, eval_examples=12, train_batch_size=4)
 
@@ -168,7 +168,7 @@ def test_mlm_eval_loss_scores_the_masked_tokens_unshifted(tmp_path: Path) -> Non
 
 def test_cli_routes_the_training_tasks(tmp_path: Path) -> None:
     assert set(cli.TRAIN_TASKS) == set(cli.TASKS) == set(training.RECIPES)
-    from nlpjobs.bench.machine import Machine
+    from bench.machine import Machine
 
     host = Machine("cpu", 1, 1, "none", 10.0, 32, {})
     [sample] = cli.run_figure("train", "pos-tagging", SIZES, tmp_path, host)

@@ -1,4 +1,4 @@
-"""The scale figure's training part (nlpjobs.bench.scale): the launch command for 1 vs 2 processes, the
+"""The scale figure's training part (bench.scale): the launch command for 1 vs 2 processes, the
 threads each gets, the run's report check, the throughput of steps 2..N from the processes' meters, and the
 metered CLI (with a fake CLI and collator). No training is launched."""
 
@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from nlpjobs.bench import scale
-from nlpjobs.bench.training import Meter
+from bench import scale
+from bench.training import Meter
 
 
 def test_one_process_is_the_plain_cli_two_go_through_torchrun(tmp_path: Path) -> None:
     job = tmp_path / "job.yaml"
     one = scale.train_command(job, "run-a", 30, 1)
-    assert one == [sys.executable, "-m", "nlpjobs.bench.scale", "train", "-q", "-c", str(job),
+    assert one == [sys.executable, "-m", "bench.scale", "train", "-q", "-c", str(job),
                    "--set", "name=run-a", "--set", "train.max_steps=30"]
     two = scale.train_command(job, "run-b", 30, 2)
-    cut = two.index("nlpjobs.bench.scale")
+    cut = two.index("bench.scale")
     assert two[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in two[:cut] and "--nproc_per_node=2" in two[:cut]
     assert two[cut - 1] == "-m" and two[cut + 1:] == [*one[3:7], "--set", "name=run-b", "--set", "train.max_steps=30"]

@@ -242,14 +242,15 @@ def train(config_path: str, overrides: tuple[str, ...], quiet: bool, launch_from
                   "(--overfit-lr), or allow more steps", 7)
         return
     if launch_from_env:
-        from nlpjobs.train.launch import LaunchError, exec_torchrun, plan_from_env
+        from nlpjobs.train.launch import LAUNCH_FAILED, LaunchError, plan_from_env, run_torchrun
 
         command = ["train", "-c", config_path, *[a for o in overrides for a in ("--set", o)]]
         try:
-            exec_torchrun(plan_from_env(), command + (["--quiet"] if quiet else []))
+            code = run_torchrun(plan_from_env(), command + (["--quiet"] if quiet else []),
+                                log=lambda line: click.echo(line, err=True))
         except LaunchError as exc:
-            _fail(f"launch: {exc}", 5)
-        return
+            _fail(f"launch: {exc}", LAUNCH_FAILED)
+        sys.exit(code)
     from nlpjobs.train.stop import current
 
     current().install()  # before the slow imports and loading: a SIGTERM then must not be lost

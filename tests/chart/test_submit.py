@@ -36,14 +36,15 @@ def test_dry_run_prints_valid_manifests_from_flags(tmp_path: Path, helm_env: dic
     proc = _nlpjobs("submit", "clm", "--nodes", "2", "--gpus", "8", "-f", str(values), "--set", "train.max_steps=10",
                     "-n", "ml", "--dry-run", env=helm_env)
     assert proc.returncode == 0, proc.stderr
-    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
-    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
-    assert kinds == [("Job", "nlpjobs-clm-evaluate"), ("Job", "nlpjobs-clm-preprocess"), ("Job", "nlpjobs-clm-train"),
-                     ("Service", "nlpjobs-clm-train")]
-    for doc in docs:
+    [jobset] = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert (jobset["kind"], jobset["metadata"]["name"], jobset["metadata"]["namespace"]) == ("JobSet", "nlpjobs-clm", "ml")
+    jobs = {r["name"]: {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": f"nlpjobs-clm-{r['name']}-0"},
+                        "spec": r["template"]["spec"]} for r in jobset["spec"]["replicatedJobs"]}
+    assert list(jobs) == ["preprocess", "train", "evaluate"]
+    for doc in jobs.values():
         for version in ("1.29", "1.37"):
             kv.validate(doc, version, strict=True)
-    train = next(d for d in docs if d["kind"] == "Job" and d["metadata"]["name"].endswith("train"))
+    train = jobs["train"]
     assert train["spec"]["completions"] == 2  # the flag wins over the values file's nodes: 1
     pod = train["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -54,6 +55,15 @@ def test_dry_run_prints_valid_manifests_from_flags(tmp_path: Path, helm_env: dic
     assert env["NLPJOBS_NPROC_PER_NODE"] == "8" and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
     assert "train.max_steps=10" in container["args"]
     assert "storage=s3://team-bucket/clm" in container["args"]
+
+
+def test_gpus_and_processes_must_agree(helm_env: dict[str, str]) -> None:
+    """With GPUs, each process drives one GPU: --gpus 8 --processes 4 is refused, not silently 4 processes."""
+    proc = _nlpjobs("submit", "clm", "--gpus", "8", "--processes", "4", "--dry-run", env=helm_env)
+    assert proc.returncode == 2, proc.stderr
+    assert "--gpus 8 and --processes 4" in proc.stderr and "Traceback" not in proc.stderr
+    same = _nlpjobs("submit", "clm", "--gpus", "8", "--processes", "8", "--dry-run", env=helm_env)
+    assert same.returncode == 0, same.stderr
 
 
 def test_dry_run_rejects_bad_values_before_anything(tmp_path: Path, helm_env: dict[str, str]) -> None:
@@ -90,11 +100,11 @@ def test_rendered_stage_args_are_accepted_by_the_cli_config(task: str, tmp_path:
     root = Path(__file__).resolve().parents[2]
     text = render([], {"task": task, "deepspeed.enabled": True, "deepspeed.zeroStage": 3,
                        "deepspeed.offloadParams": True, "overrides": "{train.max_steps=7}"})
-    jobs = [d for d in yaml.safe_load_all(text) if d and d["kind"] == "Job"]
-    assert len(jobs) == 3
-    for job in jobs:
-        pod = job["spec"]["template"]["spec"]
-        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+    [jobset] = [d for d in yaml.safe_load_all(text) if d]
+    pods = [r["template"]["spec"]["template"]["spec"] for r in jobset["spec"]["replicatedJobs"]]
+    assert len(pods) == 3
+    for pod in pods:
+        for container in pod["containers"]:
             args = container["args"]
             config = args[args.index("-c") + 1]
             assert config == f"/app/jobs/{task}.yaml"

@@ -129,4 +129,19 @@ class Pod:
 
 
 def jobs_by_stage(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in manifests if d and d["kind"] == "Job"}
+    """The Jobs the run's JobSet creates, by stage, as the JobSet controller makes them: named
+    ``<jobset>-<stage>-0``, their pods in the JobSet's subdomain (its headless Service) when DNS hostnames are on."""
+    import copy
+
+    [jobset] = [d for d in manifests if d and d["kind"] == "JobSet"]
+    name = jobset["metadata"]["name"]
+    network = jobset["spec"].get("network", {})
+    jobs = {}
+    for replicated in jobset["spec"]["replicatedJobs"]:
+        template = copy.deepcopy(replicated["template"])
+        if network.get("enableDNSHostnames"):
+            template["spec"]["template"]["spec"]["subdomain"] = network.get("subdomain") or name
+        jobs[replicated["name"]] = {"apiVersion": "batch/v1", "kind": "Job",
+                                    "metadata": {"name": f"{name}-{replicated['name']}-0", **template.get("metadata", {})},
+                                    "spec": template["spec"]}
+    return jobs

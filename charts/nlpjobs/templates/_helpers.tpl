@@ -52,16 +52,6 @@ nlpjobs.io/run: {{ include "nlpjobs.runName" . }}
 {{- end }}
 
 {{/*
-Name of a stage's resources: <fullname, at most 45 characters>-<stage>. Keeps the Indexed Job's pod
-hostnames (<job>-<index>) within a 63-character DNS label.
-Usage: include "nlpjobs.stageName" (list $ "train")
-*/}}
-{{- define "nlpjobs.stageName" -}}
-{{- $root := index . 0 }}
-{{- printf "%s-%s" (include "nlpjobs.fullname" $root | trunc 45 | trimSuffix "-") (index . 1) }}
-{{- end }}
-
-{{/*
 Run id: values.runName, else the release name.
 */}}
 {{- define "nlpjobs.runName" -}}
@@ -90,21 +80,47 @@ Job file inside the image.
 {{- end }}
 
 {{/*
-Container image reference.
+Container image of a stage. The tag defaults to <appVersion>-cuda for stages that request GPUs and
+<appVersion>-cpu for the others (preprocessing never needs the CUDA image).
+Usage: include "nlpjobs.image" (list $ "train")
 */}}
 {{- define "nlpjobs.image" -}}
-{{- $repo := tpl .Values.image.repository . }}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" $repo .Values.image.digest }}
+{{- $root := index . 0 }}
+{{- $repo := tpl $root.Values.image.repository $root }}
+{{- if $root.Values.image.digest }}
+{{- printf "%s@%s" $repo $root.Values.image.digest }}
 {{- else }}
-{{- $flavour := ternary "cuda" "cpu" .Values.gpu.enabled }}
-{{- $tag := tpl (default (printf "%s-%s" .Chart.AppVersion $flavour) .Values.image.tag) . }}
+{{- $flavour := ternary "cuda" "cpu" (gt (int (include "nlpjobs.gpus" .)) 0) }}
+{{- $tag := tpl (default (printf "%s-%s" $root.Chart.AppVersion $flavour) $root.Values.image.tag) $root }}
 {{- printf "%s:%s" $repo $tag }}
 {{- end }}
 {{- end }}
 
 {{/*
-Arguments every stage (and every wait) gets after the subcommand: the job file, the storage root, the
+GPUs a stage's pod requests: processesPerNode for train and evaluate.gpus for evaluate when gpu.enabled;
+never for preprocess.
+Usage: include "nlpjobs.gpus" (list $ "train")
+*/}}
+{{- define "nlpjobs.gpus" -}}
+{{- $root := index . 0 }}
+{{- $stage := index . 1 }}
+{{- if not $root.Values.gpu.enabled }}0
+{{- else if eq $stage "train" }}{{ $root.Values.processesPerNode | int }}
+{{- else if eq $stage "evaluate" }}{{ $root.Values.evaluate.gpus | int }}
+{{- else }}0
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the run's JobSet: <fullname, at most 40 characters>. It also names the headless Service, and the
+training pods' hostnames <jobset>-train-0-<index> stay within a 63-character DNS label.
+*/}}
+{{- define "nlpjobs.jobsetName" -}}
+{{- include "nlpjobs.fullname" . | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Arguments every stage gets after the subcommand: the job file, the storage root, the
 run id and the user's overrides. Rendered as YAML list items.
 */}}
 {{- define "nlpjobs.commonArgs" -}}
@@ -228,7 +244,8 @@ Usage: include "nlpjobs.volumeMounts" (list $ withShm)
 {{- end }}
 
 {{/*
-Pod volumes matching nlpjobs.volumeMounts.
+Pod volumes matching nlpjobs.volumeMounts. /dev/shm is memory-backed: its size limit defaults to
+shm.perProcess x the stage's processes, and counts against the pod's memory.
 Usage: include "nlpjobs.volumes" (list $ withShm)
 */}}
 {{- define "nlpjobs.volumes" -}}
@@ -249,21 +266,27 @@ Usage: include "nlpjobs.volumes" (list $ withShm)
 - name: shm
   emptyDir:
     medium: Memory
-    {{- with $root.Values.shm.sizeLimit }}
-    sizeLimit: {{ . }}
-    {{- end }}
+    sizeLimit: {{ $root.Values.shm.sizeLimit | default (printf "%dMi" (mul (int $root.Values.shm.perProcessMi) (int $root.Values.processesPerNode))) }}
 {{- end }}
 {{- end }}
 
 {{/*
-Container resources with the GPU limit merged in.
-Usage: include "nlpjobs.resources" (list $ $resources $gpus)
+Container resources of a stage with its GPU limit merged in. Training pods: train.resources when set, else
+train.perProcess (cpu, memory in Mi) times processesPerNode, requests equal to limits for memory.
+Usage: include "nlpjobs.resources" (list $ "train")
 */}}
 {{- define "nlpjobs.resources" -}}
 {{- $root := index . 0 }}
-{{- $res := deepCopy (index . 1) }}
-{{- $gpus := int (index . 2) }}
-{{- if and $root.Values.gpu.enabled (gt $gpus 0) }}
+{{- $stage := index . 1 }}
+{{- $res := deepCopy (index $root.Values $stage).resources }}
+{{- if and (eq $stage "train") (not $res) }}
+{{- $per := $root.Values.train.perProcess }}
+{{- $n := int $root.Values.processesPerNode }}
+{{- $memory := printf "%dMi" (mul (int $per.memoryMi) $n) }}
+{{- $res = dict "requests" (dict "cpu" (printf "%d" (mul (int $per.cpu) $n)) "memory" $memory) "limits" (dict "memory" $memory) }}
+{{- end }}
+{{- $gpus := int (include "nlpjobs.gpus" (list $root $stage)) }}
+{{- if gt $gpus 0 }}
 {{- $limits := default dict $res.limits }}
 {{- $_ := set $limits $root.Values.gpu.resourceName $gpus }}
 {{- $_ := set $res "limits" $limits }}
@@ -276,35 +299,23 @@ Usage: include "nlpjobs.resources" (list $ $resources $gpus)
 {{- end }}
 
 {{/*
-Job-level fields shared by the stages: Kueue suspension, retries, failure policy, TTL, deadline.
-Usage: include "nlpjobs.jobSpecCommon" (list $ $stageValues)
+A stage's Job podFailurePolicy. Rule order matters to the JobSet's failurePolicy, which reads the Job's
+failure message: an exit code that no restart can fix fails the Job ("failed with exit code ..."), and so
+does a disruption ("has condition DisruptionTarget ..."), each to be told apart there.
+Usage: include "nlpjobs.podFailurePolicy" (list $ "train")
 */}}
-{{- define "nlpjobs.jobSpecCommon" -}}
+{{- define "nlpjobs.podFailurePolicy" -}}
 {{- $root := index . 0 }}
-{{- $stage := index . 1 -}}
-backoffLimit: {{ $root.Values.job.backoffLimit }}
-{{- if $root.Values.kueue.queueName }}
-suspend: true
-{{- end }}
-ttlSecondsAfterFinished: {{ $root.Values.job.ttlSecondsAfterFinished }}
-{{- with $stage.activeDeadlineSeconds }}
-activeDeadlineSeconds: {{ . }}
-{{- end }}
 {{- $pfp := $root.Values.job.podFailurePolicy }}
 {{- $codes := list }}
 {{- range $pfp.failJobOnExitCodes }}{{ $codes = append $codes (int .) }}{{ end }}
-{{- if or $pfp.ignoreDisruptions $codes }}
+{{- if or $pfp.ignoreDisruptions $codes -}}
 podFailurePolicy:
   rules:
-    {{- if $pfp.ignoreDisruptions }}
-    - action: Ignore
-      onPodConditions:
-        - type: DisruptionTarget
-          status: "True"
-    {{- end }}
     {{- if $codes }}
     - action: FailJob
       onExitCodes:
+        containerName: {{ index . 1 }}
         operator: In
         values:
           {{- /* the API wants them sorted and unique */}}
@@ -314,19 +325,12 @@ podFailurePolicy:
           {{- end }}
           {{- end }}
     {{- end }}
-{{- end }}
-{{- end }}
-
-{{/*
-Job metadata labels: common labels, the stage, and the Kueue queue.
-Usage: include "nlpjobs.jobLabels" (list $ "train")
-*/}}
-{{- define "nlpjobs.jobLabels" -}}
-{{- $root := index . 0 }}
-{{- include "nlpjobs.labels" $root }}
-app.kubernetes.io/component: {{ index . 1 }}
-{{- with $root.Values.kueue.queueName }}
-kueue.x-k8s.io/queue-name: {{ . }}
+    {{- if $pfp.ignoreDisruptions }}
+    - action: FailJob
+      onPodConditions:
+        - type: DisruptionTarget
+          status: "True"
+    {{- end }}
 {{- end }}
 {{- end }}
 
@@ -349,13 +353,16 @@ annotations:
 {{- end }}
 
 {{/*
-Pod-level fields shared by the stages: restricted securityContext, no token, scheduling (the stage's own
-values win over the top-level ones), pull secrets, grace period.
-Usage: include "nlpjobs.podSpecCommon" (list $ $stageValues)
+Pod-level fields of a stage: restricted securityContext, no token, scheduling, pull secrets, grace period.
+Scheduling: the stage's own non-empty nodeSelector/tolerations/affinity/priorityClassName, else the
+top-level ones; pods that request GPUs also get gpu.nodeSelector and gpu.tolerations (so preprocessing
+stays off the GPU pool).
+Usage: include "nlpjobs.podSpecCommon" (list $ "train")
 */}}
 {{- define "nlpjobs.podSpecCommon" -}}
 {{- $root := index . 0 }}
-{{- $stage := index . 1 -}}
+{{- $stage := index $root.Values (index . 1) }}
+{{- $gpus := int (include "nlpjobs.gpus" .) -}}
 restartPolicy: Never
 terminationGracePeriodSeconds: {{ $root.Values.job.terminationGracePeriodSeconds }}
 automountServiceAccountToken: {{ $root.Values.serviceAccount.automountToken }}
@@ -379,11 +386,15 @@ imagePullSecrets:
 {{- with (default $root.Values.priorityClassName $stage.priorityClassName) }}
 priorityClassName: {{ . }}
 {{- end }}
-{{- with (default $root.Values.nodeSelector $stage.nodeSelector) }}
+{{- $selector := deepCopy (default $root.Values.nodeSelector $stage.nodeSelector) }}
+{{- if gt $gpus 0 }}{{ $selector = merge $selector $root.Values.gpu.nodeSelector }}{{ end }}
+{{- with $selector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with (default $root.Values.tolerations $stage.tolerations) }}
+{{- $tolerations := default $root.Values.tolerations $stage.tolerations }}
+{{- if gt $gpus 0 }}{{ $tolerations = concat $tolerations $root.Values.gpu.tolerations }}{{ end }}
+{{- with $tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -394,30 +405,57 @@ affinity:
 {{- end }}
 
 {{/*
-Init container that waits (bounded) for the previous stage's _SUCCESS marker.
-Usage: include "nlpjobs.waitContainer" (list $ "dataset" $timeoutSeconds)
+The main container of a stage: `nlpjobs <stage>` (train: `train --launch-from-env`, a static-rendezvous
+torchrun of processesPerNode workers whose exit code the pod keeps).
+Usage: include "nlpjobs.stageContainer" (list $ "train" $masterAddress)
 */}}
-{{- define "nlpjobs.waitContainer" -}}
-{{- $root := index . 0 -}}
-- name: wait-for-{{ index . 1 }}
-  image: {{ include "nlpjobs.image" $root | quote }}
+{{- define "nlpjobs.stageContainer" -}}
+{{- $root := index . 0 }}
+{{- $stage := index . 1 -}}
+- name: {{ $stage }}
+  image: {{ include "nlpjobs.image" (list $root $stage) | quote }}
   imagePullPolicy: {{ $root.Values.image.pullPolicy }}
   {{- if $root.Values.image.command }}
   {{- include "nlpjobs.command" $root | nindent 2 }}
   {{- end }}
   args:
-    - "wait"
-    - "--for"
-    - {{ index . 1 | quote }}
+    - {{ $stage | quote }}
+    {{- if eq $stage "train" }}
+    - "--launch-from-env"
+    {{- end }}
     {{- include "nlpjobs.commonArgs" $root | nindent 4 }}
-    - "--timeout"
-    - {{ index . 2 | int | toString | quote }}
+    {{- if and (eq $stage "train") $root.Values.deepspeed.enabled }}
+    {{- include "nlpjobs.deepspeedArgs" $root | nindent 4 }}
+    {{- end }}
+  {{- if eq $stage "train" }}
+  ports:
+    - name: rendezvous
+      containerPort: {{ $root.Values.launch.masterPort }}
+      protocol: TCP
+  {{- end }}
   env:
+    {{- if eq $stage "train" }}
+    # JOB_COMPLETION_INDEX (the machine rank) is set by Kubernetes for Indexed Jobs.
+    - name: NLPJOBS_NNODES
+      value: {{ $root.Values.nodes | int | toString | quote }}
+    - name: NLPJOBS_NPROC_PER_NODE
+      value: {{ $root.Values.processesPerNode | int | toString | quote }}
+    - name: NLPJOBS_MASTER_ADDR
+      value: {{ index . 2 | quote }}
+    - name: NLPJOBS_MASTER_PORT
+      value: {{ $root.Values.launch.masterPort | int | toString | quote }}
+    - name: NLPJOBS_RDZV_TIMEOUT
+      value: {{ $root.Values.launch.rdzvTimeoutSeconds | int | toString | quote }}
+    # torchrun gives its workers this long to commit a checkpoint after SIGTERM before it kills them:
+    # the pod's grace period minus a margin for the upload's last request and the exit.
+    - name: NLPJOBS_SHUTDOWN_TIMEOUT
+      value: {{ max 5 (sub ($root.Values.job.terminationGracePeriodSeconds | int) 15) | toString | quote }}
+    {{- end }}
     {{- include "nlpjobs.env" $root | nindent 4 }}
   resources:
-    {{- toYaml $root.Values.wait.resources | nindent 4 }}
+    {{- include "nlpjobs.resources" (list $root $stage) | nindent 4 }}
   securityContext:
     {{- include "nlpjobs.containerSecurityContext" $root | nindent 4 }}
   volumeMounts:
-    {{- include "nlpjobs.volumeMounts" (list $root false) | nindent 4 }}
+    {{- include "nlpjobs.volumeMounts" (list $root (ne $stage "preprocess")) | nindent 4 }}
 {{- end }}

@@ -136,3 +136,21 @@ def test_cpu_kernels_follow_the_setting(tmp_path: Path, tiny_model: Path) -> Non
     preprocess(job)
     assert train(job, show_progress=False).steps == 2
     assert F.dropout is cpu_step._TORCH_DROPOUT and F.scaled_dot_product_attention is cpu_step._TORCH_ATTENTION
+
+
+def test_optimizer_offload_without_a_compiler_is_refused_before_training(tmp_path: Path, tiny_model: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepSpeed compiles its CPU Adam op at first use; where no compiler exists (the images), offload is
+    refused up front with the fix, not as a build error minutes into training."""
+    from deepspeed import git_version_info
+
+    from nlpjobs.train.engine import check_cpu_adam_buildable, deepspeed_plugin
+
+    monkeypatch.setitem(git_version_info.installed_ops, "cpu_adam", False)
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    job = small_job(tmp_path, tiny_model, "deepspeed.enabled=true", "deepspeed.zero_stage=2",
+                    "deepspeed.offload_optimizer=true")
+    with pytest.raises(ConfigError, match=r"deepspeed.offload_optimizer: .*'no-such-compiler' is not on PATH"):
+        deepspeed_plugin(job)
+    monkeypatch.setitem(git_version_info.installed_ops, "cpu_adam", True)  # prebuilt: nothing to compile
+    check_cpu_adam_buildable()

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import sysconfig
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -122,6 +123,8 @@ def deepspeed_plugin(job: JobConfig) -> Any:
     if not torch.cuda.is_available():
         skip_cpu_shared_memory_op()
     ds = job.deepspeed
+    if ds.offload_optimizer:
+        check_cpu_adam_buildable()
     if "LOCAL_RANK" not in os.environ:  # DeepSpeed always initialises torch.distributed: a world of one
         os.environ.update(LOCAL_RANK="0", RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT") or str(_free_port()))
@@ -130,6 +133,25 @@ def deepspeed_plugin(job: JobConfig) -> Any:
                            offload_optimizer_device="cpu" if ds.offload_optimizer else "none",
                            offload_param_device="cpu" if ds.offload_params else "none",
                            zero3_save_16bit_model=ds.zero_stage == 3)
+
+
+def check_cpu_adam_buildable() -> None:
+    """Optimizer offload runs DeepSpeed's CPU Adam op: built into the deepspeed install, or compiled when first
+    used, which needs a C++ compiler and the Python headers. Say so before training starts, not as a
+    compiler error minutes into it (the project's images carry neither)."""
+    from deepspeed.git_version_info import installed_ops
+
+    if installed_ops.get("cpu_adam"):
+        return
+    compiler = os.environ.get("CXX", "c++")
+    missing = [] if shutil.which(compiler) else [f"a C++ compiler ({compiler!r} is not on PATH)"]
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        missing.append(f"the Python headers (no Python.h in {sysconfig.get_paths()['include']})")
+    if missing:
+        raise ConfigError("deepspeed.offload_optimizer: DeepSpeed's CPU Adam op is not built into this deepspeed "
+                          f"install and cannot be compiled here: it needs {' and '.join(missing)}. Set "
+                          "deepspeed.offload_optimizer=false, or use an environment with g++ and python3-dev "
+                          "(or deepspeed installed with DS_BUILD_CPU_ADAM=1).")
 
 
 def _deepspeed_backend() -> str | None:

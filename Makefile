@@ -88,19 +88,20 @@ NODES ?=
 GPUS ?=
 VALUES ?=
 DRY_RUN ?=
-submit: $(STAMP) ## helm upgrade --install TASK on the current kube context (NODES=2 GPUS=8 VALUES=my.yaml SET=.. DRY_RUN=1).
+REPLACE ?=
+submit: $(STAMP) ## nlpjobs submit TASK on the current kube context: a new run, or a finished one resumed (NODES=2 GPUS=8 VALUES=my.yaml SET=.. REPLACE=1 DRY_RUN=1).
 	$(BIN)/nlpjobs submit $(TASK) -n $(NAMESPACE) $(if $(NODES),--nodes $(NODES)) $(if $(GPUS),--gpus $(GPUS)) \
-	  $(foreach v,$(VALUES),-f $(v)) $(foreach s,$(SET),--set $(s)) $(if $(DRY_RUN),--dry-run)
+	  $(foreach v,$(VALUES),-f $(v)) $(foreach s,$(SET),--set $(s)) $(if $(REPLACE),--replace) $(if $(DRY_RUN),--dry-run)
 
 RELEASE ?= nlpjobs-$(TASK)
-status: $(STAMP) ## Stages, progress and failures of RELEASE (default nlpjobs-$(TASK)).
+status: $(STAMP) ## The run of RELEASE in words: queued, running, restarting, failed, complete (default nlpjobs-$(TASK)).
 	$(BIN)/nlpjobs status $(RELEASE) -n $(NAMESPACE)
 
 STAGE ?= train
 logs: $(STAMP) ## Logs of one stage of RELEASE (STAGE=preprocess|train|evaluate).
 	$(BIN)/nlpjobs logs $(RELEASE) -n $(NAMESPACE) --stage $(STAGE)
 
-kind-up: ## Local cluster: kind + in-cluster SeaweedFS (S3) + the storage Secret (needs kind, kubectl, docker).
+kind-up: ## Local cluster: kind + JobSet + Kueue + in-cluster SeaweedFS (S3) + the storage Secret (needs kind, kubectl, docker).
 	images/kind.sh up
 
 kind-load: ## Load the CPU task images into the kind cluster (after `make images`).

@@ -209,20 +209,16 @@ extract_manifests() {
   # JobSet / Kueue: CRDs (with their conversion-webhook patches) and the webhook
   # configurations (with their selector patches), rendered by kustomize from the
   # module's config/components. controlplane.py rewrites `service:` to loopback `url:`.
-  if [[ ! -f "${MAN}/jobset/.done" ]]; then
-    d=$(moddir "sigs.k8s.io/jobset@${JOBSET_VERSION}")
-    rm -rf "${MAN}/jobset"; mkdir -p "${MAN}/jobset"
-    render "${MAN}/jobset/crds.yaml" "${d}/config/components/crd"
-    render "${MAN}/jobset/webhooks.yaml" "${d}/config/components/webhook"
-    touch "${MAN}/jobset/.done"
-  fi
-  if [[ ! -f "${MAN}/kueue/.done" ]]; then
-    d=$(moddir "sigs.k8s.io/kueue@${KUEUE_VERSION}")
-    rm -rf "${MAN}/kueue"; mkdir -p "${MAN}/kueue"
-    render "${MAN}/kueue/crds.yaml" "${d}/config/components/crd"
-    render "${MAN}/kueue/webhooks.yaml" "${d}/config/components/webhook"
-    touch "${MAN}/kueue/.done"
-  fi
+  local name module
+  for module in "sigs.k8s.io/jobset@${JOBSET_VERSION}" "sigs.k8s.io/kueue@${KUEUE_VERSION}"; do
+    name=${module#sigs.k8s.io/}; name=${name%@*}
+    [[ -f "${MAN}/${name}/.done" ]] && continue
+    d=$(moddir "${module}")
+    rm -rf "${MAN:?}/${name}"; mkdir -p "${MAN}/${name}"
+    render "${MAN}/${name}/crds.yaml" "${d}/config/components/crd"
+    render "${MAN}/${name}/webhooks.yaml" "${d}/config/components/webhook"
+    touch "${MAN}/${name}/.done"
+  done
   # kwok: CRDs (Stage, ...) and the upstream stage sets, kept in their layout:
   # stages/<node|pod>/<set>/*.yaml (fast, general, chaos, heartbeat-with-lease, ...)
   if [[ ! -f "${MAN}/kwok/.done" ]]; then

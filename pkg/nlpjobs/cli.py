@@ -75,13 +75,36 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             local = explain_local_os_error(exc)
             if local:
                 _fail(f"local disk: {local}", 4)
-            raise
+            if _debug():
+                raise
+            command = click.get_current_context(silent=True)
+            what = command.command_path if command is not None else "nlpjobs"
+            _fail(f"internal error while running `{what}`: {type(exc).__name__}: {exc}. nlpjobs does not handle this "
+                  "case yet: rerun with `nlpjobs --debug ...` (or NLPJOBS_DEBUG=1) for the traceback, and report it "
+                  "with the traceback and the command", 1)
 
     return wrapper
 
 
+def _debug() -> bool:
+    """Tracebacks for unexpected errors: `nlpjobs --debug ...` or NLPJOBS_DEBUG=1 (e.g. in a pod's extraEnv)."""
+    return os.environ.get("NLPJOBS_DEBUG", "") not in ("", "0")
+
+
+def _quiet(ctx: click.Context, param: click.Parameter, quiet: bool) -> bool:
+    """--quiet also silences the libraries' progress bars (datasets' "Generating train split", "Map"...), for
+    this process and the workers it starts."""
+    if quiet:
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TRANSFORMERS_NO_TQDM"] = "1"
+        if "datasets" in sys.modules:
+            sys.modules["datasets"].disable_progress_bars()
+    return quiet
+
+
 def job_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--quiet", "-q", is_flag=True, help="No progress bars (logs only).")(fn)
+    fn = click.option("--quiet", "-q", is_flag=True, callback=_quiet,
+                      help="No progress bars (logs only): nlpjobs' own and those of datasets and transformers.")(fn)
     fn = click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)(fn)
     fn = click.option("--config", "-c", "config_path", type=click.Path(dir_okay=False), required=True,
                       envvar="NLPJOBS_CONFIG", show_envvar=True, help=CONFIG_HELP)(fn)
@@ -107,7 +130,9 @@ def _echo(text: str = "", **style: Any) -> None:
                               "show_default": True})
 @click.version_option(__version__, prog_name="nlpjobs")
 @click.option("--verbose", "-v", is_flag=True, help="Show INFO logs from the libraries too.")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an unexpected error (else one `error:` "
+                                            "line); NLPJOBS_DEBUG=1 does the same, and reaches torchrun's workers.")
+def main(verbose: bool, debug: bool) -> None:
     """nlpjobs: NER, masked-LM adaptation, translation, summarization, causal-LM pretraining and extractive
     QA as batch jobs. Every stage reads and writes object storage (file:// or s3://).
 
@@ -124,6 +149,8 @@ def main(verbose: bool) -> None:
     6 cluster/helm, 7 --overfit-batch failed, 8 non-finite loss/gradient, 143 stopped by SIGTERM after a checkpoint (rerun to resume).
     """
     _setup_logging(verbose)
+    if debug:
+        os.environ["NLPJOBS_DEBUG"] = "1"  # workers launched from here inherit it
 
 
 def _do_preprocess(job: Any) -> None:

@@ -44,6 +44,22 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error: PyYAML keeps the last one
+    silently, so a second `train:` section would replace the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{key_node.start_mark.name}: duplicate key {key!r} on line {line} (first on line "
+                                  f"{seen[key]}); merge the two into one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
     """Load a job YAML, apply ``--set`` overrides and validate the whole config before any compute."""
     raw: dict[str, Any] = {}
@@ -52,9 +68,19 @@ def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (
         if not p.is_file():
             raise ConfigError(f"--config {path}: no such file (presets live in jobs/ and jobs/local/)")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            text = p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = p.read_bytes()[:exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); save the "
+                              "job file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)  # for the marks of its errors
+        try:
+            loaded = loader.get_single_data()
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        finally:
+            loader.dispose()
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of settings")
         raw = loaded or {}

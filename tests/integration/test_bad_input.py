@@ -148,6 +148,13 @@ CASES = [
          ("data.source", "unknown offline corpus 'nosuchcorpus'")),
     Case("config/missing-file", lambda env: ["train", "-c", "jobs/local/nre.yaml"], 2, ("no such file",)),
     Case("config/yaml-syntax", lambda env: ["preprocess", "-c", str(_broken_yaml(env))], 2, ("YAML",)),
+    Case("config/duplicate-section", lambda env: ["preprocess", "-c", str(_job_text(
+        env, "task: ner\ntrain:\n  epochs: 1\ndata:\n  source: offline:conll2003\ntrain:\n  batch_size: 4\n"))], 2,
+         ("duplicate key 'train' on line 6 (first on line 2)",)),
+    Case("config/duplicate-key", lambda env: ["preprocess", "-c", str(_job_text(
+        env, "task: ner\ntrain:\n  epochs: 1\n  epochs: 2\n"))], 2, ("duplicate key 'epochs' on line 4",)),
+    Case("config/not-utf8", lambda env: ["preprocess", "-c", str(_job_text(env, b"task: ner\n# caf\xe9\n"))], 2,
+         ("not UTF-8 text (byte 0xe9 on line 2)",)),
     # -- raw datasets: exit 3, nothing committed
     Case("dataset/missing-column", files_pre, 3, ("lacks required column(s) ['tokens']", "'words'", "data.columns"),
          setup=lambda env: (env.rows("train", [{"words": ["a"], "ner_tags": [0]}]),
@@ -160,6 +167,13 @@ CASES = [
     Case("dataset/length-mismatch", files_pre, 3, ("ner_tags", "tokens"),
          setup=lambda env: (env.rows("train", ner_rows(3) + [{"tokens": ["a", "b"], "ner_tags": [0]}]),
                             env.rows("validation", ner_rows(2)))),
+    Case("dataset/not-utf8", files_pre, 3, ("split 'train'", "is not UTF-8 text (byte 0xe9", "line 2"),
+         setup=lambda env: (env.rows("train", json.dumps(ner_rows(1)[0]) + '\n{"tokens": ["caf\xe9"], "ner_tags": [0]}\n'),
+                            env.raw.joinpath("train.jsonl").write_bytes(
+                                env.raw.joinpath("train.jsonl").read_bytes().replace("\xe9".encode(), b"\xe9")),
+                            env.rows("validation", ner_rows(2)))),
+    Case("dataset/blank-lines-only", files_pre, 3, ("split 'validation'", "holds only blank lines"),
+         setup=lambda env: (env.rows("train", ner_rows(4)), env.rows("validation", "\n\n   \n"))),
     Case("dataset/missing-split-file", files_pre, 2, ("data.source: no validation.jsonl",),
          setup=lambda env: env.rows("train", ner_rows(4))),
     Case("dataset/not-json-lines", files_pre, 3, ("split 'train'", "train.jsonl cannot be parsed as jsonl"),
@@ -188,6 +202,14 @@ CASES = [
     Case("chart/negative-grace", submit_values("job:\n  terminationGracePeriodSeconds: -5\n"), 6,
          ("terminationGracePeriodSeconds",)),
 ]
+
+
+def _job_text(env: Env, text: str | bytes) -> Path:
+    path = env.tmp / "job.yaml"
+    if isinstance(text, str):
+        text = text.encode()
+    path.write_bytes(text)
+    return path
 
 
 def _broken_yaml(env: Env) -> Path:

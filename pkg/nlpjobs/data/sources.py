@@ -15,6 +15,40 @@ class TaskDataError(ValueError):
     """Raw data that does not fit the task (missing columns, bad labels, empty split)."""
 
 
+def check_text(uri: str, split: str, chunk_bytes: int = 1 << 20) -> None:
+    """A text input file (.jsonl, .json, .csv) must be UTF-8 and hold something besides blank lines. The JSON
+    reader takes invalid UTF-8 without a word, and it fails later, as a traceback in the middle of
+    tokenization; a file of blank lines reads as an empty split with a parser error that names no split."""
+    import codecs
+
+    fs, path = storage.resolve(uri)
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = lines = 0
+    content = False
+
+    def undecodable(chunk: bytes, exc: UnicodeDecodeError) -> TaskDataError:
+        line = lines + chunk[:exc.start].count(b"\n") + 1
+        return TaskDataError(f"split {split!r}: {uri} is not UTF-8 text (byte 0x{chunk[exc.start]:02x} at offset "
+                             f"{offset + exc.start}, line {line}); convert it, e.g. `iconv -f latin1 -t utf-8`")
+
+    with storage.retry(lambda: fs.open(path, "rb"), "open", uri) as fh:
+        while chunk := fh.read(chunk_bytes):
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as exc:
+                raise undecodable(chunk, exc) from None
+            content = content or bool(chunk.strip())
+            offset += len(chunk)
+            lines += chunk.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise TaskDataError(f"split {split!r}: {uri} ends inside a UTF-8 character (truncated file?)") from exc
+    if not content:
+        raise TaskDataError(f"split {split!r}: {uri} holds only blank lines; nothing to train or evaluate on. "
+                            "Check the file or point data.train_split/eval_split at another one.")
+
+
 def _load_files(location: str, split: str) -> datasets.Dataset:
     base = location if "://" in location else "file://" + location
     for ext, builder in ((".jsonl", "json"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv")):
@@ -25,6 +59,8 @@ def _load_files(location: str, split: str) -> datasets.Dataset:
                                     "Check the file or point data.train_split/eval_split at another one.")
             from datasets.exceptions import DatasetGenerationError
 
+            if builder != "parquet":
+                check_text(uri, split)
             local = uri.startswith("file://")
             try:
                 if local:

@@ -294,12 +294,14 @@ def train(config_path: str, overrides: tuple[str, ...], quiet: bool, launch_from
 @handle_errors
 def wait(config_path: str, overrides: tuple[str, ...], quiet: bool, target: str, timeout_s: int,
          interval_s: float) -> None:
-    """Wait until the previous stage's _SUCCESS marker exists on object storage (chart init containers)."""
+    """Wait until a stage's _SUCCESS marker exists on object storage (the preprocessed dataset's, or the run's
+    trained model's), for scripts and CI that chain stages themselves."""
     from nlpjobs import paths, storage
+    from nlpjobs.data import location
     from nlpjobs.tasks import get_task
 
     job = _load(config_path, overrides)
-    base = paths.dataset_uri(job, get_task(job.task)) if target == "dataset" else paths.model_uri(job)
+    base = location.dataset_uri(job, get_task(job.task)) if target == "dataset" else paths.model_uri(job)
     marker = storage.join(base, "_SUCCESS")
     started = time.monotonic()
     checks = 0

@@ -100,7 +100,7 @@ def job_checks(job: Any) -> Iterator[Check]:
     """Task checks of ``job``; stops at the first failure that makes the next checks meaningless."""
     import torch
 
-    from nlpjobs import paths
+    from nlpjobs.data import location
     from nlpjobs.data.shards import load_split, load_tokenizer, open_dataset
     from nlpjobs.tasks import get_task
     from nlpjobs.train.engine import model_inputs
@@ -108,7 +108,7 @@ def job_checks(job: Any) -> Iterator[Check]:
 
     task = get_task(job.task)
     yield Check("config", True, f"task {job.task}, run {job.name!r}, storage {job.storage}")
-    uri = paths.dataset_uri(job, task)
+    uri = location.dataset_uri(job, task)
     try:
         manifest = open_dataset(uri)
     except Exception as exc:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from nlpjobs import paths, storage
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.data import shards, sources
+from nlpjobs.data import location, shards, sources
 from nlpjobs.tasks import get_task
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def preprocess(job: JobConfig) -> PreprocessResult:
     """Tokenize the raw data into committed shards, or reuse them when the cache key matches."""
     started = time.time()
     task = get_task(job.task)
-    uri = paths.dataset_uri(job, task)
+    uri = location.dataset_uri(job, task)
     if storage.exists(storage.join(uri, shards.SUCCESS)):
         return PreprocessResult(uri, shards.open_dataset(uri), True, time.time() - started)
     storage.probe_writable(job.storage)  # credentials, bucket and reachability before the tokenization
@@ -117,7 +117,7 @@ def evaluate(job: JobConfig, show_progress: bool = True) -> dict[str, Any]:
 
     task = get_task(job.task)
     acc = make_accelerator(job, training=False)
-    manifest = shards.open_dataset(paths.dataset_uri(job, task))
+    manifest = shards.open_dataset(location.dataset_uri(job, task))
     model_dir = fetch_model(job, download=acc.is_local_main_process)
     acc.wait_for_everyone()
     tokenizer = shards.load_tokenizer(manifest)
@@ -159,7 +159,7 @@ def overfit(job: JobConfig, steps: int, ratio: float = 0.5, learning_rate: float
     from nlpjobs.train.smoke import OverfitResult, first_train_batch
 
     task = get_task(job.task)
-    manifest = shards.open_dataset(paths.dataset_uri(job, task))
+    manifest = shards.open_dataset(location.dataset_uri(job, task))
     tokenizer = shards.load_tokenizer(manifest)
     set_seed(job.train.seed)
     model = task.build_model(job, manifest, tokenizer)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import datasets
 
 from nlpjobs import storage
@@ -49,30 +51,64 @@ def check_text(uri: str, split: str, chunk_bytes: int = 1 << 20) -> None:
                             "Check the file or point data.train_split/eval_split at another one.")
 
 
-def _load_files(location: str, split: str) -> datasets.Dataset:
+FILE_FORMATS = ((".jsonl", "json"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv"))
+"""A split's file under a ``files:`` source, by extension in the order they are looked for, and its reader."""
+
+
+def _split_file(location: str, split: str) -> tuple[str, str, str] | None:
+    """(uri, extension, reader) of ``split``'s file under ``location``, or None."""
     base = location if "://" in location else "file://" + location
-    for ext, builder in ((".jsonl", "json"), (".json", "json"), (".parquet", "parquet"), (".csv", "csv")):
+    for ext, builder in FILE_FORMATS:
         uri = storage.join(base, split + ext)
         if storage.exists(uri):
-            if storage.size(uri) == 0:
-                raise TaskDataError(f"split {split!r}: {uri} is empty (0 bytes); nothing to train or evaluate on. "
-                                    "Check the file or point data.train_split/eval_split at another one.")
-            from datasets.exceptions import DatasetGenerationError
+            return uri, ext, builder
+    return None
 
-            if builder != "parquet":
-                check_text(uri, split)
-            local = uri.startswith("file://")
-            try:
-                if local:
-                    return datasets.load_dataset(builder, data_files=storage.resolve(uri)[1], split="train")
-                return datasets.load_dataset(builder, data_files=uri, split="train",
-                                             storage_options=storage.resolve(uri)[0].storage_options)
-            except DatasetGenerationError as exc:
-                cause = exc.__cause__ or exc.__context__ or exc
-                raise TaskDataError(f"split {split!r}: {uri} cannot be parsed as {ext[1:]} "
-                                    f"({type(cause).__name__}: {cause}). Fix the file (one JSON object per line "
-                                    "for .jsonl) or convert it.") from exc
-    raise ConfigError(f"data.source: no {split}.jsonl/.json/.parquet/.csv under {location}")
+
+def input_fingerprint(cfg: DataConfig) -> dict[str, Any]:
+    """What the input files of a ``files:`` source are now: for each split's file, its size and its modification
+    time (local) or ETag (object store). Empty for other sources (the Hub pins its own revisions, an offline
+    corpus is versioned by its registry package)."""
+    scheme, name = cfg.source.split(":", 1) if ":" in cfg.source else ("", "")
+    if scheme != "files":
+        return {}
+    out: dict[str, Any] = {}
+    for split in (cfg.train_split, cfg.eval_split):
+        found = _split_file(name, split)
+        if found is None:
+            continue  # loading says which file is missing
+        uri = found[0]
+        fs, path = storage.resolve(uri)
+        info = storage.retry(lambda fs=fs, path=path: fs.info(path), "stat", uri)
+        changed = info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created")
+        out[split] = {"file": uri.rsplit("/", 1)[-1], "size": info.get("size"), "changed": str(changed)}
+    return out
+
+
+def _load_files(location: str, split: str) -> datasets.Dataset:
+    found = _split_file(location, split)
+    if found is None:
+        raise ConfigError(f"data.source: no {split}.jsonl/.json/.parquet/.csv under {location}")
+    uri, ext, builder = found
+    if storage.size(uri) == 0:
+        raise TaskDataError(f"split {split!r}: {uri} is empty (0 bytes); nothing to train or evaluate on. "
+                            "Check the file or point data.train_split/eval_split at another one.")
+    from datasets.exceptions import DatasetGenerationError
+
+    if builder != "parquet":
+        check_text(uri, split)
+    try:
+        if uri.startswith("file://"):
+            return datasets.load_dataset(builder, data_files=storage.resolve(uri)[1], split="train")
+        # datasets' cache keys a remote file by its URL, not its contents: an edited object would be read
+        # from the cache. The cache key of our own dataset already says whether the inputs changed.
+        return datasets.load_dataset(builder, data_files=uri, split="train", download_mode="force_redownload",
+                                     storage_options=storage.resolve(uri)[0].storage_options)
+    except DatasetGenerationError as exc:
+        cause = exc.__cause__ or exc.__context__ or exc
+        raise TaskDataError(f"split {split!r}: {uri} cannot be parsed as {ext[1:]} "
+                            f"({type(cause).__name__}: {cause}). Fix the file (one JSON object per line "
+                            "for .jsonl) or convert it.") from exc
 
 
 def load_raw(cfg: DataConfig, seed: int) -> datasets.DatasetDict:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from nlpjobs import paths, storage
 from nlpjobs.config import ConfigError, JobConfig
+from nlpjobs.data import location
 from nlpjobs.data.shards import load_split, load_tokenizer, open_dataset
 from nlpjobs.train import speed
 from nlpjobs.train.checkpoint import CheckpointStore
@@ -203,7 +204,7 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
     cfg = job.train
     acc = make_accelerator(job)
     deepspeed = job.deepspeed.enabled
-    manifest = open_dataset(paths.dataset_uri(job, task))
+    manifest = open_dataset(location.dataset_uri(job, task))
     run_uri = paths.run_uri(job)
     if check_run(job, run_uri, acc.is_main_process):
         metrics = storage.read_json(storage.join(run_uri, "metrics.json"))

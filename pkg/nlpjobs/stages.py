@@ -121,14 +121,39 @@ def evaluate(job: JobConfig, show_progress: bool = True) -> dict[str, Any]:
     model_dir = fetch_model(job, download=acc.is_local_main_process)
     acc.wait_for_everyone()
     tokenizer = shards.load_tokenizer(manifest)
+    check_same_tokenizer(tokenizer, model_dir, manifest.uri)
     model = task.load_trained(str(model_dir))
     eval_ds = model_inputs(task, shards.load_split(manifest, "eval"))
     eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=task.collator(tokenizer, model))
     model, eval_dl = acc.prepare(model, eval_dl)
     metrics = task.evaluate(EvalContext(acc, job, manifest, tokenizer, show_progress), model, eval_dl)
     if acc.is_main_process:
+        metrics["inputs"] = evaluation_inputs(job, manifest, len(eval_ds))
         update_metrics(paths.run_uri(job), "evaluate", metrics)
     return metrics
+
+
+def check_same_tokenizer(tokenizer: Any, model_dir: Path, dataset_uri: str) -> None:
+    """The dataset must be tokenized with the tokenizer the run's model was trained with (exported beside it):
+    ids of another vocabulary would be scored without a word, and the metrics would mean nothing."""
+    from transformers import AutoTokenizer
+
+    trained = AutoTokenizer.from_pretrained(str(model_dir))
+    if len(trained) != len(tokenizer) or trained.get_vocab() != tokenizer.get_vocab():
+        raise shards.DatasetError(
+            f"the dataset at {dataset_uri} was tokenized with another tokenizer ({type(tokenizer).__name__}, "
+            f"{len(tokenizer):,} tokens) than the run's model was trained with ({type(trained).__name__}, "
+            f"{len(trained):,} tokens, at {model_dir}); evaluate with the job settings the run was trained with "
+            "(model.name and the preprocess section decide the dataset), or train a new run on this dataset")
+
+
+def evaluation_inputs(job: JobConfig, manifest: shards.Manifest, examples: int) -> dict[str, Any]:
+    """What produced a run's evaluation metrics: the dataset, its split, the model and its training steps."""
+    run = paths.run_uri(job)
+    metrics_uri = storage.join(run, "metrics.json")
+    trained = storage.read_json(metrics_uri).get("train", {}) if storage.exists(metrics_uri) else {}
+    return {"dataset": manifest.uri, "split": job.data.eval_split, "examples": examples,
+            "model": paths.model_uri(job), "trained_steps": trained.get("steps")}
 
 
 def fetch_model(job: JobConfig, download: bool = True) -> Path:

@@ -79,6 +79,22 @@ def test_ner_on_s3_end_to_end_with_exact_resume(s3_env: str, tmp_path: Path) -> 
     evaluated = storage.read_json(storage.join(run, "metrics.json"))["evaluate"]
     assert evaluated["examples"] == 24 and 0.0 <= evaluated["overall_f1"] <= 1.0
     assert evaluated["overall_f1"] == pytest.approx(metrics["final_eval"]["overall_f1"])
+    inputs = evaluated["inputs"]  # what produced these metrics
+    assert inputs["dataset"] == storage.join(datasets_root, key) and inputs["split"] == "validation"
+    assert (inputs["examples"], inputs["model"], inputs["trained_steps"]) == (24, storage.join(run, "model"), 6)
+
+    # a dataset made with another tokenizer (here: one token more) is refused, and metrics.json is kept
+    from transformers import AutoTokenizer
+
+    from nlpjobs.models import resolve_model
+
+    other = AutoTokenizer.from_pretrained(resolve_model("offline:minilm"))
+    other.add_tokens(["<other>"])
+    other.save_pretrained(tmp_path / "other-tokenizer")
+    cli("preprocess", "-q", "-c", str(job), "--set", f"model.name={tmp_path / 'other-tokenizer'}")
+    refused = cli("evaluate", "-q", "-c", str(job), "--set", f"model.name={tmp_path / 'other-tokenizer'}", check=False)
+    assert refused.returncode == 3 and "tokenized with another tokenizer" in refused.stderr, refused.stderr
+    assert storage.read_json(storage.join(run, "metrics.json"))["evaluate"] == evaluated
 
     out = cli("predict", "-c", str(job), "--input", "Peter Blackburn flew to Brussels.").stdout
     lines = storage.read_bytes(storage.join(run, "predictions.jsonl")).decode().splitlines()

@@ -68,6 +68,8 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 _fail(f"storage: {exc}", 4)
             if raised("k8s.cluster:ClusterError", "k8s.helm:HelmError"):
                 _fail(f"cluster: {exc}", 6)
+            if raised("train.lease:LeaseHeld"):
+                _fail(f"run in use: {exc}", 2)
             if raised("train.stop:TrainingInterrupted"):
                 _fail(str(exc), 143)
             if raised("train.sentinel:NonFiniteError"):

@@ -62,8 +62,9 @@ def _cmd(job: Path, name: str, processes: int, quiet: bool = True) -> list[str]:
 
 def _env(processes: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NLPJOBS_") or k == "NLPJOBS_CACHE"}
+    # a SIGKILLed trainer leaves its run's lease behind: the next one takes it over once stale (4 s here)
     return {**env, "TOKENIZERS_PARALLELISM": "false", "NLPJOBS_NPROC_PER_NODE": str(processes),
-            "NLPJOBS_MASTER_PORT": str(_free_port())}
+            "NLPJOBS_MASTER_PORT": str(_free_port()), "NLPJOBS_LEASE_TTL_S": "4"}
 
 
 def _free_port() -> int:

@@ -30,6 +30,7 @@ from nlpjobs.data import location
 from nlpjobs.data.shards import load_split, load_tokenizer, open_dataset
 from nlpjobs.train import speed
 from nlpjobs.train.checkpoint import CheckpointStore
+from nlpjobs.train.lease import LeaseHeld, RunLease
 from nlpjobs.train.protocol import EvalContext
 from nlpjobs.train.protocol import TrainTask as Task
 from nlpjobs.train.sampling import EpochSampler, row_lengths
@@ -192,12 +193,31 @@ def train(job: JobConfig, task: Task, show_progress: bool = True) -> TrainResult
     stop = stop_request()
     stop.install()  # the CLI installs it earlier; here for library callers
     try:
-        return _train(job, task, show_progress, stop, started)
+        with contextlib.ExitStack() as cleanup:
+            return _train(job, task, show_progress, stop, started, cleanup)
     finally:
         stop.restore()
 
 
-def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: float) -> TrainResult:
+def hold_lease(acc: Any, run_uri: str) -> RunLease | None:
+    """Rank 0 takes the run's lease (one trainer per run); every rank raises LeaseHeld when it could not."""
+    from accelerate.utils import broadcast_object_list
+
+    lease, refused = None, [None]
+    if acc.is_main_process:
+        try:
+            lease = RunLease(run_uri).acquire()
+        except LeaseHeld as exc:
+            refused = [str(exc)]
+    if acc.num_processes > 1:
+        broadcast_object_list(refused)
+    if refused[0]:
+        raise LeaseHeld(refused[0])
+    return lease
+
+
+def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: float,
+           cleanup: contextlib.ExitStack) -> TrainResult:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
@@ -210,6 +230,9 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
         metrics = storage.read_json(storage.join(run_uri, "metrics.json"))
         return TrainResult(run_uri, paths.model_uri(job), metrics["train"]["steps"], metrics["train"]["steps"],
                            None, 0.0, metrics["train"].get("final_eval", {}), metrics["train"], True)
+    lease = hold_lease(acc, run_uri)
+    if lease is not None:
+        cleanup.callback(lease.release)
     acc.wait_for_everyone()
 
     tokenizer = load_tokenizer(manifest)

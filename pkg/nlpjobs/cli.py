@@ -397,8 +397,14 @@ def doctor(config_path: str | None, overrides: tuple[str, ...], storage_root: st
     failed = [c.name for c in checks if c.ok is False]
     if failed:
         _fail(f"doctor: {len(failed)} check(s) failed: {', '.join(failed)}", 1)
-    click.secho("doctor: no problems found" if checks else "doctor: environment only (pass -c JOB to check a job)",
-                fg="green")
+    skipped = [c.name for c in checks if c.ok is None]
+    if not checks:
+        click.secho("doctor: environment only (pass -c JOB to check a job)", fg="green")
+    elif skipped:
+        click.secho(f"doctor: no problems in the {len(checks) - len(skipped)} check(s) that ran; {len(skipped)} not run "
+                    f"({', '.join(skipped)}): see why above", fg="yellow")
+    else:
+        click.secho(f"doctor: no problems found ({len(checks)} checks)", fg="green")
 
 
 @main.group()

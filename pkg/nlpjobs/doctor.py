@@ -96,6 +96,10 @@ def storage_check(root: str) -> Check:
     return Check("object storage", True, f"{root}: write/read/delete in {seconds:.2f}s")
 
 
+NEEDS_DATASET = ("model", "columns", "one batch", "forward/backward", "evaluation")
+"""The job checks that run on the committed dataset, skipped (and said so) without it."""
+
+
 def job_checks(job: Any) -> Iterator[Check]:
     """Task checks of ``job``; stops at the first failure that makes the next checks meaningless."""
     import torch
@@ -113,6 +117,8 @@ def job_checks(job: Any) -> Iterator[Check]:
         manifest = open_dataset(uri)
     except Exception as exc:
         yield Check("dataset", None, f"not usable yet ({exc}); run `nlpjobs preprocess` first")
+        for name in NEEDS_DATASET:
+            yield Check(name, None, "skipped: needs the preprocessed dataset")
         return
     rows = {s: manifest.rows(s) for s in manifest.splits}
     yield Check("dataset", True, f"committed at {uri}: " + ", ".join(f"{s} {n} rows" for s, n in rows.items()))

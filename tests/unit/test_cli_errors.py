@@ -42,3 +42,15 @@ def test_debug_shows_the_traceback(broken_preprocess: None, tmp_path: Path, how:
         monkeypatch.setenv("NLPJOBS_DEBUG", "1")
     result = CliRunner().invoke(main, args)
     assert isinstance(result.exception, KeyError)  # raised, with its traceback, not turned into a line
+
+
+def test_doctor_says_which_checks_it_skipped(tmp_path: Path) -> None:
+    """Before `preprocess` most job checks cannot run: doctor names them instead of "no problems found"."""
+    result = CliRunner().invoke(main, ["doctor", "-c", str(ROOT / "jobs/local/ner.yaml"),
+                                       "--set", f"storage=file://{tmp_path}"])
+    assert result.exit_code == 0, result.output
+    assert "[  --] dataset: not usable yet" in result.output and "run `nlpjobs preprocess` first" in result.output
+    for name in ("model", "columns", "one batch", "forward/backward", "evaluation"):
+        assert f"[  --] {name}: skipped: needs the preprocessed dataset" in result.output
+    assert "no problems found" not in result.output
+    assert "6 not run (dataset, model, columns, one batch, forward/backward, evaluation)" in result.output.splitlines()[-1]

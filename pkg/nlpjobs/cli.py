@@ -564,7 +564,7 @@ def submit(task: str, release: str | None, namespace: str, context: str | None, 
     same, and refused when they differ, unless --replace.
     """
     from nlpjobs.k8s import cluster
-    from nlpjobs.k8s.submit import Submission, manifests
+    from nlpjobs.k8s.submit import Submission, SubmitError, manifests
     from nlpjobs.k8s.submit import submit as submit_run
     from nlpjobs.tasks import task_names
 
@@ -576,7 +576,7 @@ def submit(task: str, release: str | None, namespace: str, context: str | None, 
                      context=context, chart=chart)
     try:
         sub.check()
-    except Exception as exc:  # noqa: BLE001 - contradicting flags are a usage error
+    except SubmitError as exc:  # contradicting flags: a usage error, not a cluster one
         _fail(str(exc), 2)
     if dry_run:
         click.echo(manifests(sub), nl=False)

@@ -72,6 +72,28 @@ moddir() {  # moddir <module>@<version>  -> prints the extracted module dir (dow
   (cd "${WORK}" && "${GO}" mod download -json "$1" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
 }
 
+# pinned_gomod <dir> <name> <module> <version> <module dir> <replace-path regex> <pinned version>
+# A build module requiring <module>@<version>, whose own go.mod replaces sibling modules with local paths
+# (go install refuses those): each such replace becomes a replace by the same module at <pinned version>.
+pinned_gomod() {
+  local dir=$1 name=$2 module=$3 version=$4 src=$5 local_path=$6 pinned=$7
+  {
+    echo "module nlpjobs.local/build/${name}"
+    echo
+    echo "go $(sed -n 's/^go \(.*\)$/\1/p' "${src}/go.mod")"
+    echo
+    echo "require ${module} ${version}"
+    echo
+    echo "replace ("
+    awk -v v="${pinned}" -v p="${local_path}" '
+      /^replace \(/ {r=1; next}
+      r && /^\)/ {r=0}
+      r && $2 == "=>" && $3 ~ p {printf "\t%s => %s %s\n", $1, $1, v}
+    ' "${src}/go.mod"
+    echo ")"
+  } > "${dir}/go.mod"
+}
+
 # ---- Kubernetes control plane ------------------------------------------------
 build_kube() {
   local want=(kube-apiserver kube-controller-manager kube-scheduler)
@@ -81,22 +103,8 @@ build_kube() {
   staging_ver="v0.${K8S_VERSION#v1.}"          # v1.35.4 -> v0.35.4
   m="${WORK}/kubernetes-${K8S_VERSION}"
   mkdir -p "${m}"
-  {
-    echo "module nlpjobs.local/build/kubernetes"
-    echo
-    echo "go $(sed -n 's/^go \(.*\)$/\1/p' "${kdir}/go.mod")"
-    echo
-    echo "require k8s.io/kubernetes ${K8S_VERSION}"
-    echo
-    echo "replace ("
-    # every `k8s.io/x => ./staging/src/k8s.io/x` becomes `k8s.io/x => k8s.io/x v0.Y.Z`
-    awk -v v="${staging_ver}" '
-      /^replace \(/ {r=1; next}
-      r && /^\)/ {r=0}
-      r && $2 == "=>" && $3 ~ /^\.\/staging\// {printf "\t%s => %s %s\n", $1, $1, v}
-    ' "${kdir}/go.mod"
-    echo ")"
-  } > "${m}/go.mod"
+  # every `k8s.io/x => ./staging/src/k8s.io/x` becomes `k8s.io/x => k8s.io/x v0.Y.Z`
+  pinned_gomod "${m}" kubernetes "k8s.io/kubernetes" "${K8S_VERSION}" "${kdir}" '^\\./staging/' "${staging_ver}"
   cat > "${m}/build.go" <<'EOF'
 // Package build only exists so that `go mod tidy` keeps the requirements of
 // the kubernetes commands; the commands themselves are built by path.
@@ -133,22 +141,8 @@ build_etcd() {
   edir=$(moddir "go.etcd.io/etcd/server/v3@${ETCD_VERSION}")
   m="${WORK}/etcd-${ETCD_VERSION}"
   mkdir -p "${m}"
-  {
-    echo "module nlpjobs.local/build/etcd"
-    echo
-    echo "go $(sed -n 's/^go \(.*\)$/\1/p' "${edir}/go.mod")"
-    echo
-    echo "require go.etcd.io/etcd/server/v3 ${ETCD_VERSION}"
-    echo
-    echo "replace ("
-    # the server module replaces its sibling modules with ../xxx: pin them to the same tag
-    awk -v v="${ETCD_VERSION}" '
-      /^replace \(/ {r=1; next}
-      r && /^\)/ {r=0}
-      r && $2 == "=>" && $3 ~ /^\.\./ {printf "\t%s => %s %s\n", $1, $1, v}
-    ' "${edir}/go.mod"
-    echo ")"
-  } > "${m}/go.mod"
+  # the server module replaces its sibling modules with ../xxx: pin them to the same tag
+  pinned_gomod "${m}" etcd "go.etcd.io/etcd/server/v3" "${ETCD_VERSION}" "${edir}" '^\\.\\.' "${ETCD_VERSION}"
   echo "package build" > "${m}/build.go"
   (
     cd "${m}"

@@ -9,7 +9,6 @@ and then lets it succeed; a test makes a pod fail with a chosen exit code by lab
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -284,4 +283,3 @@ def test_status_and_logs_explain_refusals_without_a_traceback(kube: Any, namespa
         proc = nlpjobs(*args, "-n", namespace, kubeconfig=limited)
         assert proc.returncode == 6, (args, proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr and "403" in proc.stderr and "RBAC" in proc.stderr, (args, proc.stderr)
-    json.dumps(config)  # the kubeconfig stayed plain data

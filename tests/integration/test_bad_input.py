@@ -208,6 +208,11 @@ CASES = [
     Case("chart/zero-nodes", submit_values("nodes: 0\n"), 6, ("nodes",)),
     Case("chart/negative-grace", submit_values("job:\n  terminationGracePeriodSeconds: -5\n"), 6,
          ("terminationGracePeriodSeconds",)),
+    # -- qa data formats (SQuAD JSON, answers, ids)
+    # -- ner tags (string tags, label lists)
+    # -- seq2seq data (translation, summarization)
+    # -- predict inputs and storage permissions
+    # -- run-time inputs (library, logging, cache)
 ]
 
 

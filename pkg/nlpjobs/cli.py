@@ -20,6 +20,9 @@ SET_HELP = "Override one setting, dotted key=value (YAML value); repeatable, e.g
 
 
 def _setup_logging(verbose: bool) -> None:
+    from nlpjobs.progress import use_log_lines
+
+    use_log_lines()  # progress bars as plain lines when standard error is a file or a pod's log
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("nlpjobs").setLevel(logging.INFO)

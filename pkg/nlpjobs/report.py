@@ -16,8 +16,13 @@ def update_metrics(run_uri: str, section: str, values: dict[str, Any]) -> None:
     storage.write_json(uri, current)
 
 
-def loss_curve_png(record: dict[str, Any], metric: str) -> bytes | None:
-    """Training loss (and the headline eval metric, right axis) against optimizer steps."""
+LOG_SCALE_METRICS = ("perplexity",)
+"""Metrics drawn on a log axis: they are exponentials of a loss and span orders of magnitude in a run."""
+
+
+def curve_figure(record: dict[str, Any], metric: str, title: str) -> Any | None:
+    """The loss-curve figure: training loss (left axis) and the eval metric (right axis, log for perplexity)
+    against optimizer steps, titled with the task and run; None when the record has no training loss."""
     points = record.get("train_loss") or []
     if not points:
         return None
@@ -36,9 +41,22 @@ def loss_curve_png(record: dict[str, Any], metric: str) -> bytes | None:
         right = ax.twinx()
         right.plot([e["step"] for e in evals], [e[metric] for e in evals], "o-", color="tab:orange",
                    label=f"eval {metric}")
-        right.set_ylabel(f"eval {metric}", color="tab:orange")
-    ax.set_title("nlpjobs training")
+        right.set_ylabel(f"eval {metric}" + (" (log scale)" if metric in LOG_SCALE_METRICS else ""),
+                         color="tab:orange")
+        if metric in LOG_SCALE_METRICS and all(e[metric] > 0 for e in evals):
+            right.set_yscale("log")
+    ax.set_title(title)
     fig.tight_layout()
+    return fig
+
+
+def loss_curve_png(record: dict[str, Any], metric: str, task: str, run: str) -> bytes | None:
+    """The loss-curve figure as PNG bytes, titled "<task> · run <run>"."""
+    fig = curve_figure(record, metric, f"nlpjobs {task} · run {run}")
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)

@@ -384,7 +384,7 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
     model_out = export_model(acc, model, tokenizer, job, scratch)
     if acc.is_main_process:
         record = {**history, "steps": step, "final_eval": final_eval, "seconds": time.time() - started}
-        write_train_report(run_uri, record, task)
+        write_train_report(run_uri, record, task, job.name)
     acc.wait_for_everyone()
     return TrainResult(run_uri, model_out, step, total_steps, resumed_from, time.time() - started,
                        final_eval, history)
@@ -431,10 +431,10 @@ def export_model(acc: Any, model: Any, tokenizer: Any, job: JobConfig, scratch: 
     return target
 
 
-def write_train_report(run_uri: str, record: dict[str, Any], task: Task) -> None:
+def write_train_report(run_uri: str, record: dict[str, Any], task: Task, run_name: str) -> None:
     from nlpjobs.report import loss_curve_png, update_metrics
 
     update_metrics(run_uri, "train", record)
-    png = loss_curve_png(record, task.headline_metric)
+    png = loss_curve_png(record, task.headline_metric, task.name, run_name)
     if png:
         storage.write_bytes(storage.join(run_uri, "loss_curve.png"), png)

@@ -10,7 +10,10 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from transformers import BertTokenizerFast, DataCollatorForTokenClassification
 
+from nlpjobs.config import ConfigError
+from nlpjobs.data.offline import to_iob2
 from nlpjobs.jobfile import load_job
+from nlpjobs.metrics import load_metric
 from nlpjobs.tasks.base import TaskDataError
 from nlpjobs.tasks.ner import NerTask, align_labels_batch, align_labels_with_tokens, b_to_i_map
 
@@ -24,7 +27,7 @@ TAGS = [3, 0, 7, 0, 0, 0, 7, 0, 0]
 def cased_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> BertTokenizerFast:
     """A cased WordPiece tokenizer whose vocabulary splits 'lamb' into 'la', '##mb' as bert-base-cased does."""
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "EU", "rejects", "German", "call", "to", "boycott",
-             "British", "la", "##mb", ".", "eu", "Peter", "Black", "##burn"]
+             "British", "la", "##mb", ".", "eu", "Peter", "Black", "##burn", "Wolver", "##ham", "##pton", "in"]
     model = models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]")
     backend = Tokenizer(model)
     backend.normalizer = normalizers.BertNormalizer(lowercase=False)
@@ -168,3 +171,127 @@ def test_a_byte_level_tokenizer_needs_add_prefix_space_for_words() -> None:
     assert not gpt2.add_prefix_space
     with pytest.raises(AssertionError, match="add_prefix_space=True"):  # the tokenizer's own check, before any map
         NerTask().prepare(job, _raw([TAGS]), gpt2)
+
+
+def _rows(train: list[tuple[list[str], list]], evaluation: list[tuple[list[str], list]] | None = None
+          ) -> datasets.DatasetDict:
+    """Plain rows (no ClassLabel), as read from a jsonl/parquet file: tags as the user wrote them."""
+    def split(rows: list[tuple[list[str], list]]) -> datasets.Dataset:
+        return datasets.Dataset.from_dict({"tokens": [r[0] for r in rows], "ner_tags": [r[1] for r in rows]})
+    return datasets.DatasetDict({"train": split(train), "eval": split(evaluation or train)})
+
+
+def _prepare(raw: datasets.DatasetDict, tokenizer: BertTokenizerFast, *sets: str):  # noqa: ANN202
+    return NerTask().prepare(load_job(ROOT / "jobs/local/ner.yaml", list(sets)), raw, tokenizer)
+
+
+def test_string_tags_get_ids_in_a_derived_order(cased_tokenizer: BertTokenizerFast) -> None:
+    raw = _rows([(["Peter", "Blackburn", "in", "EU"], ["B-PER", "I-PER", "O", "B-ORG"]),
+                 (["EU", "to", "Wolverhampton"], ["B-ORG", "O", "B-CITY"])])
+    prepared = _prepare(raw, cased_tokenizer)
+    names = ["O", "B-CITY", "I-CITY", "B-ORG", "I-ORG", "B-PER", "I-PER"]  # O, types sorted, B- before I-
+    assert prepared.info["label_names"] == names and prepared.info["label_order"].startswith("from the data")
+    assert prepared.splits["train"][0]["labels"] == [-100, 5, 6, 6, 0, 3, -100]
+    # Wolver ##ham ##pton: the B-CITY word's continuations get the I-CITY the order added
+    assert prepared.splits["train"][1]["labels"] == [-100, 3, 0, 1, 2, 2, -100]
+    assert prepared.info["eval_only_labels"] == []
+
+
+def test_string_tags_follow_label_names_and_a_missing_tag_is_named(cased_tokenizer: BertTokenizerFast) -> None:
+    raw = _rows([(["Peter", "in", "EU"], ["B-PER", "O", "B-ORG"])])
+    prepared = _prepare(raw, cased_tokenizer, f"preprocess.label_names={LABELS}")
+    assert prepared.info["label_names"] == LABELS and prepared.info["label_order"] == "preprocess.label_names"
+    assert prepared.splits["train"][0]["labels"] == [-100, 1, 0, 3, -100]
+    raw = _rows([(["Peter", "in", "EU"], ["B-PER", "O", "B-ORG"])], [(["to", "EU"], ["O", "B-GPE"])])
+    with pytest.raises(TaskDataError, match=r"split 'validation' has tag\(s\) \['B-GPE'\] not in preprocess.label_names"):
+        _prepare(raw, cased_tokenizer, f"preprocess.label_names={LABELS}")
+
+
+def test_string_and_integer_tags_are_not_mixed(cased_tokenizer: BertTokenizerFast, tmp_path: Path) -> None:
+    with pytest.raises(TaskDataError, match="split 'train' has string tags but split 'validation' integer ids"):
+        _prepare(_rows([(["EU"], ["B-ORG"])], [(["EU"], [3])]), cased_tokenizer, f"preprocess.label_names={LABELS}")
+    (tmp_path / "mixed.jsonl").write_text('{"tokens": ["EU", "to"], "ner_tags": ["B-ORG", 0]}\n')
+    mixed = datasets.load_dataset("json", data_files=str(tmp_path / "mixed.jsonl"), split="train")  # JSON values
+    with pytest.raises(TaskDataError, match=r"mixes string and integer tags \(row 0: 'B-ORG', row 0: 0\)"):
+        NerTask().prepare(load_job(ROOT / "jobs/local/ner.yaml"), datasets.DatasetDict({"train": mixed, "eval": mixed}),
+                          cased_tokenizer)
+
+
+def test_a_label_only_in_the_evaluation_split_is_reported(cased_tokenizer: BertTokenizerFast,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    raw = _rows([(["Peter", "in", "EU"], ["B-PER", "O", "B-ORG"])], [(["Peter", "Wolverhampton"], ["B-PER", "B-CITY"])])
+    prepared = _prepare(raw, cased_tokenizer)
+    assert prepared.info["label_names"] == ["O", "B-CITY", "I-CITY", "B-ORG", "I-ORG", "B-PER", "I-PER"]  # the union
+    assert prepared.info["eval_only_labels"] == ["B-CITY"]
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "['B-CITY'] occur in split 'validation' but on no word of 'train'" in warning
+    assert "['CITY'] are never predicted: their recall is 0" in warning
+
+
+def _entities(labels: list[int], names: list[str]) -> int:
+    """Entities seqeval counts in one sentence of token labels (the references evaluate builds)."""
+    tags = [names[t] for t in labels if t != -100]
+    result = load_metric("seqeval").compute(predictions=[tags], references=[tags])
+    return sum(int(v["number"]) for v in result.values() if isinstance(v, dict))
+
+
+@pytest.mark.parametrize("given", ["ids with label_names", "strings"])
+def test_a_b_tag_without_i_counts_one_entity_per_word(cased_tokenizer: BertTokenizerFast, given: str) -> None:
+    words = ["to", "Wolverhampton"]  # to | Wolver ##ham ##pton
+    if given == "strings":
+        prepared = _prepare(_rows([(words, ["O", "B-CITY"])]), cased_tokenizer)
+    else:
+        prepared = _prepare(_rows([(words, [0, 1])]), cased_tokenizer, "preprocess.label_names=[O,B-CITY]")
+    names = prepared.info["label_names"]
+    labels = prepared.splits["train"][0]["labels"]
+    assert _entities(labels, names) == 1, [names[t] for t in labels if t != -100]
+    assert labels == ([-100, 0, 1, 2, 2, -100] if given == "strings" else [-100, 0, 1, -100, -100, -100])
+
+
+def test_iob1_entity_starts_become_b_tags(cased_tokenizer: BertTokenizerFast) -> None:
+    raw = _rows([(["Peter", "Blackburn", "EU", "to", "EU"], ["I-PER", "I-PER", "I-ORG", "O", "I-ORG"])])
+    prepared = _prepare(raw, cased_tokenizer)
+    names = prepared.info["label_names"]
+    assert [names[t] for t in prepared.splits["train"][0]["labels"] if t != -100] == [
+        "B-PER", "I-PER", "I-PER", "B-ORG", "O", "B-ORG"]
+    assert prepared.info["iob1_starts_rewritten"] == {"train": 3, "eval": 3}
+
+
+def test_iob1_to_iob2_on_ids_equals_the_per_tag_rule() -> None:
+    from nlpjobs.tasks.ner import iob1_to_iob2
+
+    rng = np.random.default_rng(3)
+    names = ["O", "I-PER", "B-PER", "I-LOC", "B-LOC", "I-MISC"]  # no B-MISC: such an I- tag stays
+    sentences = [rng.integers(0, len(names), int(rng.integers(0, 9))).tolist() for _ in range(400)]
+    flat = np.array([t for s in sentences for t in s], np.int64)
+    ids, rewritten = iob1_to_iob2(flat, np.array([len(s) for s in sentences]), names)
+    tags = [[names[i] for i in s] for s in sentences]
+    expected = [[new if new in names else old for old, new in zip(t, to_iob2(t))] for t in tags]
+    got, at = [], 0
+    for s in sentences:
+        got.append([names[i] for i in ids[at:at + len(s)]])
+        at += len(s)
+    assert got == expected and rewritten == int((ids != flat).sum()) > 50
+
+
+@pytest.mark.parametrize(("tag", "says"), [("PER", "'PER', not of the form"), ("S-PER", "IOBES/BILOU")])
+def test_tags_of_another_scheme_are_refused(cased_tokenizer: BertTokenizerFast, tag: str, says: str) -> None:
+    with pytest.raises(TaskDataError, match=says):
+        _prepare(_rows([(["Peter", "in"], [tag, "O"])]), cased_tokenizer)
+
+
+def test_label_names_must_be_iob_names(cased_tokenizer: BertTokenizerFast) -> None:
+    with pytest.raises(ConfigError, match="preprocess.label_names: 'PER' is not a tag name"):
+        _prepare(_rows([(["Peter"], [1])]), cased_tokenizer, "preprocess.label_names=[O,PER]")
+
+
+def test_csv_cells_hold_json_lists(cased_tokenizer: BertTokenizerFast) -> None:
+    ds = datasets.Dataset.from_dict({"tokens": ['["Peter", "in", "EU"]'], "ner_tags": ['["B-PER", "O", "B-ORG"]']})
+    prepared = NerTask().prepare(load_job(ROOT / "jobs/local/ner.yaml"), datasets.DatasetDict({"train": ds, "eval": ds}),
+                                 cased_tokenizer)
+    assert prepared.info["label_names"] == ["O", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    assert prepared.splits["train"][0]["labels"] == [-100, 3, 0, 1, -100]
+    words = datasets.Dataset.from_dict({"tokens": ["Peter in EU"], "ner_tags": [["B-PER", "O", "B-ORG"]]})
+    with pytest.raises(TaskDataError, match="tokens in row 0 is the string 'Peter in EU', not a list"):
+        NerTask().prepare(load_job(ROOT / "jobs/local/ner.yaml"), datasets.DatasetDict({"train": words, "eval": words}),
+                          cased_tokenizer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -23,6 +24,8 @@ from nlpjobs.tasks.base import (
 )
 from nlpjobs.text.encode import WordEncoder
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class NerPreprocessConfig(PreprocessConfig):
@@ -39,12 +42,13 @@ class NerPreprocessConfig(PreprocessConfig):
 
 
 def b_to_i_map(label_names: list[str]) -> np.ndarray:
-    """For each label id, the id a continuation sub-token gets: B-X → I-X, everything else unchanged."""
+    """For each label id, the label a continuation sub-token gets: B-X → I-X; B-X → -100 (ignored) where the
+    label space has no I-X (else a word split into 3 pieces would count as 3 entities); the rest unchanged."""
     index = {name: i for i, name in enumerate(label_names)}
     mapping = np.arange(len(label_names))
     for i, name in enumerate(label_names):
-        if name.startswith("B-") and f"I-{name[2:]}" in index:
-            mapping[i] = index[f"I-{name[2:]}"]
+        if name.startswith("B-"):
+            mapping[i] = index.get(f"I-{name[2:]}", -100)
     return mapping
 
 
@@ -84,39 +88,262 @@ def align_labels_batch(tags: Sequence[Sequence[int]], word: np.ndarray, n_tokens
     return list_column(label, n_tokens), last_word + 1 < n_tags
 
 
-def check_tags(split: str, ds: datasets.Dataset, names: list[str]) -> None:
-    """Every tag inside the label space, as many tags as words: whole columns through Arrow, no row loop."""
+TAG_FORMS = ("'O', 'B-<type>' or 'I-<type>' (IOB2; IOB1 is read too). Tags without a prefix (IO): prefix "
+             "them with I-; IOBES/BILOU: write S-X/U-X as B-X and E-X/L-X as I-X")
+DERIVED_ORDER = "from the data: O, then each entity type in sorted order, B- before I-"
+
+
+def tag_parts(name: str) -> tuple[str, str] | None:
+    """('O', '') for O, (prefix, type) for B-<type>/I-<type>, None for any other form."""
+    if name == "O":
+        return "O", ""
+    if name[:2] in ("B-", "I-") and name[2:].strip():
+        return name[0], name[2:]
+    return None
+
+
+def check_label_names(names: list[str], where: str, error: type[Exception]) -> None:
+    """Label names given in id order (preprocess.label_names or the data's ClassLabel): IOB names, no repeats."""
+    bad = [n for n in names if not isinstance(n, str) or tag_parts(n) is None]
+    if bad:
+        raise error(f"{where}: {bad[0]!r} is not a tag name of the form {TAG_FORMS}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise error(f"{where}: {repeated} appear more than once in {names}")
+
+
+def derive_label_names(tags: set[str]) -> list[str]:
+    """The label space of string tags without preprocess.label_names: 'O', then for each entity type in sorted
+    order B-<type> and I-<type>, both whether the data has them or not (I-X for continuation sub-tokens of a
+    B-X word, B-X for IOB1 entity starts)."""
+    types = sorted({parts[1] for t in tags if (parts := tag_parts(t)) and parts[0] != "O"})
+    return ["O", *(f"{p}-{t}" for t in types for p in "BI")]
+
+
+def _row_of(lengths: np.ndarray, flat_index: int) -> int:
+    """The row holding element ``flat_index`` of a flattened list column."""
+    return int(np.searchsorted(np.cumsum(lengths), flat_index, side="right"))
+
+
+def _json_lists(split: str, column: str, cells: pa.Array) -> pa.Array:
+    """A column of strings that each hold a JSON list (the way a CSV cell holds a list) as a list column."""
+    import json
+
+    example = '["B-PER", "I-PER", "O"]' if column == "ner_tags" else '["Peter", "Blackburn", "said"]'
+    rows: list[Any] = []
+    for i, cell in enumerate(cells.to_pylist()):
+        try:
+            value = None if cell is None else json.loads(cell)
+        except ValueError:
+            value = cell
+        if cell is not None and not isinstance(value, list):
+            raise TaskDataError(f"ner: split {split!r}: {column} in row {i} is the string {cell[:60]!r}, not a list; "
+                                f"write a JSON list, e.g. {example} (a CSV cell holds that JSON text)")
+        rows.append(value)
+    try:
+        return pa.array(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed kinds: reported by the element check, as for JSON lines
+        return pa.array([None if r is None else [json.dumps(v) for v in r] for r in rows],
+                        pa.list_(pa.json_(pa.string())))
+
+
+def list_cells(split: str, column: str, cells: pa.ChunkedArray) -> pa.Array:
+    """``column`` of one split as an Arrow list array, each row present (no null row)."""
+    arr = cells.combine_chunks()
+    if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        arr = _json_lists(split, column, arr)
+    if arr.null_count or pa.types.is_null(arr.type):
+        i = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
+        raise TaskDataError(f"ner: split {split!r}: row {i} has no {column} (null); every row needs a list, "
+                            "e.g. [] for an empty sentence")
+    if not (pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type)):
+        raise TaskDataError(f"ner: split {split!r}: {column} is a column of {arr.type}, not of lists "
+                            f"(row 0: {arr[0].as_py()!r})")
+    return arr
+
+
+def _element_error(split: str, column: str, lengths: np.ndarray, j: int, value: Any, what: str) -> TaskDataError:
+    i = _row_of(lengths, j)
+    position = j - int(lengths[:i].sum())
+    return TaskDataError(f"ner: split {split!r}: {column} of row {i} has {value!r} at position {position}, {what}")
+
+
+def _json_tags(split: str, flat: pa.Array, lengths: np.ndarray) -> tuple[str, pa.Array]:
+    """Tags of mixed JSON kinds (datasets reads such a list column as JSON values): refused, naming two rows."""
+    import json
+
+    values = [None if v is None else json.loads(v) for v in flat.storage.to_pylist()]
+    first: dict[str, int] = {}
+    for j, v in enumerate(values):
+        if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
+            first.setdefault(type(v).__name__, j)
+        else:
+            raise _element_error(split, "ner_tags", lengths, j, v, f"which is not a tag (expected {TAG_FORMS}, "
+                                 "or integer ids with preprocess.label_names)")
+    if len(first) > 1:
+        s, n = first["str"], first["int"]
+        raise TaskDataError(f"ner: split {split!r} mixes string and integer tags (row {_row_of(lengths, s)}: "
+                            f"{values[s]!r}, row {_row_of(lengths, n)}: {values[n]!r}); use one kind: tag names "
+                            "like 'B-PER', or integer ids with preprocess.label_names")
+    kind = next(iter(first), "none")
+    return kind, pa.array(values, pa.string() if kind == "str" else pa.int64())
+
+
+def tag_values(split: str, tags: pa.Array) -> tuple[str, pa.Array, np.ndarray]:
+    """(kind, flat tags, tags per row) of one split: kind 'str' (tag names), 'int' (label ids) or 'none' (no tag
+    at all); a null tag, a tag of another type or a mix of both kinds is refused."""
     import pyarrow.compute as pc
 
+    lengths = pc.list_value_length(tags).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(tags)
+    t = flat.type
+    if isinstance(t, pa.JsonType):
+        kind, flat = _json_tags(split, flat, lengths)
+    elif pa.types.is_integer(t):
+        kind = "int"
+    elif pa.types.is_string(t) or pa.types.is_large_string(t):
+        kind = "str"
+    elif pa.types.is_null(t) and len(flat) == 0:
+        kind = "none"
+    elif not pa.types.is_null(t):
+        j = 0
+        raise _element_error(split, "ner_tags", lengths, j, flat[j].as_py(), f"a {t} value, not a tag (expected "
+                             f"{TAG_FORMS}, or integer ids with preprocess.label_names)")
+    if flat.null_count:
+        j = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        raise _element_error(split, "ner_tags", lengths, j, None, "a null tag; give every word a tag ('O' outside "
+                             "entities)")
+    return kind, flat, lengths
+
+
+def word_values(split: str, tokens: pa.Array) -> np.ndarray:
+    """Words per row of one split; every word a string."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = pc.list_flatten(tokens)
+    if len(flat) and not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
+        raise _element_error(split, "tokens", lengths, 0, flat[0].as_py(), f"a {flat.type} value; tokens are the "
+                             "words of each sentence, as strings")
+    if flat.null_count:
+        j = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        raise _element_error(split, "tokens", lengths, j, None, "a null word; every word must be a string")
+    return lengths
+
+
+@dataclass
+class SplitTags:
+    """One split's words and tags, checked, before the tags become label ids."""
+
+    name: str
+    """The split's name in the user's data (data.train_split/eval_split), for messages."""
+    tokens: pa.Array
+    kind: str
+    tags: pa.Array
+    lengths: np.ndarray
+
+
+def read_split(name: str, ds: datasets.Dataset) -> SplitTags:
+    """Words and tags of one split through Arrow, whole columns at once: lists of strings, tags of one kind,
+    as many tags as words."""
     table = ds.select_columns(["tokens", "ner_tags"]).with_format("arrow")[:]
-    tags, tokens = table.column("ner_tags"), table.column("tokens")
-    flat = pc.list_flatten(tags).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    bad = flat[(flat < 0) | (flat >= len(names))]
-    if bad.size:
-        raise TaskDataError(f"ner: split {split!r} has {bad.size} tag(s) outside the label space "
-                            f"0..{len(names) - 1} ({names}), e.g. {sorted(set(bad.tolist()))[:5]}. "
-                            "Fix the data or preprocess.label_names.")
-    n_words = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
-    n_tags = pc.list_value_length(tags).to_numpy(zero_copy_only=False)
+    tokens = list_cells(name, "tokens", table.column("tokens"))
+    n_words = word_values(name, tokens)
+    kind, flat, n_tags = tag_values(name, list_cells(name, "ner_tags", table.column("ner_tags")))
     rows = np.flatnonzero(n_words != n_tags)
     if rows.size:
         i = int(rows[0])
-        raise TaskDataError(f"ner: split {split!r} has {rows.size} row(s) whose tokens and ner_tags "
+        raise TaskDataError(f"ner: split {name!r} has {rows.size} row(s) whose tokens and ner_tags "
                             f"differ in length (row {i}: {n_words[i]} words, {n_tags[i]} tags)")
+    return SplitTags(name, tokens, kind, flat, n_tags)
 
 
-def label_names_of(ds: datasets.Dataset, configured: list[str]) -> list[str]:
-    feature = ds.features["ner_tags"]
-    inner = getattr(feature, "feature", None)
-    if isinstance(inner, datasets.ClassLabel):
-        names = list(inner.names)
-        if configured and configured != names:
-            raise ConfigError(f"preprocess.label_names: {configured} differs from the dataset's names {names}")
-        return names
+def class_label_names(ds: datasets.Dataset) -> list[str] | None:
+    """The names of a ClassLabel ner_tags sequence, or None."""
+    inner = getattr(ds.features["ner_tags"], "feature", None)
+    return list(inner.names) if isinstance(inner, datasets.ClassLabel) else None
+
+
+def label_space(splits: list[SplitTags], configured: list[str], class_names: list[str] | None) -> tuple[list[str], str]:
+    """(label names in id order, where the order comes from): preprocess.label_names, else the data's ClassLabel,
+    else (string tags) derived from the tags of every split."""
+    kinds = {s.kind for s in splits} - {"none"}
+    if len(kinds) > 1:
+        by = {s.kind: s.name for s in splits}
+        raise TaskDataError(f"ner: split {by['str']!r} has string tags but split {by['int']!r} integer ids; use one "
+                            "kind in every split")
     if configured:
-        return list(configured)
+        check_label_names(configured, "preprocess.label_names", ConfigError)
+    if class_names is not None:
+        if configured and configured != class_names:
+            raise ConfigError(f"preprocess.label_names: {configured} differs from the dataset's names {class_names}")
+        check_label_names(class_names, "ner: the ner_tags ClassLabel names", TaskDataError)
+        return class_names, "ClassLabel"
+    if configured:
+        return list(configured), "preprocess.label_names"
+    if kinds == {"str"}:
+        for s in splits:
+            bad = [t for t in s.tags.unique().to_pylist() if tag_parts(t) is None]
+            if bad:
+                raise TaskDataError(f"ner: split {s.name!r} has the tag {sorted(bad)[0]!r}, not of the form "
+                                    f"{TAG_FORMS}")
+        return derive_label_names({t for s in splits for t in s.tags.unique().to_pylist()}), DERIVED_ORDER
     raise TaskDataError("ner: the ner_tags column has no label names (not a ClassLabel sequence). "
                         "Give them in id order with preprocess.label_names, e.g. ['O','B-PER','I-PER',...]")
+
+
+def tag_ids(split: SplitTags, names: list[str]) -> np.ndarray:
+    """One split's tags as label ids (flat): names looked up in ``names``, ids checked against its range."""
+    import pyarrow.compute as pc
+
+    if split.kind == "str":
+        ids = pc.index_in(split.tags, value_set=pa.array(names, pa.string()))
+        if ids.null_count:
+            missing = sorted(set(pc.filter(split.tags, ids.is_null()).to_pylist()))
+            raise TaskDataError(f"ner: split {split.name!r} has tag(s) {missing[:5]} not in preprocess.label_names "
+                                f"{names}; add them there, or leave preprocess.label_names out to take the labels "
+                                "from the data")
+        return ids.to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = split.tags.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    bad = flat[(flat < 0) | (flat >= len(names))]
+    if bad.size:
+        raise TaskDataError(f"ner: split {split.name!r} has {bad.size} tag(s) outside the label space "
+                            f"0..{len(names) - 1} ({names}), e.g. {sorted(set(bad.tolist()))[:5]}. "
+                            "Fix the data or preprocess.label_names.")
+    return flat
+
+
+def iob1_to_iob2(ids: np.ndarray, lengths: np.ndarray, names: list[str]) -> tuple[np.ndarray, int]:
+    """:func:`nlpjobs.data.offline.to_iob2` on label ids, all sentences at once: an I-X that starts an entity
+    (first in its sentence, after O, or after another type) becomes B-X where the label space has B-X. IOB2 tags
+    are unchanged; seqeval reads both schemes alike, and the model learns one. Returns (ids, tags rewritten)."""
+    if not ids.size:
+        return ids, 0
+    parts = [tag_parts(n) or ("O", "") for n in names]
+    index = {n: i for i, n in enumerate(names)}
+    types = {t: i for i, t in enumerate(sorted({t for _, t in parts}))}
+    prefix = np.array(["OBI".index(p) for p, _ in parts])
+    etype = np.array([types[t] for _, t in parts])
+    b_of = np.array([index.get(f"B-{t}", -1) if p == "I" else -1 for p, t in parts])
+    previous = np.empty_like(ids)
+    previous[0], previous[1:] = ids[0], ids[:-1]
+    first = np.zeros(len(ids), bool)
+    first[(np.cumsum(lengths) - lengths)[lengths > 0]] = True
+    starts = (prefix[ids] == 2) & (first | (prefix[previous] == 0) | (etype[previous] != etype[ids])) & (b_of[ids] >= 0)
+    out = np.where(starts, b_of[ids], ids)
+    return out, int(starts.sum())
+
+
+def warn_eval_only(labels: list[str], trained: set[str], user: dict[str, str]) -> None:
+    """One warning line: labels of the evaluation split that no training word has, and the entity types the
+    model therefore never predicts (their recall is 0)."""
+    trained_types = {p[1] for t in trained if (p := tag_parts(t))}
+    never = sorted({p[1] for t in labels if (p := tag_parts(t)) and p[1] not in trained_types})
+    consequence = (f"entity type(s) {never} are never predicted: their recall is 0" if never else
+                   "the model sees them only on continuation sub-tokens, if at all")
+    log.warning("ner: label(s) %s occur in split %r but on no word of %r: %s. They stay in the label space "
+                "(manifest info eval_only_labels); add training examples of them or leave them out of the "
+                "evaluation data.", labels, user["eval"], user["train"], consequence)
 
 
 class NerTask(Task):
@@ -126,15 +353,14 @@ class NerTask(Task):
     evaluate_config = EvaluateConfig
     required_columns = ("tokens", "ner_tags")
     pipeline_task = "token-classification"
-    preprocess_version = "2"
+    preprocess_version = "3"
     headline_metric = "overall_f1"
 
     def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
         cfg: NerPreprocessConfig = job.preprocess  # type: ignore[assignment]
         self.check_columns(raw)
-        names = label_names_of(raw["train"], cfg.label_names)
-        for split, ds in raw.items():
-            check_tags(split, ds, names)
+        raw, info = self.label_ids(job, raw)
+        names = info["label_names"]
         b_to_i = b_to_i_map(names)
         max_length = cfg.max_length or min(tokenizer.model_max_length, 100_000)
 
@@ -159,8 +385,28 @@ class NerTask(Task):
                             new_fingerprint=fresh_fingerprint())
             truncated[split] = int(sum(column_values(mapped, "_truncated")))
             splits[split] = mapped.remove_columns("_truncated")
-        return Prepared(splits=splits, info={"label_names": names, "truncated_examples": truncated,
-                                             "max_length": max_length})
+        return Prepared(splits=splits, info={**info, "truncated_examples": truncated, "max_length": max_length})
+
+    def label_ids(self, job: JobConfig, raw: datasets.DatasetDict) -> tuple[datasets.DatasetDict, dict[str, Any]]:
+        """The raw splits with their tags as label ids (columns tokens, ner_tags), and the label facts for the
+        manifest: label_names (id order), label_order (where it comes from), eval_only_labels, iob1_starts."""
+        cfg: NerPreprocessConfig = job.preprocess  # type: ignore[assignment]
+        user = {"train": job.data.train_split, "eval": job.data.eval_split}
+        read = {key: read_split(user.get(key, key), ds) for key, ds in raw.items()}
+        names, order = label_space(list(read.values()), cfg.label_names, class_label_names(raw["train"]))
+        out, seen, rewritten = {}, {}, {}
+        for key, split in read.items():
+            ids, rewritten[key] = iob1_to_iob2(tag_ids(split, names), split.lengths, names)
+            seen[key] = set(np.unique(ids).tolist())
+            table = pa.table({"tokens": split.tokens, "ner_tags": list_column(ids, split.lengths)})
+            out[key] = datasets.Dataset(table)
+        eval_only = [names[i] for i in sorted(set().union(*(v for k, v in seen.items() if k != "train"))
+                                              - seen.get("train", set()))]
+        if eval_only:
+            warn_eval_only(eval_only, {names[i] for i in seen.get("train", set())}, user)
+        info = {"label_names": names, "label_order": order, "eval_only_labels": eval_only,
+                "iob1_starts_rewritten": rewritten}
+        return datasets.DatasetDict(out), info
 
     def build_model(self, job: JobConfig, manifest: Any, tokenizer: Any) -> Any:
         from transformers import AutoConfig, AutoModelForTokenClassification

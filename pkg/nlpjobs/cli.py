@@ -20,9 +20,11 @@ SET_HELP = "Override one setting, dotted key=value (YAML value); repeatable, e.g
 
 
 def _setup_logging(verbose: bool) -> None:
+    from nlpjobs import library_output
     from nlpjobs.progress import use_log_lines
 
     use_log_lines()  # progress bars as plain lines when standard error is a file or a pod's log
+    library_output.tame()  # the libraries' notebook notices: the useful ones in our words, the rest silenced
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("nlpjobs").setLevel(logging.INFO)

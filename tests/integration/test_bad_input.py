@@ -8,6 +8,7 @@ The CLI runs in-process (click's runner): the cases cost milliseconds, not an in
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,6 +129,39 @@ def submit_values(text: str) -> Callable[[Env], list[str]]:
     return command
 
 
+def predict_cmd(*args: str, task: str = "ner") -> Callable[[Env], list[str]]:
+    """`nlpjobs predict` of a preset on the case's store; ``{tmp}`` in an argument is the case's directory."""
+    def command(env: Env) -> list[str]:
+        job = env.job() if task == "ner" else str(job_file(env.tmp, f"jobs/local/{task}.yaml", f"file://{env.store}"))
+        return ["predict", "-c", job, *[a.replace("{tmp}", str(env.tmp)) for a in args]]
+    return command
+
+
+def predict_file(name: str, text: str) -> Callable[[Env], None]:
+    return lambda env: env.tmp.joinpath(name).write_text(text)
+
+
+def storage_read_only_store(env: Env) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a 0o500 directory; tests/unit/test_storage_files.py checks the message")
+    env.store.mkdir(mode=0o500)
+
+
+PREDICT_QA = json.dumps({"question": "Who wrote it?", "context": "Ada wrote it."})
+
+
+def ner_strings_pre(env: Env) -> list[str]:
+    """preprocess of the files in env.raw, labels taken from the data (no preprocess.label_names)."""
+    return ["preprocess", "-c", env.job(data={"source": f"files:{env.raw}", "max_train_examples": None,
+                                              "max_eval_examples": None})]
+
+
+def ner_rows_with(*rows: dict) -> Callable[[Env], None]:
+    """Good string-tag rows in both splits, ``rows`` appended to the training split."""
+    good = [{"tokens": ["Peter", "visited", "Oslo"], "ner_tags": ["B-PER", "O", "B-LOC"]}] * 3
+    return lambda env: (env.rows("train", good + list(rows)), env.rows("validation", good))
+
+
 CASES = [
     # -- configs: exit 2, before any compute
     Case("config/unknown-section", pre("trian.epochs=1"), 2, ("trian: unknown setting", "Did you mean 'train'")),
@@ -210,8 +244,56 @@ CASES = [
          ("terminationGracePeriodSeconds",)),
     # -- qa data formats (SQuAD JSON, answers, ids)
     # -- ner tags (string tags, label lists)
+    Case("ner/tag-not-in-label-names", files_pre, 3,
+         ("split 'train' has tag(s) ['B-CITY'] not in preprocess.label_names", "leave preprocess.label_names out"),
+         setup=ner_rows_with({"tokens": ["Oslo"], "ner_tags": ["B-CITY"]})),
+    Case("ner/mixed-int-and-string-tags", ner_strings_pre, 3,
+         ("split 'train' mixes string and integer tags", "row 0: 'B-PER', row 3: 0", "use one kind"),
+         setup=ner_rows_with({"tokens": ["Oslo"], "ner_tags": [0]})),
+    Case("ner/string-tags-in-one-split-only", ner_strings_pre, 3,
+         ("split 'train' has string tags but split 'validation' integer ids",),
+         setup=lambda env: (ner_rows_with()(env), env.rows("validation", ner_rows(2)))),
+    Case("ner/tags-a-string-not-a-list", ner_strings_pre, 3,
+         ("split 'train': ner_tags in row 3 is the string 'B-LOC O', not a list", '["B-PER", "I-PER", "O"]'),
+         setup=ner_rows_with({"tokens": ["Oslo", "today"], "ner_tags": "B-LOC O"})),
+    Case("ner/tokens-not-strings", ner_strings_pre, 3,
+         ("split 'train': tokens of row 0 has 7 at position 0", "as strings"),
+         setup=lambda env: (env.rows("train", [{"tokens": [7, 8], "ner_tags": ["O", "O"]}]),
+                            env.rows("validation", [{"tokens": ["a"], "ner_tags": ["O"]}]))),
+    Case("ner/tag-a-dict", ner_strings_pre, 3, ("ner_tags of row 3 has {'tag': 'B-LOC'}", "not a tag"),
+         setup=ner_rows_with({"tokens": ["Oslo"], "ner_tags": [{"tag": "B-LOC"}]})),
+    Case("ner/null-tags", ner_strings_pre, 3, ("split 'train': row 3 has no ner_tags (null)",),
+         setup=ner_rows_with({"tokens": ["Oslo"], "ner_tags": None})),
+    Case("ner/null-tag-in-a-list", ner_strings_pre, 3, ("ner_tags of row 3 has None at position 1", "a null tag"),
+         setup=ner_rows_with({"tokens": ["Oslo", "today"], "ner_tags": ["B-LOC", None]})),
+    Case("ner/iobes-refused", ner_strings_pre, 3, ("has the tag 'S-LOC', not of the form", "IOBES/BILOU"),
+         setup=ner_rows_with({"tokens": ["Oslo"], "ner_tags": ["S-LOC"]})),
+    Case("ner/tag-without-prefix", ner_strings_pre, 3, ("has the tag 'LOC'", "prefix them with I-"),
+         setup=ner_rows_with({"tokens": ["Oslo"], "ner_tags": ["LOC"]})),
+    Case("ner/label-names-not-iob", pre("preprocess.label_names=[O,PER,LOC]"), 2,
+         ("preprocess.label_names: 'PER' is not a tag name",)),
     # -- seq2seq data (translation, summarization)
     # -- predict inputs and storage permissions
+    Case("predict/qa-input-not-json", predict_cmd("-i", '{"question": "Who wrote it?"', task="qa"), 2,
+         ("bad input: --input 1", "looks like JSON but does not parse")),
+    Case("predict/qa-input-without-context", predict_cmd("-i", '{"question": "Who wrote it?"}', task="qa"), 2,
+         ("--input 1: qa needs a JSON object", "lacks ['context']")),
+    Case("predict/qa-input-plain-text", predict_cmd("-i", PREDICT_QA, "-i", "Who wrote it?", task="qa"), 2,
+         ("--input 2: qa needs a JSON object",)),
+    Case("predict/empty-input", predict_cmd("-i", ""), 2, ("--input 1: ner needs non-empty text",)),
+    Case("predict/input-file-line-not-json", predict_cmd("--input-file", "{tmp}/in.jsonl"), 2,
+         ("in.jsonl line 2: not a JSON value",), setup=predict_file("in.jsonl", '"EU rejects German lamb"\n{x\n')),
+    Case("predict/no-trained-model", predict_cmd("-i", "EU rejects German lamb"), 2,
+         ("no trained model at", "run `nlpjobs train`")),
+    Case("predict/out-unknown-scheme", predict_cmd("-i", "EU", "--out", "gs://bucket/p.jsonl"), 2,
+         ("--out 'gs://bucket/p.jsonl'", "unknown storage scheme 'gs'")),
+    Case("predict/out-under-a-file", predict_cmd("-i", "EU", "--out", "{tmp}/afile/p.jsonl"), 4,
+         ("storage:", "afile is a file, not a directory"), setup=predict_file("afile", "x")),
+    Case("storage/store-under-a-file", lambda env: pre(f"storage=file://{env.tmp}/afile/store")(env), 4,
+         ("storage:", "afile is a file, not a directory"), setup=predict_file("afile", "x")),
+    Case("storage/read-only-local-store", pre(), 4,
+         ("storage: permission denied writing", "owner and mode of the directory", "the process runs as uid"),
+         setup=storage_read_only_store),
     # -- run-time inputs (library, logging, cache)
 ]
 

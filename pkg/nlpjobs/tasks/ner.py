@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -125,19 +126,21 @@ def _row_of(lengths: np.ndarray, flat_index: int) -> int:
     return int(np.searchsorted(np.cumsum(lengths), flat_index, side="right"))
 
 
-def _json_lists(split: str, column: str, cells: pa.Array) -> pa.Array:
-    """A column of strings that each hold a JSON list (the way a CSV cell holds a list) as a list column."""
+def _as_lists(split: str, column: str, cells: list[Any]) -> pa.Array:
+    """Python cells of a column that is not an Arrow list column (a CSV column of JSON text, or JSON values of
+    mixed shapes) as a list column; a cell that is neither a list nor a string holding one is refused."""
     import json
 
     example = '["B-PER", "I-PER", "O"]' if column == "ner_tags" else '["Peter", "Blackburn", "said"]'
     rows: list[Any] = []
-    for i, cell in enumerate(cells.to_pylist()):
-        try:
-            value = None if cell is None else json.loads(cell)
-        except ValueError:
-            value = cell
+    for i, cell in enumerate(cells):
+        value = cell
+        if isinstance(cell, str):
+            with contextlib.suppress(ValueError):
+                value = json.loads(cell)
         if cell is not None and not isinstance(value, list):
-            raise TaskDataError(f"ner: split {split!r}: {column} in row {i} is the string {cell[:60]!r}, not a list; "
+            shown = f"the string {cell[:60]!r}" if isinstance(cell, str) else repr(cell)
+            raise TaskDataError(f"ner: split {split!r}: {column} in row {i} is {shown}, not a list; "
                                 f"write a JSON list, e.g. {example} (a CSV cell holds that JSON text)")
         rows.append(value)
     try:
@@ -149,9 +152,13 @@ def _json_lists(split: str, column: str, cells: pa.Array) -> pa.Array:
 
 def list_cells(split: str, column: str, cells: pa.ChunkedArray) -> pa.Array:
     """``column`` of one split as an Arrow list array, each row present (no null row)."""
+    import json
+
     arr = cells.combine_chunks()
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-        arr = _json_lists(split, column, arr)
+        arr = _as_lists(split, column, arr.to_pylist())
+    elif isinstance(arr.type, pa.JsonType):  # JSON values of several shapes (lists and strings, ...)
+        arr = _as_lists(split, column, [None if v is None else json.loads(v) for v in arr.storage.to_pylist()])
     if arr.null_count or pa.types.is_null(arr.type):
         i = int(np.flatnonzero(arr.is_null().to_numpy(zero_copy_only=False))[0])
         raise TaskDataError(f"ner: split {split!r}: row {i} has no {column} (null); every row needs a list, "
@@ -355,6 +362,12 @@ class NerTask(Task):
     pipeline_task = "token-classification"
     preprocess_version = "3"
     headline_metric = "overall_f1"
+
+    def validate_job(self, job: JobConfig) -> None:
+        super().validate_job(job)
+        names = job.preprocess.label_names  # type: ignore[attr-defined]
+        if names:
+            check_label_names(names, "preprocess.label_names", ConfigError)
 
     def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
         cfg: NerPreprocessConfig = job.preprocess  # type: ignore[assignment]

@@ -221,16 +221,43 @@ def _do_evaluate(job: Any, quiet: bool) -> dict[str, Any]:
     return metrics
 
 
-def _do_predict(job: Any, inputs: list[Any]) -> None:
-    from nlpjobs.stages import predict
+def _do_predict(job: Any, inputs: list[tuple[str, Any]] | None = None, out: str | None = None) -> None:
+    """Predict ``inputs`` ((name, input) pairs: the user's own) to ``out``, or to stdout as JSON lines; without
+    inputs, the job's predict.inputs to ``out`` or else the run's predictions.jsonl. Inputs and ``out`` are
+    checked before the model loads."""
+    from nlpjobs import stages
 
-    if not inputs:
-        _echo("predict: no inputs (set predict.inputs in the job or pass --input)", fg="yellow")
+    if inputs is None:
+        if not job.predict.inputs:
+            _echo("predict: no inputs (set predict.inputs in the job or pass --input)", fg="yellow")
+            return
+        if out is None:
+            outputs, uri = stages.predict_run(job)
+            _show_predictions(list(job.predict.inputs), outputs)
+            _echo(f"predict: {len(outputs)} prediction(s) of predict.inputs written to {uri}", fg="green")
+            return
+        inputs = [(f"predict.inputs[{i}]", x) for i, x in enumerate(job.predict.inputs)]
+    names, values = [n for n, _ in inputs], [x for _, x in inputs]
+    stages.check_inputs(job, values, names)
+    target = stages.check_output(out) if out is not None else None
+    outputs = stages.predict(job, values)
+    data = stages.predictions_jsonl(values, outputs)
+    if target is None:  # stdout holds the JSON lines only; what a person reads goes to stderr
+        click.echo(data.decode(), nl=False)
+        if _is_main():
+            click.secho(f"predict: {len(outputs)} prediction(s) written to stdout (--out FILE writes a file)",
+                        fg="green", err=True)
         return
-    outputs, uri = predict(job, inputs)
+    from nlpjobs import storage
+
+    storage.write_bytes(target, data)
+    _show_predictions(values, outputs)
+    _echo(f"predict: {len(outputs)} prediction(s) written to {target}", fg="green")
+
+
+def _show_predictions(inputs: list[Any], outputs: list[Any]) -> None:
     for x, y in zip(inputs, outputs):
         _echo(f"  {json.dumps(x, ensure_ascii=False)[:100]}\n    -> {json.dumps(y, ensure_ascii=False, default=float)[:300]}")
-    _echo(f"predict: {len(outputs)} prediction(s) written to {uri}", fg="green")
 
 
 @main.command()
@@ -333,23 +360,78 @@ def evaluate(config_path: str, overrides: tuple[str, ...], quiet: bool) -> None:
 
 @main.command()
 @job_options
-@click.option("--input", "-i", "inputs", multiple=True,
-              help="Input text (repeatable); JSON objects for multi-field tasks, e.g. "
-                   "'{\"question\": ..., \"context\": ...}'. Default: predict.inputs of the job.")
+@click.option("--input", "-i", "inputs", multiple=True, metavar="TEXT|JSON",
+              help="Your own input (repeatable): text, or a JSON object for multi-field tasks, e.g. "
+                   "'{\"question\": \"...\", \"context\": \"...\"}' for qa.")
+@click.option("--input-file", "input_file", default=None, metavar="FILE.jsonl",
+              help="Your own inputs from a JSON-lines file (local path or URI): one JSON value per line, a "
+                   "\"string\" or an {object}; blank lines are skipped. Combines with --input.")
+@click.option("--out", "-o", "out", default=None, metavar="FILE|URI",
+              help="Write the predictions here as JSON lines, one {\"input\": ..., \"output\": ...} per input "
+                   "(a local path, file:// or s3:// URI; replaced whole). [default: your inputs to stdout; "
+                   "the job's predict.inputs to the run's predictions.jsonl]")
 @handle_errors
-def predict(config_path: str, overrides: tuple[str, ...], quiet: bool, inputs: tuple[str, ...]) -> None:
-    """Run the trained model through the task's transformers pipeline; writes predictions.jsonl."""
+def predict(config_path: str, overrides: tuple[str, ...], quiet: bool, inputs: tuple[str, ...],
+            input_file: str | None, out: str | None) -> None:
+    """Run the trained model through the task's transformers pipeline.
+
+    \b
+    Without --input/--input-file: the job's predict.inputs, written to the run's
+    <storage>/runs/<name>/predictions.jsonl (replaced on every call), or to --out.
+    With --input/--input-file: your inputs, written to --out, or to stdout as JSON lines
+    (one {"input": ..., "output": ...} per input); the run's predictions.jsonl is left as it is.
+
+    Every input is checked before the model loads (qa: a JSON object with non-empty "question" and
+    "context"; the other tasks: non-empty text); a bad one stops with its position and exit code 2.
+    """
+    from nlpjobs.tasks.base import PredictInputError
+
     job = _load(config_path, overrides)
-    _do_predict(job, [_parse_input(x) for x in inputs] or list(job.predict.inputs))
+    try:
+        own = [(f"--input {i}", _parse_input(x, f"--input {i}")) for i, x in enumerate(inputs, 1)]
+        if input_file is not None:
+            own += _read_input_file(input_file)
+        _do_predict(job, own if inputs or input_file is not None else None, out)
+    except PredictInputError as exc:
+        _fail(f"bad input: {exc}", 2)
 
 
-def _parse_input(text: str) -> Any:
+def _parse_input(text: str, name: str) -> Any:
+    """An --input: a JSON object when it starts with '{', else the text itself."""
+    from nlpjobs.tasks.base import PredictInputError
+
     if text.lstrip().startswith("{"):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise click.BadParameter(f"--input {text!r} looks like JSON but does not parse: {exc}") from exc
+            raise PredictInputError(f"{name}: {text!r} looks like JSON but does not parse ({exc}); quote it "
+                                    "for the shell, e.g. -i '{\"question\": \"...\", \"context\": \"...\"}'") from exc
     return text
+
+
+def _read_input_file(source: str) -> list[tuple[str, Any]]:
+    """(name, input) per non-blank line of a JSON-lines file; each line must be one JSON value."""
+    from nlpjobs import storage
+    from nlpjobs.tasks.base import PredictInputError
+
+    if not storage.exists(source):
+        raise PredictInputError(f"--input-file {source}: no such file")
+    try:
+        text = storage.read_bytes(source).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PredictInputError(f"--input-file {source}: not UTF-8 text ({exc})") from exc
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"{source} line {number}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise PredictInputError(f"{source} line {number}: not a JSON value ({exc}); write one JSON value per "
+                                    "line: \"text\" or {\"question\": ..., \"context\": ...}") from exc
+    if not out:
+        raise PredictInputError(f"--input-file {source}: holds no inputs (only blank lines)")
+    return out
 
 
 @main.command()
@@ -362,7 +444,7 @@ def run(config_path: str, overrides: tuple[str, ...], quiet: bool) -> None:
     _do_preprocess(job)
     _do_train(job, quiet)
     metrics = _do_evaluate(job, quiet)
-    _do_predict(job, list(job.predict.inputs))
+    _do_predict(job)
     from nlpjobs.tasks import get_task
 
     _echo(f"\nrun {job.name!r} ({job.task}) done in {time.time() - started:.0f}s: "

@@ -89,14 +89,56 @@ def preprocess(job: JobConfig) -> PreprocessResult:
     return PreprocessResult(uri, written, False, time.time() - started)
 
 
-def predict(job: JobConfig, inputs: list[Any]) -> tuple[list[Any], str]:
-    """Run the trained model through the task's pipeline; write predictions.jsonl to the run."""
+PREDICTIONS = "predictions.jsonl"
+"""The run's predictions of the job's ``predict.inputs`` (written by ``run`` and by ``predict`` without inputs)."""
+
+
+def check_inputs(job: JobConfig, inputs: list[Any], names: list[str]) -> None:
+    """Every input must fit the task's pipeline: PredictInputError names the first bad one (``names[i]``)
+    and what was expected, before any model is loaded."""
+    get_task(job.task).check_predict_inputs(inputs, names)
+
+
+def check_output(target: str) -> str:
+    """The URI predictions of ``target`` (a local path, file:// or s3:// URI) go to, checked writable before
+    the model loads: its directory is created (or its prefix probed) now, so a bad ``--out`` costs no
+    inference. ConfigError for another scheme or a directory target; StorageError when it cannot be written."""
+    scheme = target.split("://", 1)[0] if "://" in target else "file"
+    if scheme not in ("file", "s3"):
+        raise ConfigError(f"--out {target!r}: unknown storage scheme {scheme!r}; give a local path, file://<path> "
+                          "or s3://<bucket>/<key>")
+    uri = storage.normalize(target)
+    if uri.endswith("/") or target.endswith("/") or uri.count("/") < 3:
+        raise ConfigError(f"--out {target!r}: names a directory; give a file name, e.g. {target.rstrip('/')}/"
+                          "predictions.jsonl")
+    if scheme == "file":
+        path = Path(storage.resolve(uri)[1])
+        if path.is_dir():
+            raise ConfigError(f"--out {target!r} is a directory; give a file name, e.g. {path}/predictions.jsonl")
+    storage.probe_writable(uri.rsplit("/", 1)[0])
+    return uri
+
+
+def predict(job: JobConfig, inputs: list[Any]) -> list[Any]:
+    """The trained model's predictions of ``inputs`` through the task's pipeline; nothing is written."""
     task = get_task(job.task)
     model_dir = fetch_model(job)
-    outputs = task.predict(str(model_dir), inputs)
-    uri = storage.join(paths.run_uri(job), "predictions.jsonl")
-    lines = [json.dumps({"input": x, "output": y}, default=float) for x, y in zip(inputs, outputs)]
-    storage.write_bytes(uri, ("\n".join(lines) + "\n").encode())
+    return task.predict(str(model_dir), inputs)
+
+
+def predictions_jsonl(inputs: list[Any], outputs: list[Any]) -> bytes:
+    """One JSON object per line: ``{"input": ..., "output": ...}``."""
+    lines = [json.dumps({"input": x, "output": y}, ensure_ascii=False, default=float)
+             for x, y in zip(inputs, outputs)]
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def predict_run(job: JobConfig) -> tuple[list[Any], str]:
+    """Predict the job's ``predict.inputs`` and replace the run's predictions.jsonl with them."""
+    inputs = list(job.predict.inputs)
+    outputs = predict(job, inputs)
+    uri = storage.join(paths.run_uri(job), PREDICTIONS)
+    storage.write_bytes(uri, predictions_jsonl(inputs, outputs))
     return outputs, uri
 
 

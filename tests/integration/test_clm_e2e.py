@@ -114,10 +114,11 @@ def test_clm_on_s3_end_to_end(s3_env: str, tmp_path: Path) -> None:
     assert evaluated["examples"] == eval_rows
     assert evaluated["eval_loss"] == pytest.approx(final["eval_loss"], rel=1e-6)
 
-    first = cli("predict", "-c", str(job), "--input", PROMPT).stdout
-    lines = storage.read_bytes(storage.join(run, "predictions.jsonl")).decode().splitlines()
+    mine = storage.join(s3_env, "mine", "clm.jsonl")
+    first = cli("predict", "-c", str(job), "--input", PROMPT, "--out", mine).stdout
+    lines = storage.read_bytes(mine).decode().splitlines()
     [row] = [json.loads(x) for x in lines]
     assert row["input"] == PROMPT and row["output"].startswith(PROMPT) and len(row["output"]) > len(PROMPT)
-    cli("predict", "-c", str(job), "--input", PROMPT)
-    again = json.loads(storage.read_bytes(storage.join(run, "predictions.jsonl")).decode())
+    again = json.loads(cli("predict", "-c", str(job), "--input", PROMPT).stdout)  # no --out: one JSON line on stdout
     assert again["output"] == row["output"], first  # seeded sampling: reproducible
+    assert not storage.exists(storage.join(run, "predictions.jsonl"))  # your inputs never go to the run's file

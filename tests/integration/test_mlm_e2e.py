@@ -69,9 +69,10 @@ def test_mlm_on_s3_end_to_end_with_deterministic_perplexity(s3_env: str, tmp_pat
     assert evaluated["perplexity_before_training"] == before["perplexity"]
     assert f"before training: perplexity={before['perplexity']:.4f}" in first
 
-    out = cli("predict", "-c", str(job), "--input", "This is a great [MASK].").stdout
+    mine = storage.join(s3_env, "mine", "mlm.jsonl")
+    out = cli("predict", "-c", str(job), "--input", "This is a great [MASK].", "--out", mine).stdout
     assert "This is a great [MASK]." in out and "token_str" in out
-    lines = storage.read_bytes(storage.join(run, "predictions.jsonl")).decode().splitlines()
+    lines = storage.read_bytes(mine).decode().splitlines()
     [record] = [json.loads(x) for x in lines]
     assert len(record["output"]) == 5 and all({"token_str", "score"} == set(x) for x in record["output"])
 

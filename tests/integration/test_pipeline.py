@@ -96,9 +96,13 @@ def test_ner_on_s3_end_to_end_with_exact_resume(s3_env: str, tmp_path: Path) -> 
     assert refused.returncode == 3 and "tokenized with another tokenizer" in refused.stderr, refused.stderr
     assert storage.read_json(storage.join(run, "metrics.json"))["evaluate"] == evaluated
 
-    out = cli("predict", "-c", str(job), "--input", "Peter Blackburn flew to Brussels.").stdout
-    lines = storage.read_bytes(storage.join(run, "predictions.jsonl")).decode().splitlines()
+    mine = storage.join(s3_env, "mine", "predictions.jsonl")
+    cli("predict", "-c", str(job), "--input", "Peter Blackburn flew to Brussels.", "--out", mine)
+    lines = storage.read_bytes(mine).decode().splitlines()
     assert len(lines) == 1 and isinstance(json.loads(lines[0])["output"], list)
+    assert not storage.exists(storage.join(run, "predictions.jsonl"))  # your inputs never go to the run's file
+    out = cli("predict", "-c", str(job), "--input", "Peter Blackburn flew to Brussels.").stdout  # no --out: stdout
+    assert [json.loads(x) for x in out.splitlines()] == [json.loads(x) for x in lines]
 
 
 @pytest.mark.s3

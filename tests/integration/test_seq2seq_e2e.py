@@ -97,9 +97,11 @@ def test_translation_on_s3_end_to_end(s3_env: str, tmp_path: Path) -> None:
     assert evaluated["examples"] == 6 and 0.0 <= evaluated["bleu"] <= 100.0
     assert 0 < evaluated["gen_len"] <= 12
 
-    cli("predict", "-c", str(job), "--input", "Open the file")
-    lines = storage.read_bytes(storage.join(run, "predictions.jsonl")).decode().splitlines()
+    mine = storage.join(s3_env, "mine", "translation.jsonl")
+    cli("predict", "-c", str(job), "--input", "Open the file", "--out", mine)
+    lines = storage.read_bytes(mine).decode().splitlines()
     assert len(lines) == 1 and isinstance(json.loads(lines[0])["output"]["translation_text"], str)
+    assert not storage.exists(storage.join(run, "predictions.jsonl"))  # your inputs never go to the run's file
 
 
 def test_summarization_on_s3_end_to_end(s3_env: str, tmp_path: Path) -> None:

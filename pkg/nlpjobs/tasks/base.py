@@ -6,7 +6,7 @@ engine, storage, config, CLI and checkpointing are shared.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -58,6 +58,28 @@ def list_column(values: np.ndarray, row_lengths: np.ndarray) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
 
 
+class PredictInputError(ConfigError):
+    """A predict input the task's pipeline cannot take (checked before the model loads)."""
+
+
+PIPELINE_INPUT_FIELDS: dict[str, tuple[str, ...]] = {"question-answering": ("question", "context")}
+"""The transformers pipelines that take a mapping instead of text, and the fields they need."""
+
+
+def mapping_problem(item: Any, fields: Sequence[str], task: str) -> str | None:
+    """What keeps ``item`` from being a mapping with a non-empty string under each of ``fields``, or None."""
+    shape = "{" + ", ".join(f'"{f}": "..."' for f in fields) + "}"
+    if not isinstance(item, dict):
+        return f"{task} needs a JSON object {shape}, got {item!r}"
+    missing = [f for f in fields if f not in item]
+    if missing:
+        return f"{task} needs a JSON object {shape}; this one lacks {missing} (it has {sorted(item)})"
+    empty = [f for f in fields if not isinstance(item[f], str) or not item[f].strip()]
+    if empty:
+        return f"{task} needs non-empty text in {empty}, got {({f: item[f] for f in empty})!r}"
+    return None
+
+
 @dataclass
 class Prepared:
     """Output of a task's preprocessing: tokenized splits plus facts for the manifest."""
@@ -91,9 +113,10 @@ class Task:
 
     # ---- configuration --------------------------------------------------------------------
     def validate_job(self, job: JobConfig) -> None:
-        """Task-specific config checks (run before any compute)."""
+        """Task-specific config checks (run before any compute), predict.inputs included."""
         if not job.data.source:
             raise ConfigError("data.source: missing; e.g. 'hub:tomaarsen/conll2003' or 'offline:conll2003'")
+        self.check_predict_inputs(job.predict.inputs, [f"predict.inputs[{i}]" for i in range(len(job.predict.inputs))])
 
     # ---- preprocess -----------------------------------------------------------------------
     def check_columns(self, raw: datasets.DatasetDict) -> None:
@@ -162,6 +185,26 @@ class Task:
         return f"{self.headline_metric}={value:.4f}" if isinstance(value, float) else str(metrics)
 
     # ---- predict --------------------------------------------------------------------------
+    def input_problem(self, item: Any) -> str | None:
+        """What is wrong with one predict input (what was expected, and what came), or None. Checked before the
+        model loads. Text pipelines take non-empty text; question answering a mapping of non-empty strings
+        (``PIPELINE_INPUT_FIELDS``). A task with more to check overrides this and calls it first."""
+        fields = PIPELINE_INPUT_FIELDS.get(self.pipeline_task)
+        if fields:
+            return mapping_problem(item, fields, self.name)
+        if not isinstance(item, str):
+            return f"{self.name} needs a text string, got {item!r}"
+        if not item.strip():
+            return f"{self.name} needs non-empty text, got {item!r}"
+        return None
+
+    def check_predict_inputs(self, inputs: Sequence[Any], names: Sequence[str] | None = None) -> None:
+        """Raise PredictInputError naming the first bad input (``names[i]``, default 'predict input <i>')."""
+        for i, item in enumerate(inputs):
+            problem = self.input_problem(item)
+            if problem:
+                raise PredictInputError(f"{names[i] if names else f'predict input {i}'}: {problem}")
+
     def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
         from transformers import pipeline
 

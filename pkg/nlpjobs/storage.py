@@ -75,7 +75,12 @@ _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "RequestT
                     "ThrottlingException", "RequestLimitExceeded", "500", "502", "503", "504"}
 
 
-def _explain(exc: BaseException, what: str, uri: str) -> str:
+def explain(exc: BaseException, what: str, uri: str) -> str:
+    """What went wrong in ``what`` (e.g. "writing") on ``uri``, and what to check: the local directory's owner and
+    mode for a local path, the credentials and bucket policy for an object store."""
+    local = _explain_local(exc, what, uri)
+    if local:
+        return local
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, PermissionError) or "AccessDenied" in text or "InvalidAccessKeyId" in text \
             or "SignatureDoesNotMatch" in text or "Forbidden" in text:
@@ -89,6 +94,29 @@ def _explain(exc: BaseException, what: str, uri: str) -> str:
     return f"{what} {uri}: {text}"
 
 
+def _explain_local(exc: BaseException, what: str, uri: str) -> str | None:
+    """The message for a local file system's refusal (``file://`` or a plain path), else None. A local
+    PermissionError is the directory's owner or mode, never AWS credentials."""
+    if ("://" in uri and not uri.startswith("file://")) or not isinstance(exc, OSError):
+        return None
+    path = Path(uri.split("://", 1)[-1])
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        where = next((p for p in (path, *path.parents) if p.exists()), path)
+        kind = "directory" if where.is_dir() else "file"
+        return (f"permission denied {what} {path}: check the owner and mode of the {kind} {where} (the process "
+                f"runs as uid {os.geteuid()}, gid {os.getegid()}), or point `storage:` at a directory it can write")
+    if exc.errno == errno.EROFS:
+        return f"{what} {path}: read-only file system ({exc}); point `storage:` at a writable volume"
+    if isinstance(exc, (NotADirectoryError, FileExistsError)):
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return (f"{what} {path}: {blocker} is a file, not a directory, so no directory can be created "
+                    "under it; move it away or pick another path")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{what} {path}: {os.strerror(exc.errno).lower()} ({exc}); free space there or pick another volume"
+    return None
+
+
 def retry(fn: Callable[[], T], what: str, uri: str, retries: int | None = None) -> T:
     """Run ``fn`` with bounded retries and exponential backoff on transient faults."""
     attempts = RETRIES if retries is None else retries
@@ -100,7 +128,7 @@ def retry(fn: Callable[[], T], what: str, uri: str, retries: int | None = None) 
             if not _is_transient(exc):
                 if isinstance(exc, FileNotFoundError) and "bucket" not in str(exc).lower():
                     raise
-                raise StorageError(_explain(exc, what, uri)) from exc
+                raise StorageError(explain(exc, what, uri)) from exc
             if attempt == attempts:
                 raise StorageError(
                     f"{what} {uri}: object store at {endpoint()} unreachable after {attempts} attempts "

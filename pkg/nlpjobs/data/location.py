@@ -1,8 +1,9 @@
 """Where a job's tokenized dataset lives: ``<storage>/datasets/<task>/<cache key>/``.
 
 The cache key hashes everything that determines the tokenized output: the task, the data source and what its
-input files are now (for ``files:`` sources, each split file's name, size and modification time or ETag, so
-that an edited file is tokenized again instead of reused), the tokenizer, every preprocessing parameter and
+inputs are now (for ``files:`` sources, each split file's name, size and modification time or ETag, so that an
+edited file is tokenized again instead of reused; for ``hub:`` sources, the commit sha data.revision resolves
+to, so that a dataset updated on the Hub is tokenized again), the tokenizer, every preprocessing parameter and
 the preprocessing code's version.
 """
 
@@ -21,6 +22,8 @@ def dataset_key(job: JobConfig, task: Any) -> str:
     """Cache key: task, data source and its inputs, tokenizer, every preprocessing parameter, code version."""
     data = dataclasses.asdict(job.data)
     inputs = input_fingerprint(job.data)
+    if "hub_commit" in inputs:  # the commit the revision resolved to replaces it: main at X is X pinned
+        del data["revision"]
     return cache_key({
         "task": job.task,
         "data": data,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import datasets
 
 from nlpjobs import storage
 from nlpjobs.config import ConfigError, DataConfig
+
+log = logging.getLogger(__name__)
+HUB_TIMEOUT_S = 10.0
+"""Seconds to wait for the Hub's answer to which commit a revision is."""
 
 # Canonical split names inside nlpjobs; the source's names come from data.train_split/eval_split.
 TRAIN, EVAL = "train", "eval"
@@ -65,11 +72,73 @@ def _split_file(location: str, split: str) -> tuple[str, str, str] | None:
     return None
 
 
+_HUB_COMMITS: dict[tuple[str, str], str] = {}
+"""Commit sha each (dataset, revision) resolved to in this process: every stage's key and load agree."""
+_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_commit(name: str, revision: str | None) -> str:
+    """The commit sha the Hub resolves ``revision`` (default main) of dataset ``name`` to now, so that a dataset
+    updated on the Hub gets a new cache key. A pinned sha is its own answer. When the Hub is unreachable (or
+    HF_HUB_OFFLINE=1) it is the sha of the revision in the local Hub cache if any, else the revision as given,
+    with one warning line; an unknown dataset or revision is a ConfigError."""
+    revision = revision or "main"
+    if _SHA.fullmatch(revision):
+        return revision
+    if (name, revision) not in _HUB_COMMITS:
+        _HUB_COMMITS[name, revision] = _resolve_hub_commit(name, revision)
+    return _HUB_COMMITS[name, revision]
+
+
+def _resolve_hub_commit(name: str, revision: str) -> str:
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE=1"
+    else:
+        try:
+            return str(HfApi().dataset_info(name, revision=revision, timeout=HUB_TIMEOUT_S).sha)
+        except RevisionNotFoundError as exc:
+            raise ConfigError(f"data.revision: {revision!r} is not a branch, tag or commit of the Hub dataset "
+                              f"{name!r}; fix data.revision (default main)") from exc
+        except GatedRepoError as exc:
+            raise ConfigError(f"data.source: the Hub dataset {name!r} is gated: accept its conditions on its page, "
+                              "then log in with `hf auth login` or set HF_TOKEN") from exc
+        except RepositoryNotFoundError as exc:
+            raise ConfigError(f"data.source: the Hub has no dataset {name!r} (or it is private: log in with "
+                              "`hf auth login` or set HF_TOKEN)") from exc
+        except Exception as exc:  # noqa: BLE001 - unreachable, timed out, 5xx: the cache key falls back below
+            why = f"the Hub is unreachable ({type(exc).__name__})"
+    cached = _cached_hub_commit(name, revision)
+    if cached:
+        log.warning("data.source hub:%s: %s; the dataset cache key uses commit %s of %r from the local Hub cache",
+                    name, why, cached, revision)
+        return cached
+    log.warning("data.source hub:%s: %s; the dataset cache key uses the revision %r as given, so a newer commit "
+                "on the Hub would reuse this dataset: pin data.revision to a commit sha to be sure", name, why, revision)
+    return revision
+
+
+def _cached_hub_commit(name: str, revision: str) -> str | None:
+    """The sha ``revision`` of dataset ``name`` pointed at when it was last downloaded (huggingface_hub's refs)."""
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"datasets--{name.replace('/', '--')}" / "refs" / revision
+    try:
+        sha = ref.read_text().strip()
+    except OSError:
+        return None
+    return sha if _SHA.fullmatch(sha) else None
+
+
 def input_fingerprint(cfg: DataConfig) -> dict[str, Any]:
-    """What the input files of a ``files:`` source are now: for each split's file, its size and its modification
-    time (local) or ETag (object store). Empty for other sources (the Hub pins its own revisions, an offline
-    corpus is versioned by its registry package)."""
+    """What the inputs of the source are now. ``hub:``: the commit sha data.revision resolves to (``hub_commit``).
+    ``files:``: for each split's file, its size and its modification time (local) or ETag (object store). Empty
+    for offline corpora (versioned by their registry package)."""
     scheme, name = cfg.source.split(":", 1) if ":" in cfg.source else ("", "")
+    if scheme == "hub":
+        return {"hub_commit": hub_commit(name, cfg.revision)}
     if scheme != "files":
         return {}
     out: dict[str, Any] = {}
@@ -117,9 +186,10 @@ def load_raw(cfg: DataConfig, seed: int) -> datasets.DatasetDict:
     wanted = {TRAIN: cfg.train_split, EVAL: cfg.eval_split}
     out: dict[str, datasets.Dataset] = {}
     if scheme == "hub":
+        revision = hub_commit(name, cfg.revision)  # the commit the cache key names, even if main moved since
         for key, split in wanted.items():
             try:
-                out[key] = datasets.load_dataset(name, cfg.config_name, split=split, revision=cfg.revision)
+                out[key] = datasets.load_dataset(name, cfg.config_name, split=split, revision=revision)
             except ValueError as exc:
                 if "split" in str(exc).lower():
                     raise ConfigError(f"data.{key}_split: {split!r} is not a split of {name}: {exc}") from exc

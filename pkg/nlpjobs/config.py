@@ -171,6 +171,8 @@ class TrainConfig:
         _positive(f"{prefix}.log_every", self.log_every)
         _positive(f"{prefix}.num_workers", self.num_workers, allow_zero=True)
         _positive(f"{prefix}.collective_timeout_s", self.collective_timeout_s)
+        if not 0 <= self.seed < 2**32:  # NumPy's and the samplers' seed range
+            raise ConfigError(f"{prefix}.seed: got {self.seed}, must be between 0 and 2**32 - 1")
         for key in ("eval_every", "save_every"):
             value = getattr(self, key)
             if value not in ("epoch", "never") and not (value.isdigit() and int(value) > 0):

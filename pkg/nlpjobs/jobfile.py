@@ -7,6 +7,7 @@ typed sections themselves.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,20 @@ def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (
     return job_from_dict(raw)
 
 
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def check_bucket(uri: str) -> None:
+    """An s3:// URI names a bucket that S3 accepts (3-63 lowercase letters, digits, dots and hyphens)."""
+    bucket = uri.split("://", 1)[1].split("/", 1)[0]
+    if not bucket:
+        raise ConfigError(f"storage: got {uri!r}, which names no bucket; expected s3://<bucket>/<prefix>, "
+                          "e.g. s3://ml-runs/nlpjobs")
+    if not _BUCKET.fullmatch(bucket) or ".." in bucket:
+        raise ConfigError(f"storage: {bucket!r} in {uri!r} is not a valid S3 bucket name (3-63 characters: "
+                          "lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit)")
+
+
 def job_from_dict(raw: dict[str, Any]) -> JobConfig:
     raw = dict(raw)
     task_name = raw.get("task")
@@ -109,5 +124,7 @@ def job_from_dict(raw: dict[str, Any]) -> JobConfig:
     scheme = job.storage.split("://", 1)[0]
     if "://" not in job.storage or scheme not in ("file", "s3"):
         raise ConfigError(f"storage: got {job.storage!r}; expected file://<dir> or s3://<bucket>/<prefix>")
+    if scheme == "s3":
+        check_bucket(job.storage)
     task.validate_job(job)
     return job

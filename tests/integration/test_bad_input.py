@@ -294,7 +294,23 @@ CASES = [
     Case("storage/read-only-local-store", pre(), 4,
          ("storage: permission denied writing", "owner and mode of the directory", "the process runs as uid"),
          setup=storage_read_only_store),
-    # -- run-time inputs (library, logging, cache)
+    # -- job settings and stage order found by use
+    Case("config/negative-seed", pre("train.seed=-1"), 2, ("train.seed: got -1", "between 0 and 2**32 - 1")),
+    Case("config/s3-without-bucket", pre("storage=s3://"), 2, ("storage", "names no bucket", "s3://<bucket>/<prefix>")),
+    Case("config/s3-invalid-bucket", pre("storage=s3://My_Runs/nlpjobs"), 2,
+         ("'My_Runs'", "not a valid S3 bucket name")),
+    Case("config/empty-job-file", lambda env: ["preprocess", "-c", str(_job_text(env, ""))], 2, ("task: missing",)),
+    Case("config/job-file-is-a-list", lambda env: ["preprocess", "-c", str(_job_text(env, "- task: ner\n"))], 2,
+         ("the top level must be a mapping of settings",)),
+    Case("config/section-is-a-string", lambda env: ["preprocess", "-c", str(_job_text(
+        env, "task: ner\ndata: offline:conll2003\n"))], 2, ("data: expected a mapping of settings",)),
+    Case("config/columns-not-a-mapping", pre("data.columns=tokens"), 2, ("data.columns: expected a mapping",)),
+    Case("stage/evaluate-before-preprocess", lambda env: ["evaluate", "-q", "-c", env.job()], 3,
+         ("no dataset at", "Run `nlpjobs preprocess` with the same config first")),
+    Case("stage/evaluate-before-train", lambda env: ["evaluate", "-q", "-c", env.job()], 2,
+         ("no trained model at", "run `nlpjobs train`"), needs_dataset=True),
+    Case("stage/wait-times-out", lambda env: ["wait", "--for", "model", "--timeout", "1", "--interval", "0.2",
+                                              "-c", env.job()], 5, ("model",), needs_dataset=True),
 ]
 
 

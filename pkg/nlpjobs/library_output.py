@@ -12,7 +12,7 @@ they are noise, and some read like faults:
 | "Your max_length is set to ..., but your input_length is only ..." and other generation-length notices | transformers pipelines | silenced: the task's generation settings are in the job |
 | "Removed shared tensor {...} while saving" | accelerate | silenced: tied embeddings are saved once and re-tied on load (tested) |
 | "Recommended: pip install sacremoses." | Marian's tokenizer | silenced: Moses punctuation normalisation is optional and the presets do not use it |
-| "add_prefix_space" notices of byte-level BPE tokenizers | transformers | silenced: the task sets what it needs |
+| "You set `add_prefix_space`..." and other add_prefix_space notices of BPE and T5 tokenizers | transformers | silenced: the task sets what it needs |
 
 The filters attach to the libraries' named loggers, so nothing is imported to install them.
 """
@@ -71,6 +71,7 @@ NOISY_LOGGERS = ("transformers.modeling_utils", "transformers.configuration_util
                  "transformers.generation.utils", "transformers.generation.configuration_utils",
                  "transformers.tokenization_utils_base", "transformers.tokenization_utils_fast",
                  "transformers.models.gpt2.tokenization_gpt2_fast", "transformers.models.roberta.tokenization_roberta_fast",
+                 "transformers.models.t5.tokenization_t5_fast", "transformers.models.t5.tokenization_t5",
                  "accelerate.utils.other", "accelerate.accelerator")
 
 

@@ -11,6 +11,7 @@ import datasets
 
 from nlpjobs import storage
 from nlpjobs.config import ConfigError, DataConfig
+from nlpjobs.data import squad_json
 
 log = logging.getLogger(__name__)
 HUB_TIMEOUT_S = 10.0
@@ -166,6 +167,13 @@ def _load_files(location: str, split: str) -> datasets.Dataset:
 
     if builder != "parquet":
         check_text(uri, split)
+    if ext == ".json" and squad_json.looks_nested(uri):  # a SQuAD file as published: flattened to rows
+        try:
+            nested = squad_json.read_nested(uri)
+        except squad_json.SquadFormatError as exc:
+            raise TaskDataError(f"split {split!r}: {exc}") from None
+        if nested is not None:
+            return nested
     try:
         if uri.startswith("file://"):
             return datasets.load_dataset(builder, data_files=storage.resolve(uri)[1], split="train")

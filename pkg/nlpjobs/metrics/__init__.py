@@ -26,6 +26,7 @@ _HERE = Path(__file__).resolve().parent
 METRIC_DIRS: dict[str, str] = {
     "seqeval": "seqeval_metric",
     "squad": "squad_v1",
+    "squad_v2": "squad_v2",
     "sacrebleu": "sacrebleu_metric",
     "rouge": "rouge_metric",
 }
@@ -42,7 +43,7 @@ def metric_path(name: str) -> Path:
 
 @cache
 def load_metric(name: str, seed: int | None = None) -> evaluate.EvaluationModule:
-    """Load the local evaluate module for ``name`` (seqeval, squad, sacrebleu, rouge), offline.
+    """Load the local evaluate module for ``name`` (seqeval, squad, squad_v2, sacrebleu, rouge), offline.
 
     Cached per process (and seed): use ``compute(predictions=..., references=...)`` directly, not
     ``add_batch``. The module keeps its inputs in memory (no Arrow cache files or locks on disk).

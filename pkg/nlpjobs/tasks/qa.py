@@ -1,7 +1,12 @@
-"""Extractive question answering: sliding windows, span labels, n-best post-processing, SQuAD EM/F1."""
+"""Extractive question answering: sliding windows, span labels, n-best post-processing, SQuAD EM/F1.
+
+Unanswerable questions (SQuAD v2.0: empty answers) train with ``(0, 0)`` labels ([CLS]) and are scored with
+SQuAD v2.0's no-answer rule and metric whenever the eval split has one or the model was trained with them.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -9,10 +14,13 @@ import datasets
 import numpy as np
 
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
+from nlpjobs.data import squad_json
 from nlpjobs.tasks import qa_features
 from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values, fresh_fingerprint
 
 EXAMPLE_COLUMNS = ["id", "context", "question", "answers"]
+UNANSWERABLE_ATTR = "nlpjobs_unanswerable_questions"
+"""Model config attribute: how many unanswerable training questions the model saw (set only when some)."""
 
 
 def offsets_array(column: Any) -> np.ndarray:
@@ -78,8 +86,10 @@ def stack_padded(rows: list[np.ndarray], pad: float) -> np.ndarray:
 
 
 def predict_answers(start_logits: np.ndarray, end_logits: np.ndarray, features: datasets.Dataset,
-                    examples: dict[str, list[Any]], n_best: int = 20, max_answer_length: int = 30) -> dict[str, str]:
-    """Best answer per example id from the eval features' logits (what evaluation does after the forward).
+                    examples: dict[str, list[Any]], n_best: int = 20, max_answer_length: int = 30,
+                    with_null: bool = False) -> dict[str, str]:
+    """Best answer per example id from the eval features' logits (what evaluation does after the forward);
+    ``with_null``: ``""`` where the [CLS] null score beats the best span (SQuAD v2.0).
 
     Whole columns through Arrow: formatting every column of every feature row costs more than the search.
     Logits narrower than the stored windows (batches cut after their last real token) are scored on that
@@ -93,9 +103,9 @@ def predict_answers(start_logits: np.ndarray, end_logits: np.ndarray, features: 
             raise ValueError(f"qa: logits cover {width} tokens per feature but context tokens lie beyond them "
                              f"(windows of {offsets.shape[1]}); the logits do not match the eval features")
         offsets = offsets[:, :width]
-    return qa_features.postprocess_predictions(
-        start_logits, end_logits, columns.column("example_id").to_pylist(), offsets,
-        {"id": examples["id"], "context": examples["context"]}, n_best, max_answer_length)
+    postprocess = qa_features.postprocess_with_null if with_null else qa_features.postprocess_predictions
+    return postprocess(start_logits, end_logits, columns.column("example_id").to_pylist(), offsets,
+                       {"id": examples["id"], "context": examples["context"]}, n_best, max_answer_length)
 
 
 def squad_scores(predictions: dict[str, str], examples: dict[str, list[Any]]) -> dict[str, float]:
@@ -106,6 +116,64 @@ def squad_scores(predictions: dict[str, str], examples: dict[str, list[Any]]) ->
         predictions=[{"id": k, "prediction_text": v} for k, v in predictions.items()],
         references=[{"id": i, "answers": a} for i, a in zip(examples["id"], examples["answers"])])
     return {"exact_match": float(result["exact_match"]), "f1": float(result["f1"])}
+
+
+def squad_v2_scores(predictions: dict[str, str], examples: dict[str, list[Any]]) -> dict[str, float]:
+    """SQuAD v2.0 exact (as exact_match) and F1 with the HasAns_*/NoAns_* breakdown; ``""`` is "no answer"."""
+    from nlpjobs.metrics import load_metric
+
+    result = load_metric("squad_v2").compute(
+        predictions=[{"id": k, "prediction_text": v, "no_answer_probability": 0.0} for k, v in predictions.items()],
+        references=[{"id": i, "answers": a} for i, a in zip(examples["id"], examples["answers"])])
+    out: dict[str, float] = {"exact_match": float(result["exact"]), "f1": float(result["f1"])}
+    for group in ("HasAns", "NoAns"):
+        if f"{group}_total" in result:
+            out.update({f"{group}_exact": float(result[f"{group}_exact"]), f"{group}_f1": float(result[f"{group}_f1"]),
+                        f"{group}_total": int(result[f"{group}_total"])})
+    return out
+
+
+def check_examples(ds: datasets.Dataset, split: str) -> datasets.Dataset:
+    """The split with its answers in the columnar form and string ids, after checking every row: ids present and
+    unique, question and context non-empty text, answers in one of SQuAD's shapes. ``split`` names it in errors."""
+    ids = column_values(ds, "id")
+    for i, qid in enumerate(ids):
+        if qid is None or not str(qid).strip():
+            raise TaskDataError(f"qa: split {split!r}, row {i} has no id; give every question a unique id")
+    ids = [str(qid) for qid in ids]
+    _check_unique(ids, split)
+    for name in ("question", "context"):
+        for qid, text in zip(ids, column_values(ds, name), strict=True):
+            if not isinstance(text, str) or not text.strip():
+                raise TaskDataError(f"qa: split {split!r}, id {qid!r} has an empty {name}; fill it in or drop "
+                                    "the row")
+    raw_answers = column_values(ds, "answers")
+    answers = []
+    for qid, value in zip(ids, raw_answers, strict=True):
+        try:
+            answers.append(squad_json.parse_answers(value, f"qa: split {split!r}, id {qid!r}"))
+        except squad_json.SquadFormatError as exc:
+            raise TaskDataError(str(exc)) from None
+    if ds.features["id"] != datasets.Value("string"):
+        ds = ds.cast_column("id", datasets.Value("string"))
+    if answers != raw_answers:  # another shape (a list of {text, answer_start}): the columnar form
+        ds = ds.remove_columns("answers").add_column("answers", answers, feature=squad_json.features()["answers"])
+    return ds
+
+
+def _check_unique(ids: list[str], split: str) -> None:
+    counts = Counter(ids)
+    repeated = {qid: n for qid, n in counts.items() if n > 1}
+    if repeated:
+        qid, n = next(iter(repeated.items()))
+        raise TaskDataError(f"qa: split {split!r} has {len(repeated)} question id(s) used more than once (first: "
+                            f"{qid!r}, {n} times); evaluation merges the predictions of one id, so every question "
+                            "needs its own id: renumber the duplicates or drop them")
+
+
+def unanswerable_count(answers: list[dict[str, list[Any]]]) -> int:
+    """Questions without a gold answer (SQuAD v2.0's unanswerable ones)."""
+    return sum(not a["text"] for a in answers)
 
 
 @dataclass
@@ -150,7 +218,7 @@ class QaTask(Task):
     required_columns = tuple(EXAMPLE_COLUMNS)
     model_columns = ("input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions")
     pipeline_task = "question-answering"
-    preprocess_version = "1"
+    preprocess_version = "2"
     headline_metric = "f1"
 
     def validate_job(self, job: JobConfig) -> None:
@@ -165,18 +233,24 @@ class QaTask(Task):
         if tokenizer.padding_side != "right":
             raise ConfigError("model.name: qa assumes right padding with [CLS] first (XLNet-style left padding "
                               "is not supported)")
+        names = {"train": job.data.train_split, "eval": job.data.eval_split}
+        raw = datasets.DatasetDict({key: check_examples(ds, names[key]) for key, ds in raw.items()})
         train = raw["train"]
-        bad = qa_features.find_answer_mismatches(column_values(train, "context"), column_values(train, "answers"))
+        train_answers = column_values(train, "answers")
+        bad = qa_features.find_answer_mismatches(column_values(train, "context"), train_answers, unanswerable_ok=True)
         if bad:
             example = train[bad[0]]
             detail = (f"{len(bad)} of {len(train)} training examples have an answer_start that does not point at "
-                      f"the answer text (first: id {example['id']!r}, answer {example['answers']['text'][:1]})")
+                      f"the answer text (first: id {example['id']!r}, answer {example['answers']['text'][:1]} at "
+                      f"{example['answers']['answer_start'][:1]}, in a context of {len(example['context'])} "
+                      "characters)")
             if cfg.on_bad_answer == "fail":
                 raise TaskDataError(f"qa: {detail}. Fix the data or set preprocess.on_bad_answer=skip.")
             keep = sorted(set(range(len(train))) - set(bad))
             if not keep:
                 raise TaskDataError(f"qa: {detail}; nothing left to train on.")
             train = train.select(keep)
+            train_answers = [train_answers[i] for i in keep]
 
         def train_features(batch: dict[str, list]) -> dict[str, list]:
             return qa_features.prepare_train_features(batch["question"], batch["context"], batch["answers"],
@@ -199,6 +273,9 @@ class QaTask(Task):
         with_answer = int(np.count_nonzero(np.asarray(column_values(splits["train"], "start_positions"))))
         return Prepared(splits=splits, info={"skipped_bad_answers": len(bad) if bad else 0,
                                              "train_features_with_answer": with_answer,
+                                             "train_unanswerable": unanswerable_count(train_answers),
+                                             "eval_unanswerable": unanswerable_count(
+                                                 column_values(raw["eval"], "answers")),
                                              "max_length": cfg.max_length, "stride": cfg.stride})
 
     def build_model(self, job: JobConfig, manifest: Any, tokenizer: Any) -> Any:
@@ -206,8 +283,12 @@ class QaTask(Task):
 
         from nlpjobs.models import resolve_model
 
-        return AutoModelForQuestionAnswering.from_pretrained(resolve_model(job.model.name),
-                                                             revision=job.model.revision)
+        model = AutoModelForQuestionAnswering.from_pretrained(resolve_model(job.model.name),
+                                                              revision=job.model.revision)
+        unanswerable = int(manifest.info.get("train_unanswerable", 0))
+        if unanswerable:  # saved with the model: predict's pipeline may then answer "no answer"
+            setattr(model.config, UNANSWERABLE_ATTR, unanswerable)
+        return model
 
     def collator(self, tokenizer: Any, model: Any) -> Any:
         return collate_trimmed
@@ -239,21 +320,27 @@ class QaTask(Task):
             wanted = set(column_values(features, "example_id"))
             examples = examples.select([i for i, e in enumerate(column_values(examples, "id")) if e in wanted])
         example_cols = examples.select_columns(["id", "context", "answers"]).with_format("arrow")[:].to_pydict()
+        v2 = bool(unanswerable_count(example_cols["answers"]) or ctx.manifest.info.get("train_unanswerable"))
         predictions = predict_answers(stack_padded(rows["start"], -10_000), stack_padded(rows["end"], -10_000),
-                                      features, example_cols, cfg.n_best, cfg.max_answer_length)
-        return {**squad_scores(predictions, example_cols), "examples": len(predictions), "features": len(features)}
+                                      features, example_cols, cfg.n_best, cfg.max_answer_length, with_null=v2)
+        scores = squad_v2_scores(predictions, example_cols) if v2 else squad_scores(predictions, example_cols)
+        return {**scores, "version_2_with_negative": v2, "examples": len(predictions), "features": len(features)}
 
     def summary(self, metrics: dict[str, Any]) -> str:
-        return f"EM={metrics.get('exact_match', float('nan')):.2f}  F1={metrics.get('f1', float('nan')):.2f}"
+        line = f"EM={metrics.get('exact_match', float('nan')):.2f}  F1={metrics.get('f1', float('nan')):.2f}"
+        groups = [f"{g} F1={metrics[f'{g}_f1']:.2f} ({metrics[f'{g}_total']})" for g in ("HasAns", "NoAns")
+                  if f"{g}_f1" in metrics]
+        return f"{line}  [SQuAD v2: {', '.join(groups)}]" if groups else line
 
     def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
         from transformers import pipeline
 
         pipe = pipeline("question-answering", model=model_dir, tokenizer=model_dir, device=-1)
+        impossible = bool(getattr(pipe.model.config, UNANSWERABLE_ATTR, 0))  # trained to say "no answer"
         out = []
         for i, item in enumerate(inputs):
             if not (isinstance(item, dict) and {"question", "context"} <= set(item)):
                 raise ConfigError(f"predict input {i}: qa needs {{'question': ..., 'context': ...}}, got {item!r}")
-            res = pipe(question=item["question"], context=item["context"])
+            res = pipe(question=item["question"], context=item["context"], handle_impossible_answer=impossible)
             out.append({**res, "score": float(res["score"])})
         return out

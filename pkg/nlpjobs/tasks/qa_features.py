@@ -37,15 +37,18 @@ OUTSIDE = -1
 """Offset value marking a token outside the context in evaluation features."""
 
 
-def find_answer_mismatches(contexts: Sequence[str], answers: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Indices of examples with no answer or whose first answer text is not at ``answer_start[0]``."""
+def find_answer_mismatches(contexts: Sequence[str], answers: Sequence[Mapping[str, Any]],
+                           unanswerable_ok: bool = False) -> list[int]:
+    """Indices of examples whose first answer text is not at ``answer_start[0]``, and of those with no answer
+    unless ``unanswerable_ok`` (SQuAD v2's unanswerable questions, trained with ``(0, 0)`` labels)."""
     if len(contexts) != len(answers):
         raise ValueError(f"{len(contexts)} contexts but {len(answers)} answers")
     bad = []
     for i, (context, answer) in enumerate(zip(contexts, answers, strict=True)):
         texts, starts = answer.get("text") or [], answer.get("answer_start") or []
         if not texts or not starts:
-            bad.append(i)
+            if not (unanswerable_ok and not texts and not starts):
+                bad.append(i)
             continue
         start, text = int(starts[0]), texts[0]
         if start < 0 or context[start : start + len(text)] != text:
@@ -351,6 +354,50 @@ def postprocess_predictions(
     across its features wins; ties go to the earliest feature, then start rank, then end rank,
     exactly as the course's ``max`` over its candidate list.
     """
+    return _best_spans(start_logits, end_logits, feature_example_ids, offset_mapping, examples, n_best,
+                       max_answer_length)[0]
+
+
+def postprocess_with_null(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    feature_example_ids: Sequence[str],
+    offset_mapping: np.ndarray,
+    examples: Mapping[str, Sequence[str]],
+    n_best: int = 20,
+    max_answer_length: int = 30,
+    null_score_diff_threshold: float = 0.0,
+) -> dict[str, str]:
+    """As :func:`postprocess_predictions`, with SQuAD v2's "no answer" (Hugging Face's run_qa.py with
+    ``version_2_with_negative``): an example's null score is the lowest ``start_logit[0] + end_logit[0]`` (the
+    [CLS] token, which unanswerable features are trained to point at) over its features; the answer is ``""``
+    when that null score exceeds the best span's score by more than ``null_score_diff_threshold``, or when the
+    example has no valid span.
+    """
+    preds, scores = _best_spans(start_logits, end_logits, feature_example_ids, offset_mapping, examples, n_best,
+                                max_answer_length)
+    start, end = np.asarray(start_logits), np.asarray(end_logits)
+    null = (start[:, 0] + end[:, 0]).tolist() if start.size else []
+    lowest: dict[str, float] = {}
+    for eid, score in zip(feature_example_ids, null, strict=True):
+        if eid not in lowest or score < lowest[eid]:
+            lowest[eid] = score
+    for eid in preds:
+        if eid not in scores or (eid in lowest and lowest[eid] - scores[eid] > null_score_diff_threshold):
+            preds[eid] = ""
+    return preds
+
+
+def _best_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    feature_example_ids: Sequence[str],
+    offset_mapping: np.ndarray,
+    examples: Mapping[str, Sequence[str]],
+    n_best: int,
+    max_answer_length: int,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Best span text per example id (``""`` when none) and the best span's score for those that have one."""
     start = np.asarray(start_logits)
     end = np.asarray(end_logits)
     offsets = np.asarray(offset_mapping)
@@ -359,9 +406,10 @@ def postprocess_predictions(
         raise ValueError(f"n_best and max_answer_length must be >= 1; got {n_best}, {max_answer_length}")
     ids, contexts = list(examples["id"]), examples["context"]
     preds = dict.fromkeys(ids, "")
+    scores: dict[str, float] = {}
     n_feat = start.shape[0]
     if n_feat == 0 or not ids:
-        return preds
+        return preds, scores
 
     k = min(n_best, start.shape[1])
     start, end = np.ascontiguousarray(start), np.ascontiguousarray(end)
@@ -380,8 +428,9 @@ def postprocess_predictions(
     win = order[first][feat_ok[order[first]]]
     char_start = offsets[win, s_idx[win, best[win] // k], 0].tolist()
     char_end = offsets[win, e_idx[win, best[win] % k], 1].tolist()
-    for ex, a, b in zip(ex_pos[win].tolist(), char_start, char_end, strict=True):
+    for ex, a, b, score in zip(ex_pos[win].tolist(), char_start, char_end, best_score[win].tolist(), strict=True):
         preds[ids[ex]] = contexts[ex][a:b]
-    return preds
+        scores[ids[ex]] = score
+    return preds, scores
 
 

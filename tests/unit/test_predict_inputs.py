@@ -139,3 +139,7 @@ def test_own_inputs_never_replace_the_runs_predictions(fake_model: list[list[Any
     assert result.exit_code == 0, result.output
     assert [json.loads(x)["input"] for x in out.read_text().splitlines()] == ["Dan", "Carol"]
     assert run_file.read_bytes() == written and str(out) in result.stdout
+    result = predict("ner", store, "--out", str(tmp_path / "job.jsonl"))  # the job's inputs, elsewhere
+    assert result.exit_code == 0, result.output
+    assert [json.loads(x)["input"] for x in (tmp_path / "job.jsonl").read_text().splitlines()] == job_inputs
+    assert run_file.read_bytes() == written

@@ -162,6 +162,45 @@ def ner_rows_with(*rows: dict) -> Callable[[Env], None]:
     return lambda env: (env.rows("train", good + list(rows)), env.rows("validation", good))
 
 
+QA_CONTEXT = "The night ferry leaves the harbour at eleven and reaches the islands at dawn."
+
+
+def qa_pre(env: Env) -> list[str]:
+    """preprocess of a qa job on the files in env.raw."""
+    job = job_file(env.tmp, "jobs/local/qa.yaml", f"file://{env.store}", data={"source": f"files:{env.raw}"},
+                   preprocess={"max_length": 64, "stride": 16}, train=TINY["train"])
+    return ["preprocess", "-c", str(job)]
+
+
+def qa_squad(train: Callable[[dict], None] | None = None, validation: Callable[[dict], None] | None = None,
+             ) -> Callable[[Env], None]:
+    """Nested SQuAD v2.0 files train.json and validation.json in env.raw, each first changed by its function."""
+    def setup(env: Env) -> None:
+        env.raw.mkdir(parents=True, exist_ok=True)
+        for split, change in (("train", train), ("validation", validation)):
+            qas = [{"id": "f1", "question": "When does the ferry leave?",
+                    "answers": [{"text": "eleven", "answer_start": 38}]},
+                   {"id": "f2", "question": "Who is the captain?", "answers": [], "is_impossible": True}]
+            doc = {"version": "v2.0", "data": [{"title": "Ferry", "paragraphs": [{"context": QA_CONTEXT,
+                                                                                 "qas": qas}]}]}
+            if change:
+                change(doc)
+            (env.raw / f"{split}.json").write_text(json.dumps(doc, indent=1))
+    return setup
+
+
+def qa_first(doc: dict) -> dict:
+    """The first question of a nested SQuAD document."""
+    return doc["data"][0]["paragraphs"][0]["qas"][0]
+
+
+def qa_rows(answers: object) -> Callable[[Env], None]:
+    """JSON lines in both splits, the training row's answers given as ``answers``."""
+    row = {"id": "a", "question": "When?", "context": QA_CONTEXT}
+    good = {**row, "answers": {"text": ["eleven"], "answer_start": [38]}}
+    return lambda env: (env.rows("train", [{**row, "answers": answers}]), env.rows("validation", [good]))
+
+
 CASES = [
     # -- configs: exit 2, before any compute
     Case("config/unknown-section", pre("trian.epochs=1"), 2, ("trian: unknown setting", "Did you mean 'train'")),
@@ -243,6 +282,30 @@ CASES = [
     Case("chart/negative-grace", submit_values("job:\n  terminationGracePeriodSeconds: -5\n"), 6,
          ("terminationGracePeriodSeconds",)),
     # -- qa data formats (SQuAD JSON, answers, ids)
+    Case("qa/squad-json-without-data", qa_pre, 3, ("split 'train'", 'train.json has no "data" list at the top level',
+                                                   'a SQuAD file is {"version": ..., "data": [{"title"'),
+         setup=qa_squad(train=lambda doc: doc.update(articles=doc.pop("data")))),
+    Case("qa/answer-start-not-an-integer", qa_pre, 3,
+         ("validation.json: data[0].paragraphs[0].qas[0] (id 'f1')", "answer_start '38', not an integer >= 0"),
+         setup=qa_squad(validation=lambda doc: qa_first(doc)["answers"][0].update(answer_start="38"))),
+    Case("qa/answers-as-a-string", qa_pre, 3, ("split 'train', id 'a': answers is a string 'eleven'",
+                                               'answers must be a list of {"text": str, "answer_start": int}'),
+         setup=qa_rows("eleven")),
+    Case("qa/duplicate-ids", qa_pre, 3, ("split 'validation' has 1 question id(s) used more than once",
+                                         "'f1', 2 times", "renumber the duplicates"),
+         setup=qa_squad(validation=lambda doc: doc["data"][0]["paragraphs"][0]["qas"].append(
+             {**qa_first(doc), "question": "At what time does it leave?"}))),
+    Case("qa/answer-outside-its-context", qa_pre, 3, ("1 of 2 training examples", "id 'f1'", "at [500]",
+                                                      "context of 77 characters", "preprocess.on_bad_answer=skip"),
+         setup=qa_squad(train=lambda doc: qa_first(doc)["answers"][0].update(answer_start=500))),
+    Case("qa/empty-question", qa_pre, 3,
+         ("train.json: data[0].paragraphs[0].qas[0] (id 'f1') has no \"question\" text",),
+         setup=qa_squad(train=lambda doc: qa_first(doc).update(question="  "))),
+    Case("qa/paragraph-without-context", qa_pre, 3, ('data[0].paragraphs[0] has no "context" text',),
+         setup=qa_squad(train=lambda doc: doc["data"][0]["paragraphs"][0].pop("context"))),
+    Case("qa/unanswerable-with-answers", qa_pre, 3, ('(id \'f1\') has "is_impossible": true and 1 answer(s)',
+                                                     '"plausible_answers"'),
+         setup=qa_squad(train=lambda doc: qa_first(doc).update(is_impossible=True))),
     # -- ner tags (string tags, label lists)
     Case("ner/tag-not-in-label-names", files_pre, 3,
          ("split 'train' has tag(s) ['B-CITY'] not in preprocess.label_names", "leave preprocess.label_names out"),

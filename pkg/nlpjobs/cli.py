@@ -170,8 +170,10 @@ def _do_preprocess(job: Any) -> None:
     for split, info in m.splits.items():
         _echo(f"  {split:<14} {info['rows']:>8} rows  {info['tokens']:>10} tokens  {len(info['shards'])} shard(s)")
     trunc = m.info.get("truncated_examples")
-    if trunc and any(trunc.values()):
+    if trunc and any(trunc.values()) and not m.info.get("report"):
         _echo(f"  truncated examples (longer than max_length): {trunc}")
+    for line in m.info.get("report") or []:  # what the task dropped or truncated, in words
+        _echo(f"  {line}")
 
 
 def _do_train(job: Any, quiet: bool) -> Any:
@@ -212,6 +214,13 @@ def _do_evaluate(job: Any, quiet: bool) -> dict[str, Any]:
     metrics = evaluate(job, show_progress=not quiet)
     task = get_task(job.task)
     _echo(f"evaluate: {task.summary(metrics)}  ({time.time() - started:.1f}s)", fg="green")
+    cut = metrics.get("truncated")
+    if isinstance(cut, dict) and (cut.get("sources") or cut.get("references")):
+        _echo(f"  truncated: {cut['sources']} of {metrics.get('examples')} eval sources to max_source_length "
+              f"{cut['max_source_length']} (the model saw them cut), {cut['references']} references to "
+              f"max_target_length {cut['max_target_length']} (scored in full)")
+    for warning in metrics.get("warnings") or []:
+        _echo(f"  WARNING: {warning}", fg="yellow")
     per_entity = metrics.get("per_entity")
     if per_entity:
         _echo(f"  {'entity':<8} {'precision':>9} {'recall':>7} {'f1':>7} {'n':>6}")

@@ -303,7 +303,7 @@ def test_bilingual_mix_is_filtered_shuffled_with_the_seed_and_keeps_the_eval_bod
     assert first.tokenizer is not None and first.info["tokenizer_trained"] and first.tokenizer.is_fast
     # the eval bodies for evaluate's lead-3, row for row with the eval features
     texts = first.splits["eval_texts"]
-    assert texts.column_names == ["body", "language"] and list(texts["language"]) == list(langs)
+    assert texts.column_names == ["body", "language", "reference"] and list(texts["language"]) == list(langs)
     bodies = first.tokenizer(list(texts["body"]), max_length=64, truncation=True)["input_ids"]
     assert bodies == list(first.splits["eval"]["input_ids"])
     assert "lead_baseline" not in first.info

@@ -6,12 +6,19 @@ What both tasks share: source/target tokenization with ``text_target`` and per-s
 model's ``generate`` (generated tokens padded across processes with the pad id, labels with -100,
 gathered, truncated to the eval set, -100 → pad before decoding), a token-weighted eval loss, and
 models built from a config with a SentencePiece tokenizer trained by preprocess (``scratch:<arch>``).
+
+What they report: pairs dropped for a missing or empty side and truncations (manifest and the preprocess
+summary), the truncated eval sources/references and empty or collapsed generations (evaluate's metrics and
+warnings; references are scored as the raw texts, not the decoded truncated labels), and predict inputs longer
+than the model's source limit (a warning).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +32,8 @@ from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessCon
 from nlpjobs.tasks.base import EvalContext, Task, TaskDataError, column_values, fresh_fingerprint, list_column
 from nlpjobs.text.encode import rust_backend
 from nlpjobs.text.marian import MarianIds
+
+log = logging.getLogger(__name__)
 
 SCRATCH_PREFIX = "scratch:"
 
@@ -99,6 +108,74 @@ def scratch_spec(name: str, allowed: tuple[str, ...]) -> tuple[str, str] | None:
         raise ConfigError(f"model.name: unknown model {name!r} for this task; models built from a config: "
                           f"{', '.join(known)} (or a Hub id / local directory)")
     return arch, size
+
+
+# ---- raw texts: types, empty sides, what preprocess reports ------------------------------------
+
+
+def holds_json(feature: Any) -> bool:
+    """Whether ``feature`` is, or nests, datasets' ``Json`` feature (JSON values of mixed types, stored as text)."""
+    if type(feature).__name__ == "Json":
+        return True
+    if isinstance(feature, dict):
+        return any(holds_json(f) for f in feature.values())
+    if isinstance(feature, list | tuple):
+        return any(holds_json(f) for f in feature)
+    inner = getattr(feature, "feature", None)
+    return inner is not None and holds_json(inner)
+
+
+def python_values(ds: datasets.Dataset, name: str) -> list[Any]:
+    """Column ``name`` as Python objects. A JSON column mixing types (strings beside numbers or objects, at any
+    depth) has datasets' ``Json`` feature, stored as JSON text that ``column_values`` would return undecoded."""
+    if holds_json(ds.features.get(name)):
+        return list(ds.select_columns([name])[:][name])
+    return column_values(ds, name)
+
+
+def describe(value: Any) -> str:
+    """A value as an error message shows it: its JSON kind and a short repr."""
+    kinds = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object",
+             str: "a string"}
+    text = repr(value)
+    return f"{kinds.get(type(value), type(value).__name__)} ({text[:60]}{'...' if len(text) > 60 else ''})"
+
+
+def check_text(value: Any, where: str) -> None:
+    """``value`` must be a string or missing (null): a number, list or object where text belongs is bad data."""
+    if value is not None and not isinstance(value, str):
+        raise TaskDataError(f"{where} is {describe(value)}, expected text (a JSON string); fix or remove the row")
+
+
+def is_blank(value: str | None) -> bool:
+    """A missing (null) or empty / whitespace-only text."""
+    return value is None or not value.strip()
+
+
+def preprocess_report(task: str, totals: dict[str, int], removed: dict[str, list[tuple[int, str]]],
+                      truncation: dict[str, dict[str, int]], cfg: Seq2SeqPreprocessConfig) -> list[str]:
+    """The lines `nlpjobs preprocess` prints under its table (kept in the manifest's info as ``report``).
+
+    ``totals``: rows read per split; ``removed``: per split, (rows, why) for each reason rows were left out, e.g.
+    (3, "dropped (missing or empty source or target)"); ``truncation``: tokenize_pairs' counts per split.
+    """
+    lines = [f"{task}: {n:,} of {totals[split]:,} {split} pairs {why}"
+             for split, reasons in removed.items() for n, why in reasons if n]
+    for split, counts in truncation.items():
+        if counts["source"] or counts["target"]:
+            kept = totals[split] - sum(n for n, _ in removed.get(split, []))
+            lines.append(f"{task}: {split}: of {kept:,} pairs, {counts['source']:,} sources truncated to "
+                         f"max_source_length {cfg.max_source_length} and {counts['target']:,} targets to "
+                         f"max_target_length {cfg.max_target_length} (raise them to keep more)")
+    return lines
+
+
+def check_pairs_left(task: str, split: str, kept: int, total: int, why: str) -> None:
+    """TaskDataError when a split has no pair left after dropping the incomplete ones."""
+    if kept == 0:
+        use = "train" if split == "train" else "evaluate"
+        raise TaskDataError(f"{task}: split {split!r} has no pair left to {use} on: all {total:,} rows {why}; "
+                            "check the data and data.columns")
 
 
 # ---- tokenizers trained by preprocess ------------------------------------------------------
@@ -311,6 +388,64 @@ def decode_pairs(tokenizer: Any, preds: list[np.ndarray], labels: list[np.ndarra
     return [p.strip() for p in decoded_preds], [r.strip() for r in decoded_labels]
 
 
+def raw_references(manifest: Any, examples: int) -> list[str] | None:
+    """The eval references as written in the data (the 'reference' column of the 'eval_texts' split), row for row
+    with the eval features; None for datasets prepared before they were kept (their references are decoded
+    from the truncated labels)."""
+    from nlpjobs.data.shards import DatasetError, load_split
+
+    if "eval_texts" not in manifest.splits or "reference" not in manifest.splits["eval_texts"].get("columns", []):
+        return None
+    refs = column_values(load_split(manifest, "eval_texts"), "reference")
+    if len(refs) != examples:
+        raise DatasetError(f"dataset {manifest.uri}: {len(refs)} eval references for {examples} eval rows; rerun "
+                           "`nlpjobs preprocess`")
+    return [r.strip() for r in refs]
+
+
+def eval_truncation(manifest: Any) -> dict[str, int]:
+    """How many eval sources and references preprocess truncated (from the manifest), with the limits."""
+    info = manifest.info
+    counts = (info.get("truncated_by_side") or {}).get("eval") or {}
+    return {"sources": int(counts.get("source", 0)), "references": int(counts.get("target", 0)),
+            "max_source_length": info.get("max_source_length"), "max_target_length": info.get("max_target_length")}
+
+
+def output_checks(outputs: list[str], inputs: list[str], what: str = "generated outputs") -> dict[str, Any]:
+    """Empty and collapsed generations: ``empty_outputs`` (empty or whitespace-only), ``distinct_outputs`` and
+    ``warnings``: more than half empty, or one output for more than half of the rows (a collapsed model) while
+    no input (or reference) repeats that often."""
+    n = len(outputs)
+    empty = sum(1 for o in outputs if not o.strip())
+    counts = Counter(o.strip() for o in outputs if o.strip())
+    warnings = []
+    if n and empty * 2 > n:
+        warnings.append(f"{empty} of {n} {what} are empty: the model generates no text (undertrained, or "
+                        "generation_max_length too small); check the train loss")
+    if counts:
+        text, top = counts.most_common(1)[0]
+        same_inputs = Counter(inputs).most_common(1)[0][1] if inputs else 0
+        if n >= 3 and top * 2 > n and top > same_inputs:
+            warnings.append(f"{top} of {n} {what} are the same text {text[:60]!r}: the model has collapsed to "
+                            "one output whatever the input (undertrained); check the train loss")
+    return {"empty_outputs": empty, "distinct_outputs": len(counts) + (1 if empty else 0), "warnings": warnings}
+
+
+def long_inputs(tokenizer: Any, texts: list[str]) -> int | None:
+    """The source limit predict truncates to (the tokenizer's model_max_length), when some of ``texts`` exceed it:
+    how many do is logged as a warning. None when none is cut (or the tokenizer has no limit)."""
+    limit = int(getattr(tokenizer, "model_max_length", 0) or 0)
+    if not 0 < limit < 1_000_000:
+        return None
+    lengths = [len(ids) for ids in tokenizer(texts, max_length=limit + 1, truncation=True)["input_ids"]]
+    cut = sum(1 for n in lengths if n > limit)
+    if cut:
+        log.warning("predict: %d of %d inputs are longer than the model's source limit of %d tokens and are "
+                    "truncated to it (the output ignores the rest); split long inputs", cut, len(texts), limit)
+        return limit
+    return None
+
+
 # ---- the task base ----------------------------------------------------------------------------
 
 
@@ -452,6 +587,7 @@ class Seq2SeqTask(Task):
 
         rows = collect(ctx, model, loader, step, forward=forward)
         preds, refs = decode_pairs(tokenizer, rows["pred"], rows["label"])
+        refs = raw_references(ctx.manifest, len(preds)) or refs  # the full references, not the truncated labels
         tokens = float(np.sum(rows["tokens"]))
         special = set(tokenizer.all_special_ids)
         gen_len = float(np.mean([sum(1 for t in row.tolist() if t not in special) for row in rows["pred"]]))
@@ -459,16 +595,21 @@ class Seq2SeqTask(Task):
                 "eval_loss": float(np.sum(rows["loss_sum"]) / tokens) if tokens else float("nan"),
                 "gen_len": gen_len, "examples": len(preds)}
 
+    def generation_report(self, ctx: EvalContext, out: dict[str, Any]) -> dict[str, Any]:
+        """The metrics both tasks add: truncated eval sources/references, empty and distinct outputs, warnings."""
+        checks = output_checks(out["predictions"], out["references"])
+        return {"truncated": eval_truncation(ctx.manifest), **checks}
+
     def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
         """The task's pipeline ('translation' or 'summarization'), inputs truncated to the model's limit."""
         from transformers import pipeline
 
-        texts = self.check_inputs(inputs)
+        self.check_predict_inputs(inputs)  # non-empty text each (PredictInputError names the first that is not)
+        texts = list(inputs)
         pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=-1)
-        return [pipe(text, truncation=True)[0] for text in texts]
-
-    def check_inputs(self, inputs: list[Any]) -> list[str]:
-        for i, item in enumerate(inputs):
-            if not isinstance(item, str) or not item.strip():
-                raise ConfigError(f"predict input {i}: {self.name} takes non-empty text, got {item!r}")
-        return list(inputs)
+        long_inputs(pipe.tokenizer, texts)
+        outputs = [pipe(text, truncation=True)[0] for text in texts]
+        key = f"{self.pipeline_task}_text"
+        for warning in output_checks([str(o.get(key, "")) for o in outputs], texts, "outputs")["warnings"]:
+            log.warning("predict: %s", warning)
+        return outputs

@@ -9,6 +9,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from nlpjobs.config import ConfigError, JobConfig
 from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values, fresh_fingerprint
@@ -16,6 +17,11 @@ from nlpjobs.tasks.seq2seq import (
     Seq2SeqEvaluateConfig,
     Seq2SeqPreprocessConfig,
     Seq2SeqTask,
+    check_pairs_left,
+    check_text,
+    is_blank,
+    preprocess_report,
+    python_values,
     t5_tokenizer,
     tokenize_pairs,
 )
@@ -78,9 +84,18 @@ class SummarizationEvaluateConfig(Seq2SeqEvaluateConfig):
 
 
 def long_titles(bodies: list[Any], titles: list[Any], min_words: int) -> np.ndarray:
-    """Which rows have a non-empty body and a title of at least ``min_words`` words."""
-    return np.fromiter((isinstance(b, str) and bool(b.strip()) and isinstance(t, str) and len(t.split()) >= min_words
-                        for b, t in zip(bodies, titles)), bool, len(titles))
+    """Which rows have a non-empty body and a non-empty title of at least ``min_words`` words."""
+    return np.fromiter((isinstance(b, str) and bool(b.strip()) and isinstance(t, str)
+                        and len(t.split()) >= max(min_words, 1) for b, t in zip(bodies, titles)), bool, len(titles))
+
+
+def complete_pairs(bodies: list[Any], titles: list[Any], split: str) -> np.ndarray:
+    """Which rows have a non-empty body and title; a body or title that is not text (a number, a list...) is a
+    TaskDataError naming the row."""
+    for name, values in (("body", bodies), ("title", titles)):
+        for i, value in enumerate(values):
+            check_text(value, f"summarization: split {split!r} row {i}: the {name}")
+    return np.fromiter((not (is_blank(b) or is_blank(t)) for b, t in zip(bodies, titles)), bool, len(titles))
 
 
 ROUGE_BOOTSTRAP_SEED = 0
@@ -123,7 +138,7 @@ class SummarizationTask(Seq2SeqTask):
     evaluate_config = SummarizationEvaluateConfig
     required_columns = ("body", "title")
     pipeline_task = "summarization"
-    preprocess_version = "3"  # 3: eval_texts split; lead-N scored by evaluate (2: in the manifest)
+    preprocess_version = "4"  # 4: empty pairs counted apart, raw references in eval_texts; 3: eval_texts split
     headline_metric = "rouge1"
     scratch_archs = ("mt5",)
 
@@ -162,25 +177,34 @@ class SummarizationTask(Seq2SeqTask):
     def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
         cfg: SummarizationPreprocessConfig = job.preprocess  # type: ignore[assignment]
         self.check_columns(raw)
-        mixed, kept, short = {}, {}, {}
+        mixed, kept, short, empty, totals, removed = {}, {}, {}, {}, {}, {}
         for split, ds in self._with_languages(job, raw).items():
-            # the course's two filters and shuffle as one row order, then one Arrow take (no per-row map)
-            languages = column_values(ds, "language")
+            # the course's two filters and shuffle as one row order, then one take of the Python values
+            languages = python_values(ds, "language")
             in_languages = np.fromiter((x in cfg.languages for x in languages), bool, len(languages))
             if not in_languages.any():
                 raise TaskDataError(f"summarization: split {split!r} has no rows in languages {cfg.languages}; "
                                     "check preprocess.languages and the data's 'language' column")
-            long = long_titles(column_values(ds, "body"), column_values(ds, "title"), cfg.min_target_words)
-            rows = np.flatnonzero(in_languages & long)
-            short[split] = int(in_languages.sum()) - len(rows)
+            bodies, titles = python_values(ds, "body"), python_values(ds, "title")
+            complete = in_languages & complete_pairs(bodies, titles, split)
+            rows = np.flatnonzero(complete & long_titles(bodies, titles, cfg.min_target_words))
+            n_lang, n_complete = int(in_languages.sum()), int(complete.sum())
+            totals[split], empty[split], short[split] = len(ds), n_lang - n_complete, n_complete - len(rows)
+            check_pairs_left("summarization", split, n_complete, n_lang,
+                             f"in {cfg.languages} lack a non-empty body or title")
             if len(rows) == 0:
                 raise TaskDataError(f"summarization: every title of split {split!r} has fewer than "
                                     f"{cfg.min_target_words} words; lower preprocess.min_target_words")
+            removed[split] = [(len(ds) - n_lang, f"skipped (language not in preprocess.languages {cfg.languages})"),
+                              (empty[split], "dropped (missing or empty body or title)"),
+                              (short[split], f"removed (titles of fewer than {cfg.min_target_words} words: "
+                                             "preprocess.min_target_words)")]
             rows = rows[np.random.default_rng(cfg.shuffle_seed).permutation(len(rows))]  # = .shuffle(seed)
             if split == "eval" and cfg.eval_sample and cfg.eval_sample < len(rows):
                 rows = rows[:cfg.eval_sample]
-            # one chunk: the indexed read gives one Arrow chunk per row, which map() would walk row by row
-            table = ds.select_columns(["body", "title", "language"]).with_format("arrow")[rows].combine_chunks()
+            # decoded values (a column mixing types is stored as JSON text), one chunk per column
+            table = pa.table({name: pa.array([values[i] for i in rows], pa.string())
+                              for name, values in (("body", bodies), ("title", titles), ("language", languages))})
             mixed[split] = datasets.Dataset(table, fingerprint=fresh_fingerprint())  # no hash of every row
             kept[split] = dict(sorted(Counter(column_values(mixed[split], "language")).items()))
         trained = None
@@ -197,12 +221,16 @@ class SummarizationTask(Seq2SeqTask):
             splits[split] = tokenized.add_column("language", column_values(ds, "language"),
                                                  new_fingerprint=fresh_fingerprint())
             truncated[split], detail[split] = counts["examples"], counts
-        # the eval bodies, for the lead-N baseline evaluate scores beside the model (a metric, not tokenization)
-        splits["eval_texts"] = mixed["eval"].select_columns(["body", "language"])
-        info = {"languages": kept, "short_titles_removed": short, "min_target_words": cfg.min_target_words,
+        # the eval bodies, for the lead-N baseline evaluate scores beside the model (a metric, not tokenization),
+        # and the raw titles: the references ROUGE scores against (not the decoded, truncated labels)
+        splits["eval_texts"] = mixed["eval"].select_columns(["body", "language", "title"]).rename_column(
+            "title", "reference")
+        info = {"languages": kept, "short_titles_removed": short, "dropped_empty_pairs": empty,
+                "min_target_words": cfg.min_target_words,
                 "truncated_examples": truncated, "truncated_by_side": detail,
                 "max_source_length": cfg.max_source_length, "max_target_length": cfg.max_target_length,
-                "default_language": cfg.default_language, "tokenizer_trained": trained is not None}
+                "default_language": cfg.default_language, "tokenizer_trained": trained is not None,
+                "report": preprocess_report("summarization", totals, removed, detail, cfg)}
         return Prepared(splits=splits, info=info, tokenizer=trained)
 
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
@@ -219,6 +247,7 @@ class SummarizationTask(Seq2SeqTask):
         lead = lead_baseline(bodies, out["references"], languages, cfg.lead_sentences)
         gate = baseline_gate(metrics, lead)
         metrics.update({"eval_loss": out["eval_loss"], "gen_len": out["gen_len"], "examples": out["examples"],
+                        **self.generation_report(ctx, out),
                         "lead3": lead, "beats_lead3": gate,
                         "beats_lead3_all": bool(gate) and all(gate.values()),
                         "samples": {str(i): {"prediction": p, "reference": r} for i, (p, r) in

@@ -6,10 +6,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import pyarrow as pa
 
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values, fresh_fingerprint
-from nlpjobs.tasks.seq2seq import Seq2SeqPreprocessConfig, Seq2SeqTask, marian_tokenizer, tokenize_pairs
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, fresh_fingerprint
+from nlpjobs.tasks.seq2seq import (
+    Seq2SeqPreprocessConfig,
+    Seq2SeqTask,
+    check_pairs_left,
+    check_text,
+    describe,
+    is_blank,
+    marian_tokenizer,
+    preprocess_report,
+    python_values,
+    tokenize_pairs,
+)
 
 SRC, TGT = "_source", "_target"
 
@@ -38,31 +50,43 @@ class TranslationPreprocessConfig(Seq2SeqPreprocessConfig):
                               f"got {self.source_lang!r} → {self.target_lang!r}")
 
 
+DROPPED_WHY = "dropped (missing or empty source or target)"
+
+
 def extract_pairs(ds: datasets.Dataset, source_lang: str, target_lang: str, split: str) -> tuple[datasets.Dataset, int]:
-    """Flat (_source, _target) string columns from the translation dicts; rows with a missing side are
-    dropped and counted. A language key absent from every row is a TaskDataError."""
+    """Flat (_source, _target) string columns from the translation objects; rows with a missing, null or empty
+    (whitespace-only) side are dropped and counted. A language key absent from every row, a translation value
+    that is not an object, a text that is not a string, or no pair left is a TaskDataError."""
     feature = ds.features.get("translation")
     keys = set(getattr(feature, "languages", None) or (feature.keys() if isinstance(feature, dict) else []))
     if keys and not {source_lang, target_lang} <= keys:
         raise TaskDataError(f"translation: split {split!r} has languages {sorted(keys)} in its translation column, "
                             f"not {source_lang!r} and {target_lang!r}; set preprocess.source_lang/target_lang")
-
-    def flatten(batch: dict[str, list]) -> dict[str, list]:
-        src, tgt = [], []
-        for pair in batch["translation"]:
-            pair = pair or {}
-            src.append(pair.get(source_lang))
-            tgt.append(pair.get(target_lang))
-        return {SRC: src, TGT: tgt}
-
-    flat = ds.map(flatten, batched=True, remove_columns=ds.column_names, desc=f"pairs {split}",
-                  new_fingerprint=fresh_fingerprint())
-    keep = [i for i, (s, t) in enumerate(zip(column_values(flat, SRC), column_values(flat, TGT))) if isinstance(s, str) and isinstance(t, str)]
-    if not keep:
-        raise TaskDataError(f"translation: split {split!r} has no row with both {source_lang!r} and {target_lang!r} "
-                            "texts; check preprocess.source_lang/target_lang")
-    dropped = len(flat) - len(keep)
-    return (flat.select(keep) if dropped else flat), dropped
+    src, tgt, seen = [], [], set()
+    pairs = python_values(ds, "translation")
+    for i, pair in enumerate(pairs):
+        if pair is not None and not isinstance(pair, dict):
+            raise TaskDataError(f"translation: split {split!r} row {i}: the translation column holds {describe(pair)}, "
+                                f'expected an object {{"{source_lang}": "...", "{target_lang}": "..."}} (the Hub\'s '
+                                "kde4/opus_books shape); map the column holding such objects with data.columns.translation")
+        pair = pair or {}
+        seen.update(pair)
+        s, t = pair.get(source_lang), pair.get(target_lang)
+        row = repr(pair)
+        where = f"translation: split {split!r} row {i} {row[:80]}{'...' if len(row) > 80 else ''}"
+        check_text(s, f"{where}: the {source_lang!r} text")
+        check_text(t, f"{where}: the {target_lang!r} text")
+        if not (is_blank(s) or is_blank(t)):
+            src.append(s)
+            tgt.append(t)
+    if not src and seen and not {source_lang, target_lang} <= seen:
+        raise TaskDataError(f"translation: split {split!r} has languages {sorted(seen)} in its translation column, "
+                            f"not {source_lang!r} and {target_lang!r}; set preprocess.source_lang/target_lang")
+    check_pairs_left("translation", split, len(src), len(pairs),
+                     f"lack a non-empty {source_lang!r} or {target_lang!r} text")
+    flat = datasets.Dataset(pa.table({SRC: pa.array(src, pa.string()), TGT: pa.array(tgt, pa.string())}),
+                            fingerprint=fresh_fingerprint())
+    return flat, len(pairs) - len(src)
 
 
 def bleu(predictions: list[str], references: list[str]) -> dict[str, Any]:
@@ -80,7 +104,7 @@ class TranslationTask(Seq2SeqTask):
     preprocess_config = TranslationPreprocessConfig
     required_columns = ("translation",)
     pipeline_task = "translation"
-    preprocess_version = "1"
+    preprocess_version = "2"  # 2: empty sides dropped; eval_texts split with the raw references
     headline_metric = "bleu"
     scratch_archs = ("marian",)
 
@@ -115,17 +139,23 @@ class TranslationTask(Seq2SeqTask):
         for split, ds in pairs.items():
             splits[split], counts = tokenize_pairs(ds, tokenizer, SRC, TGT, cfg, f"tokenize {split}")
             truncated[split], detail[split] = counts["examples"], counts
+        # the raw references, row for row with the eval features: evaluate scores against them, not against
+        # the decoded (truncated) labels
+        splits["eval_texts"] = pairs["eval"].rename_columns({SRC: "source", TGT: "reference"})
+        totals = {split: len(ds) + dropped[split] for split, ds in pairs.items()}
         info = {"source_lang": cfg.source_lang, "target_lang": cfg.target_lang,
                 "max_source_length": cfg.max_source_length, "max_target_length": cfg.max_target_length,
                 "truncated_examples": truncated, "truncated_by_side": detail, "dropped_incomplete_pairs": dropped,
-                "split_train_size": cfg.split_train_size, "tokenizer_trained": trained is not None}
+                "split_train_size": cfg.split_train_size, "tokenizer_trained": trained is not None,
+                "report": preprocess_report("translation", totals,
+                                            {split: [(n, DROPPED_WHY)] for split, n in dropped.items()}, detail, cfg)}
         return Prepared(splits=splits, info=info, tokenizer=trained)
 
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
         out = self.generate_and_score(ctx, model, loader)
         result = bleu(out["predictions"], out["references"])
         return {"bleu": float(result["score"]), "eval_loss": out["eval_loss"], "gen_len": out["gen_len"],
-                "examples": out["examples"],
+                "examples": out["examples"], **self.generation_report(ctx, out),
                 "samples": {str(i): {"prediction": p, "reference": r} for i, (p, r) in
                             enumerate(zip(out["predictions"][:3], out["references"][:3]))}}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import datasets
@@ -226,6 +227,8 @@ def test_a_label_only_in_the_evaluation_split_is_reported(cased_tokenizer: BertT
     [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert "['B-CITY'] occur in split 'validation' but on no word of 'train'" in warning
     assert "['CITY'] are never predicted: their recall is 0" in warning
+    assert NerTask().summary({"overall_f1": 0.5, "eval_only_labels": ["B-CITY"]}) == (
+        "f1=0.5000  (labels never trained on: ['B-CITY'])")
 
 
 def _entities(labels: list[int], names: list[str]) -> int:
@@ -294,4 +297,26 @@ def test_csv_cells_hold_json_lists(cased_tokenizer: BertTokenizerFast) -> None:
     words = datasets.Dataset.from_dict({"tokens": ["Peter in EU"], "ner_tags": [["B-PER", "O", "B-ORG"]]})
     with pytest.raises(TaskDataError, match="tokens in row 0 is the string 'Peter in EU', not a list"):
         NerTask().prepare(load_job(ROOT / "jobs/local/ner.yaml"), datasets.DatasetDict({"train": words, "eval": words}),
+                          cased_tokenizer)
+
+
+@pytest.mark.parametrize(("rows", "says"), [
+    ([{"tokens": ["EU", "to"], "ner_tags": [1.0, 0.0]}], "ner_tags of row 0 has 1.0 at position 0, of type double"),
+    ([{"tokens": ["EU"], "ner_tags": [True]}], "ner_tags of row 0 has True at position 0, of type bool"),
+    ([{"tokens": ["EU"], "ner_tags": ["O"]}, {"tokens": ["EU", 3], "ner_tags": ["O", "O"]}],
+     "tokens of row 1 has 3 at position 1, not a string"),
+    ([{"tokens": ["EU", "to"], "ner_tags": ["O", 0]}, {"tokens": ["EU"], "ner_tags": [None]}],
+     "mixes string and integer tags"),
+    ([{"tokens": ["EU"], "ner_tags": [None]}], "ner_tags of row 0 has None at position 0, a null tag"),
+    ([{"tokens": ["EU"], "ner_tags": ["O"]}, {"tokens": ["EU"], "ner_tags": "O"}],
+     "ner_tags in row 1 is the string 'O', not a list"),
+])
+def test_tags_and_words_of_other_types_are_refused_by_row(cased_tokenizer: BertTokenizerFast, tmp_path: Path,
+                                                          rows: list[dict], says: str) -> None:
+    import json
+
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "train.jsonl"), split="train")
+    with pytest.raises(TaskDataError, match=re.escape(f"split 'train': {says}") if "mixes" not in says else says):
+        NerTask().prepare(load_job(ROOT / "jobs/local/ner.yaml"), datasets.DatasetDict({"train": ds, "eval": ds}),
                           cased_tokenizer)

@@ -175,8 +175,22 @@ def _element_error(split: str, column: str, lengths: np.ndarray, j: int, value: 
     return TaskDataError(f"ner: split {split!r}: {column} of row {i} has {value!r} at position {position}, {what}")
 
 
+NOT_A_TAG = f"which is not a tag (expected {TAG_FORMS}, or integer ids with preprocess.label_names)"
+
+
+def _first_null(flat: pa.Array) -> int | None:
+    """Index of the first null value, or None."""
+    return int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0]) if flat.null_count else None
+
+
+def _first_valid(flat: pa.Array) -> int:
+    """Index of the first value that is not null (0 when there is none)."""
+    found = np.flatnonzero(flat.is_valid().to_numpy(zero_copy_only=False))
+    return int(found[0]) if found.size else 0
+
+
 def _json_tags(split: str, flat: pa.Array, lengths: np.ndarray) -> tuple[str, pa.Array]:
-    """Tags of mixed JSON kinds (datasets reads such a list column as JSON values): refused, naming two rows."""
+    """Tags of mixed JSON kinds (datasets reads such a list column as JSON values): one kind, or refused."""
     import json
 
     values = [None if v is None else json.loads(v) for v in flat.storage.to_pylist()]
@@ -184,9 +198,8 @@ def _json_tags(split: str, flat: pa.Array, lengths: np.ndarray) -> tuple[str, pa
     for j, v in enumerate(values):
         if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
             first.setdefault(type(v).__name__, j)
-        else:
-            raise _element_error(split, "ner_tags", lengths, j, v, f"which is not a tag (expected {TAG_FORMS}, "
-                                 "or integer ids with preprocess.label_names)")
+        elif v is not None:  # a null is reported as such by tag_values
+            raise _element_error(split, "ner_tags", lengths, j, v, NOT_A_TAG)
     if len(first) > 1:
         s, n = first["str"], first["int"]
         raise TaskDataError(f"ner: split {split!r} mixes string and integer tags (row {_row_of(lengths, s)}: "
@@ -203,21 +216,17 @@ def tag_values(split: str, tags: pa.Array) -> tuple[str, pa.Array, np.ndarray]:
 
     lengths = pc.list_value_length(tags).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(tags)
-    t = flat.type
+    t, kind = flat.type, "none"
     if isinstance(t, pa.JsonType):
         kind, flat = _json_tags(split, flat, lengths)
     elif pa.types.is_integer(t):
         kind = "int"
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         kind = "str"
-    elif pa.types.is_null(t) and len(flat) == 0:
-        kind = "none"
     elif not pa.types.is_null(t):
-        j = 0
-        raise _element_error(split, "ner_tags", lengths, j, flat[j].as_py(), f"a {t} value, not a tag (expected "
-                             f"{TAG_FORMS}, or integer ids with preprocess.label_names)")
-    if flat.null_count:
-        j = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+        j = _first_valid(flat)
+        raise _element_error(split, "ner_tags", lengths, j, flat[j].as_py(), f"of type {t}, {NOT_A_TAG}")
+    if (j := _first_null(flat)) is not None:
         raise _element_error(split, "ner_tags", lengths, j, None, "a null tag; give every word a tag ('O' outside "
                              "entities)")
     return kind, flat, lengths
@@ -225,15 +234,23 @@ def tag_values(split: str, tags: pa.Array) -> tuple[str, pa.Array, np.ndarray]:
 
 def word_values(split: str, tokens: pa.Array) -> np.ndarray:
     """Words per row of one split; every word a string."""
+    import json
+
     import pyarrow.compute as pc
 
     lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False).astype(np.int64)
     flat = pc.list_flatten(tokens)
-    if len(flat) and not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
-        raise _element_error(split, "tokens", lengths, 0, flat[0].as_py(), f"a {flat.type} value; tokens are the "
-                             "words of each sentence, as strings")
-    if flat.null_count:
-        j = int(np.flatnonzero(flat.is_null().to_numpy(zero_copy_only=False))[0])
+    t = flat.type
+    if isinstance(t, pa.JsonType):  # strings mixed with other JSON values
+        values = [None if v is None else json.loads(v) for v in flat.storage.to_pylist()]
+        j = next(j for j, v in enumerate(values) if v is not None and not isinstance(v, str))
+        raise _element_error(split, "tokens", lengths, j, values[j], "not a string; tokens are the words of each "
+                             "sentence, as strings")
+    if len(flat) and not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+        j = _first_valid(flat)
+        raise _element_error(split, "tokens", lengths, j, flat[j].as_py(), f"of type {t}; tokens are the words "
+                             "of each sentence, as strings")
+    if (j := _first_null(flat)) is not None:
         raise _element_error(split, "tokens", lengths, j, None, "a null word; every word must be a string")
     return lengths
 
@@ -481,11 +498,16 @@ class NerTask(Task):
         metrics["per_entity"] = {k: {m: float(x) for m, x in v.items()} for k, v in result.items()
                                  if isinstance(v, dict)}
         metrics["examples"] = len(predictions)
+        if ctx.manifest.info.get("eval_only_labels"):  # never on a training word: their recall is 0 by construction
+            metrics["eval_only_labels"] = list(ctx.manifest.info["eval_only_labels"])
         return metrics
 
     def summary(self, metrics: dict[str, Any]) -> str:
         keys = ("overall_precision", "overall_recall", "overall_f1", "overall_accuracy")
-        return "  ".join(f"{k.removeprefix('overall_')}={metrics[k]:.4f}" for k in keys if k in metrics)
+        line = "  ".join(f"{k.removeprefix('overall_')}={metrics[k]:.4f}" for k in keys if k in metrics)
+        if metrics.get("eval_only_labels"):
+            line += f"  (labels never trained on: {metrics['eval_only_labels']})"
+        return line
 
     def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
         from transformers import pipeline

@@ -201,6 +201,24 @@ def qa_rows(answers: object) -> Callable[[Env], None]:
     return lambda env: (env.rows("train", [{**row, "answers": answers}]), env.rows("validation", [good]))
 
 
+def seq2seq_pre(task: str, train: list, validation: list | None = None, *sets: str) -> Callable[[Env], list[str]]:
+    """`preprocess` of a translation/summarization job on files: train.jsonl (and validation.jsonl) written here."""
+    def command(env: Env) -> list[str]:
+        env.rows("train", train)
+        env.rows("validation", validation if validation is not None else train)
+        data = {"source": f"files:{env.raw}", "eval_split": "validation", "max_train_examples": None,
+                "max_eval_examples": None}
+        pre = {"vocab_size": 100, **({"split_train_size": None} if task == "translation" else {"eval_sample": None})}
+        job = job_file(env.tmp, f"jobs/local/{task}.yaml", f"file://{env.store}", data=data, preprocess=pre)
+        return ["preprocess", "-c", str(job), *[a for s in sets for a in ("--set", s)]]
+    return command
+
+
+SEQ2SEQ_PAIRS = [{"translation": {"en": f"Open the file {i}", "fr": f"Ouvrir le fichier {i}"}} for i in range(6)]
+SEQ2SEQ_DOCS = [{"body": f"This package provides tool {i}. It is free.", "title": f"the tool number {i}",
+                 "language": "en"} for i in range(6)]
+
+
 CASES = [
     # -- configs: exit 2, before any compute
     Case("config/unknown-section", pre("trian.epochs=1"), 2, ("trian: unknown setting", "Did you mean 'train'")),
@@ -336,6 +354,33 @@ CASES = [
     Case("ner/label-names-not-iob", pre("preprocess.label_names=[O,PER,LOC]"), 2,
          ("preprocess.label_names: 'PER' is not a tag name",)),
     # -- seq2seq data (translation, summarization)
+    Case("seq2seq/translation-not-an-object", seq2seq_pre("translation", [{"translation": "Open the file"}] * 4), 3,
+         ("split 'train' row 0: the translation column holds a string ('Open the file')",
+          'expected an object {"en": "...", "fr": "..."}', "data.columns.translation")),
+    Case("seq2seq/translation-source-key-missing", seq2seq_pre(
+        "translation", [{"translation": {"de": "Datei öffnen", "fr": "Ouvrir le fichier"}}] * 4), 3,
+         ("has languages ['de', 'fr']", "not 'en' and 'fr'", "preprocess.source_lang/target_lang")),
+    Case("seq2seq/translation-pair-not-in-data", seq2seq_pre("translation", SEQ2SEQ_PAIRS, None,
+                                                             "preprocess.target_lang=de"), 3,
+         ("has languages ['en', 'fr']", "not 'en' and 'de'")),
+    Case("seq2seq/translation-text-a-number", seq2seq_pre(
+        "translation", [*SEQ2SEQ_PAIRS, {"translation": {"en": 5, "fr": "Cinq"}}], SEQ2SEQ_PAIRS), 3,
+         ("split 'train' row 6 {'en': 5, 'fr': 'Cinq'}: the 'en' text is a number (5), expected text",)),
+    Case("seq2seq/translation-all-pairs-empty", seq2seq_pre(
+        "translation", [{"translation": {"en": " ", "fr": ""}}, {"translation": {"en": "Open", "fr": None}}],
+        SEQ2SEQ_PAIRS), 3, ("split 'train' has no pair left to train on: all 2 rows lack a non-empty 'en' or 'fr'",)),
+    Case("seq2seq/translation-same-language", seq2seq_pre("translation", SEQ2SEQ_PAIRS, None,
+                                                          "preprocess.target_lang=en"), 2,
+         ("preprocess.source_lang/target_lang: must be two different language keys",)),
+    Case("seq2seq/summarization-body-a-number", seq2seq_pre(
+        "summarization", [*SEQ2SEQ_DOCS, {"body": 12345, "title": "a numbered package", "language": "en"}],
+        SEQ2SEQ_DOCS), 3, ("split 'train' row 6: the body is a number (12345), expected text",)),
+    Case("seq2seq/summarization-bodies-null", seq2seq_pre(
+        "summarization", SEQ2SEQ_DOCS, [{"body": None, "title": "a fine long title", "language": "en"}] * 3), 3,
+         ("split 'eval' has no pair left to evaluate on", "lack a non-empty body or title")),
+    Case("seq2seq/summarization-no-title-column", seq2seq_pre(
+        "summarization", [{"body": d["body"], "summary": d["title"]} for d in SEQ2SEQ_DOCS]), 3,
+         ("lacks required column(s) ['title']", "data.columns")),
     # -- predict inputs and storage permissions
     Case("predict/qa-input-not-json", predict_cmd("-i", '{"question": "Who wrote it?"', task="qa"), 2,
          ("bad input: --input 1", "looks like JSON but does not parse")),

@@ -157,7 +157,15 @@ def test_answers_as_lists_of_dicts_become_columns(tmp_path: Path) -> None:
     write(tmp_path, "train.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "train.jsonl"), split="train")
     checked = qa_task.check_examples(ds, "train")
-    assert checked["answers"] == [{"text": ["eleven"], "answer_start": [38]}, {"text": [], "answer_start": []}]
+    eleven, none = {"text": ["eleven"], "answer_start": [38]}, {"text": [], "answer_start": []}
+    assert checked["answers"] == [eleven, none] and checked.features["answers"]["answer_start"].feature.dtype == "int32"
+    assert qa_task.check_examples(ds.select([1, 0]), "train")["answers"] == [none, eleven]  # a selection's rows
+    assert qa_task.check_examples(ds.select([1]), "train")["answers"] == [none]
+    write(tmp_path, "empty.jsonl", json.dumps(lines[1]) + "\n")  # answers: [] in every row: a list of nulls
+    empty = datasets.load_dataset("json", data_files=str(tmp_path / "empty.jsonl"), split="train")
+    assert qa_task.check_examples(empty, "train")["answers"] == [none]
+    extra = rows([[{"text": "eleven", "answer_start": 38, "note": "x"}]])  # more keys than SQuAD's: row by row
+    assert qa_task.check_examples(extra, "train")["answers"] == [eleven]
     columnar = rows([{"text": ["eleven"], "answer_start": [38]}])
     assert qa_task.check_examples(columnar, "train") is columnar  # the columnar form is kept as it is
 

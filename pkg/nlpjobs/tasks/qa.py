@@ -6,7 +6,6 @@ SQuAD v2.0's no-answer rule and metric whenever the eval split has one or the mo
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -135,37 +134,62 @@ def squad_v2_scores(predictions: dict[str, str], examples: dict[str, list[Any]])
 
 def check_examples(ds: datasets.Dataset, split: str) -> datasets.Dataset:
     """The split with its answers in the columnar form and string ids, after checking every row: ids present and
-    unique, question and context non-empty text, answers in one of SQuAD's shapes. ``split`` names it in errors."""
-    ids = column_values(ds, "id")
-    for i, qid in enumerate(ids):
-        if qid is None or not str(qid).strip():
-            raise TaskDataError(f"qa: split {split!r}, row {i} has no id; give every question a unique id")
-    ids = [str(qid) for qid in ids]
+    unique, question and context non-empty text, answers in one of SQuAD's shapes. ``split`` names it in errors.
+
+    Whole columns through Arrow; rows are read one by one only to name the first bad one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = ds.select_columns(["id", "question", "context", "answers"]).with_format("arrow")[:]
+    ids = table.column("id")
+    numeric = pa.types.is_integer(ids.type) or pa.types.is_null(ids.type)  # null: no id in any row
+    if not (numeric or pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        raise TaskDataError(f"qa: split {split!r}: the id column holds {ids.type} values; ids are strings (or "
+                            "integers), one per question")
+    missing = pc.is_null(ids) if numeric else _blank(ids)
+    if pc.any(missing).as_py():
+        row = pc.index(missing, True).as_py()
+        raise TaskDataError(f"qa: split {split!r}, row {row} has no id; give every question a unique id")
+    ids = ids.cast(pa.string())
     _check_unique(ids, split)
     for name in ("question", "context"):
-        for qid, text in zip(ids, column_values(ds, name), strict=True):
-            if not isinstance(text, str) or not text.strip():
-                raise TaskDataError(f"qa: split {split!r}, id {qid!r} has an empty {name}; fill it in or drop "
-                                    "the row")
-    raw_answers = column_values(ds, "answers")
-    answers = []
-    for qid, value in zip(ids, raw_answers, strict=True):
-        try:
-            answers.append(squad_json.parse_answers(value, f"qa: split {split!r}, id {qid!r}"))
-        except squad_json.SquadFormatError as exc:
-            raise TaskDataError(str(exc)) from None
+        column = table.column(name)
+        empty = _blank(column) if pa.types.is_string(column.type) or pa.types.is_large_string(column.type) else None
+        if empty is None or pc.any(empty).as_py():
+            row = 0 if empty is None else pc.index(empty, True).as_py()
+            raise TaskDataError(f"qa: split {split!r}, id {ids[row].as_py()!r} has an empty {name}; it must be "
+                                "non-empty text: fill it in or drop the row")
     if ds.features["id"] != datasets.Value("string"):
         ds = ds.cast_column("id", datasets.Value("string"))
-    if answers != raw_answers:  # another shape (a list of {text, answer_start}): the columnar form
-        ds = ds.remove_columns("answers").add_column("answers", answers, feature=squad_json.features()["answers"])
-    return ds
+    valid, columnar = squad_json.columnar_answers(table.column("answers"))
+    if valid and columnar is None:
+        return ds
+    if columnar is None:  # some row is not plainly valid: the first that fails names itself
+        answers = []
+        for qid, value in zip(ids.to_pylist(), table.column("answers").to_pylist(), strict=True):
+            try:
+                answers.append(squad_json.parse_answers(value, f"qa: split {split!r}, id {qid!r}"))
+            except squad_json.SquadFormatError as exc:
+                raise TaskDataError(str(exc)) from None
+        columnar = pa.array(answers, squad_json.ANSWERS_TYPE)
+    table = ds.with_format("arrow")[:]
+    return datasets.Dataset(table.set_column(table.schema.get_field_index("answers"), "answers", columnar))
 
 
-def _check_unique(ids: list[str], split: str) -> None:
-    counts = Counter(ids)
-    repeated = {qid: n for qid, n in counts.items() if n > 1}
-    if repeated:
-        qid, n = next(iter(repeated.items()))
+def _blank(column: Any) -> Any:
+    """Per row of a string column: null, empty or only whitespace."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.or_(pc.equal(pc.utf8_length(column), 0), pc.utf8_is_space(column)), True)
+
+
+def _check_unique(ids: Any, split: str) -> None:
+    import pyarrow.compute as pc
+
+    counts = pc.value_counts(ids)
+    repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        qid, n = repeated[0]["values"].as_py(), repeated[0]["counts"].as_py()
         raise TaskDataError(f"qa: split {split!r} has {len(repeated)} question id(s) used more than once (first: "
                             f"{qid!r}, {n} times); evaluation merges the predictions of one id, so every question "
                             "needs its own id: renumber the duplicates or drop them")

@@ -24,9 +24,9 @@ def _setup_logging(verbose: bool) -> None:
     from nlpjobs.progress import use_log_lines
 
     use_log_lines()  # progress bars as plain lines when standard error is a file or a pod's log
-    library_output.tame()  # the libraries' notebook notices: the useful ones in our words, the rest silenced
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    library_output.tame()  # the libraries' notebook notices: the useful ones in our words, the rest silenced
     logging.getLogger("nlpjobs").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not os.path.exists("/dev/nvidiactl"):  # else DeepSpeed (imported by Accelerate) warns it fell back to CPU

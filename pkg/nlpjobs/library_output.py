@@ -14,7 +14,9 @@ they are noise, and some read like faults:
 | "Recommended: pip install sacremoses." | Marian's tokenizer | silenced: Moses punctuation normalisation is optional and the presets do not use it |
 | "You set `add_prefix_space`..." and other add_prefix_space notices of BPE and T5 tokenizers | transformers | silenced: the task sets what it needs |
 
-The filters attach to the libraries' named loggers, so nothing is imported to install them.
+The filters attach to the libraries' named loggers, so nothing is imported to install them. transformers prints
+through its own handler and, where the environment sets ``CI`` (GitHub Actions, GitLab), also propagates to the
+root logger's: :class:`PrintedByTheLibrary` on the root handlers keeps each notice to one line.
 """
 
 from __future__ import annotations
@@ -67,6 +69,16 @@ class LibraryNotices(logging.Filter):
         return True
 
 
+class PrintedByTheLibrary(logging.Filter):
+    """On a root handler: drops records that a library's own handler has already printed."""
+
+    LIBRARIES = ("transformers",)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        library = record.name.split(".", 1)[0]
+        return not (library in self.LIBRARIES and logging.getLogger(library).handlers)
+
+
 NOISY_LOGGERS = ("transformers.modeling_utils", "transformers.configuration_utils", "transformers.pipelines.base",
                  "transformers.generation.utils", "transformers.generation.configuration_utils",
                  "transformers.tokenization_utils_base", "transformers.tokenization_utils_fast",
@@ -76,7 +88,12 @@ NOISY_LOGGERS = ("transformers.modeling_utils", "transformers.configuration_util
 
 
 def tame() -> None:
-    """Install the filters on the libraries' loggers and the warning filters (idempotent)."""
+    """Install the filters on the libraries' loggers, the root handlers and the warnings (idempotent).
+
+    Call after the root logger has its handlers (``logging.basicConfig``)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, PrintedByTheLibrary) for f in handler.filters):
+            handler.addFilter(PrintedByTheLibrary())
     for name in NOISY_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, LibraryNotices) for f in logger.filters):

@@ -64,7 +64,8 @@ def _env(processes: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NLPJOBS_") or k == "NLPJOBS_CACHE"}
     # a SIGKILLed trainer leaves its run's lease behind: the next one takes it over once stale (4 s here)
     return {**env, "TOKENIZERS_PARALLELISM": "false", "NLPJOBS_NPROC_PER_NODE": str(processes),
-            "NLPJOBS_MASTER_PORT": str(_free_port()), "NLPJOBS_LEASE_TTL_S": "4"}
+            "NLPJOBS_MASTER_PORT": str(_free_port()), "NLPJOBS_LEASE_TTL_S": "4",
+            "NLPJOBS_PROGRESS_INTERVAL_S": "0"}  # every step's bar line: the test waits for a given step
 
 
 def _free_port() -> int:

@@ -78,3 +78,18 @@ def test_the_sacremoses_recommendation_is_silenced() -> None:
         warnings.warn("Recommended: pip install sacremoses.", UserWarning, stacklevel=1)
         warnings.warn("another warning", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["another warning"]
+
+
+def test_a_library_notice_is_printed_once_when_ci_makes_transformers_propagate() -> None:
+    """With CI=1 (GitHub Actions, GitLab) transformers' logger keeps its own handler and also propagates to the
+    root logger's: without care every notice appears twice in a run's log, once with a timestamp."""
+    import subprocess
+    import sys
+
+    script = ("from nlpjobs.cli import _setup_logging\n"
+              "_setup_logging(False)\n"
+              "from transformers.utils import logging as tl\n"
+              "tl.get_logger('transformers.modeling_utils').warning('a notice for the log')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "CI": "1"}).stderr
+    assert out.count("a notice for the log") == 1, out

@@ -31,7 +31,7 @@ APPROX = {"abs": 0.005}
 
 
 def test_load_metric_known_names_and_cache() -> None:
-    assert set(METRIC_DIRS) == {"seqeval", "squad", "sacrebleu", "rouge"}
+    assert set(METRIC_DIRS) == {"seqeval", "squad", "squad_v2", "sacrebleu", "rouge"}
     for name, dirname in METRIC_DIRS.items():
         module = load_metric(name)
         assert isinstance(module, evaluate.EvaluationModule)

@@ -56,3 +56,9 @@ def test_the_wheel_ships_the_product_without_the_benchmark(tmp_path: Path) -> No
     names = zipfile.ZipFile(wheel).namelist()
     assert "nlpjobs/train/engine.py" in names and "nlpjobs/train/speed/__init__.py" in names
     assert not [n for n in names if n.startswith("bench/") or "/bench/" in n or "course" in Path(n).name]
+
+
+def test_test_modules_have_distinct_names() -> None:
+    """pytest imports test modules by basename (no packages): two ``test_x.py`` in different folders break collection."""
+    names = sorted(p.name for folder in ("tests", "bench") for p in (ROOT / folder).rglob("test_*.py"))
+    assert not {n for n in names if names.count(n) > 1}

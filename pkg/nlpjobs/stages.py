@@ -120,8 +120,10 @@ def check_output(target: str) -> str:
 
 
 def predict(job: JobConfig, inputs: list[Any]) -> list[Any]:
-    """The trained model's predictions of ``inputs`` through the task's pipeline; nothing is written."""
+    """The trained model's predictions of ``inputs`` through the task's pipeline; nothing is written.
+    PredictInputError names the first input the pipeline cannot take, before the model is fetched."""
     task = get_task(job.task)
+    task.check_predict_inputs(inputs)
     model_dir = fetch_model(job)
     return task.predict(str(model_dir), inputs)
 

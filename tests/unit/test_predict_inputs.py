@@ -31,12 +31,14 @@ QA = {"question": "Who?", "context": "Ada wrote it."}
     ("translation", ["Open", "the file"], "translation needs a text string"),
     ("summarization", "   ", "summarization needs non-empty text"),
     ("clm", None, "clm needs a text string"),
+    ("mlm", 3, "mlm needs a text string"),
+    ("mlm", "no mask in this sentence", "has no [MASK] token to fill"),
 ])
 def test_each_task_says_what_input_it_expected(task: str, item: Any, says: str) -> None:
     assert says in (get_task(task).input_problem(item) or "")
 
 
-@pytest.mark.parametrize(("task", "item"), [("qa", QA), ("ner", "EU rejects German lamb"), ("mlm", "A [MASK].")])
+@pytest.mark.parametrize(("task", "item"), [("qa", QA), ("ner", "EU rejects German lamb"), ("mlm", "A [MASK]."), ("mlm", "A <mask>.")])
 def test_good_inputs_pass(task: str, item: Any) -> None:
     assert get_task(task).input_problem(item) is None
 
@@ -66,6 +68,7 @@ def predict(task: str, store: Path, *args: str) -> Any:
     ("qa", ["-i", json.dumps({"question": "Who?"})], "--input 1: qa needs a JSON object"),
     ("ner", ["-i", "EU rejects German lamb", "-i", ""], "--input 2: ner needs non-empty text"),
     ("translation", ["-i", "   "], "--input 1: translation needs non-empty text"),
+    ("mlm", ["-i", "A [MASK].", "-i", "no mask here"], "--input 2: 'no mask here' has no [MASK] token"),
 ])
 def test_a_bad_input_stops_before_the_model_loads(no_model: None, tmp_path: Path, task: str, args: list[str],
                                                   says: str) -> None:

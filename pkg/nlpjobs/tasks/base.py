@@ -206,6 +206,7 @@ class Task:
                 raise PredictInputError(f"{names[i] if names else f'predict input {i}'}: {problem}")
 
     def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
+        """The pipeline's outputs for ``inputs`` (already checked with :meth:`check_predict_inputs`)."""
         from transformers import pipeline
 
         pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=-1)

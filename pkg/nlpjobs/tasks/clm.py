@@ -388,9 +388,6 @@ class ClmTask(Task):
         if job.model.name.startswith("scratch:") and job.model.name != SCRATCH_GPT2:
             raise ConfigError(f"model.name: unknown built-in config {job.model.name!r}; clm knows '{SCRATCH_GPT2}' "
                               "(shape it with preprocess.model_config)")
-        for i, item in enumerate(job.predict.inputs):
-            if not isinstance(item, str):
-                raise ConfigError(f"predict.inputs[{i}]: clm needs a prompt string, got {item!r}")
 
     def load_tokenizer(self, job: JobConfig) -> Any:
         cfg: ClmPreprocessConfig = job.preprocess  # type: ignore[assignment]

@@ -301,11 +301,12 @@ class MlmTask(Task):
     def __init__(self) -> None:
         self.masking: tuple[str, float] = ("standard", DEFAULT_PROBABILITY["standard"])
 
-    def validate_job(self, job: JobConfig) -> None:
-        super().validate_job(job)
-        for i, item in enumerate(job.predict.inputs):
-            if not isinstance(item, str):
-                raise ConfigError(f"predict.inputs[{i}]: mlm needs a string with a [MASK] token, got {item!r}")
+    def input_problem(self, item: Any) -> str | None:
+        """Text with a mask placeholder ([MASK] or <mask>; predict puts the model's own mask token there)."""
+        problem = super().input_problem(item)
+        if problem is None and not any(placeholder in item for placeholder in MASK_PLACEHOLDERS):
+            problem = f"{item!r} has no [MASK] token to fill; e.g. 'This is a great [MASK].' ([MASK] or <mask>)"
+        return problem
 
     def load_tokenizer(self, job: JobConfig) -> Any:
         tok = super().load_tokenizer(job)
@@ -455,15 +456,9 @@ class MlmTask(Task):
         pipe = pipeline("fill-mask", model=model_dir, tokenizer=model_dir, device=-1, top_k=5)
         mask = pipe.tokenizer.mask_token
         out = []
-        for i, item in enumerate(inputs):
-            if not isinstance(item, str):
-                raise ConfigError(f"predict input {i}: mlm needs a string with a {mask} token, got {item!r}")
-            text = item
+        for text in inputs:
             for placeholder in MASK_PLACEHOLDERS:
                 text = text.replace(placeholder, mask)
-            if mask not in text:
-                raise ConfigError(f"predict input {i}: {item!r} has no {mask} token to fill; "
-                                  f"e.g. 'This is a great {mask}.'")
             result = pipe(text)
             per_mask = result if isinstance(result[0], list) else [result]
             fills = [[{"token_str": r["token_str"], "score": round(float(r["score"]), 6)} for r in options]

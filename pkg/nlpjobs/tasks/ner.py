@@ -33,13 +33,15 @@ class NerPreprocessConfig(PreprocessConfig):
     """Tokenization of pre-split words with label alignment."""
 
     label_all_tokens: bool = True
-    """true: every sub-token gets its word's label (B-X continuation tokens become I-X);
-    false: only the first sub-token of each word is labelled, the rest get -100."""
+    """true: every sub-token gets its word's label (B-X continuation tokens become I-X, or -100 where the label
+    list has no I-X); false: only the first sub-token of each word is labelled, the rest get -100."""
     max_length: int | None = None
     """Truncate inputs to this many tokens (null: the model's limit); truncated examples are counted
     in the manifest."""
     label_names: list[str] = field(default_factory=list)
-    """Label names in id order, for data whose tags are plain integers without ClassLabel names."""
+    """Label names in id order (IOB: O, B-X, I-X). Needed for integer tags without ClassLabel names; with string
+    tags it fixes the ids (every tag must be listed). Empty: the data's ClassLabel names, else, for string tags,
+    O then each entity type sorted, B- before I-, both always present."""
 
 
 def b_to_i_map(label_names: list[str]) -> np.ndarray:

@@ -245,12 +245,6 @@ class QaTask(Task):
     preprocess_version = "2"
     headline_metric = "f1"
 
-    def validate_job(self, job: JobConfig) -> None:
-        super().validate_job(job)
-        for i, item in enumerate(job.predict.inputs):
-            if not (isinstance(item, dict) and {"question", "context"} <= set(item)):
-                raise ConfigError(f"predict.inputs[{i}]: qa needs a mapping with 'question' and 'context'")
-
     def prepare(self, job: JobConfig, raw: datasets.DatasetDict, tokenizer: Any) -> Prepared:
         cfg: QaPreprocessConfig = job.preprocess  # type: ignore[assignment]
         self.check_columns(raw)
@@ -362,9 +356,7 @@ class QaTask(Task):
         pipe = pipeline("question-answering", model=model_dir, tokenizer=model_dir, device=-1)
         impossible = bool(getattr(pipe.model.config, UNANSWERABLE_ATTR, 0))  # trained to say "no answer"
         out = []
-        for i, item in enumerate(inputs):
-            if not (isinstance(item, dict) and {"question", "context"} <= set(item)):
-                raise ConfigError(f"predict input {i}: qa needs {{'question': ..., 'context': ...}}, got {item!r}")
+        for item in inputs:
             res = pipe(question=item["question"], context=item["context"], handle_impossible_answer=impossible)
             out.append({**res, "score": float(res["score"])})
         return out

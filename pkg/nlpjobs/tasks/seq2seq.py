@@ -460,9 +460,6 @@ class Seq2SeqTask(Task):
     def validate_job(self, job: JobConfig) -> None:
         super().validate_job(job)
         scratch_spec(job.model.name, self.scratch_archs)
-        for i, item in enumerate(job.predict.inputs):
-            if not isinstance(item, str):
-                raise ConfigError(f"predict.inputs[{i}]: {self.name} takes plain text, got {item!r}")
 
     def is_scratch(self, job: JobConfig) -> bool:
         return scratch_spec(job.model.name, self.scratch_archs) is not None
@@ -604,7 +601,6 @@ class Seq2SeqTask(Task):
         """The task's pipeline ('translation' or 'summarization'), inputs truncated to the model's limit."""
         from transformers import pipeline
 
-        self.check_predict_inputs(inputs)  # non-empty text each (PredictInputError names the first that is not)
         texts = list(inputs)
         pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=-1)
         long_inputs(pipe.tokenizer, texts)

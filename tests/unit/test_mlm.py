@@ -346,7 +346,7 @@ def test_evaluate_is_token_weighted_and_independent_of_batch_size(tokenizer, tin
     assert "perplexity=" in task.summary(results[0])
 
 
-def test_predict_fills_the_mask_top5_and_rejects_inputs_without_one(tokenizer, tiny_model, tmp_path: Path) -> None:
+def test_predict_fills_the_mask_top5(tokenizer, tiny_model, tmp_path: Path) -> None:
     tiny_model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     [top] = MlmTask().predict(str(tmp_path), ["This is a great [MASK]."])
@@ -355,5 +355,5 @@ def test_predict_fills_the_mask_top5_and_rejects_inputs_without_one(tokenizer, t
     assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
     [two] = MlmTask().predict(str(tmp_path), ["A [MASK] movie with a [MASK] ending."])
     assert len(two) == 2 and all(len(options) == 5 for options in two)
-    with pytest.raises(ConfigError, match=r"no \[MASK\] token"):
-        MlmTask().predict(str(tmp_path), ["no mask here"])
+    [mine] = MlmTask().predict(str(tmp_path), ["This is a great <mask>."])  # either placeholder
+    assert [x["token_str"] for x in mine] == [x["token_str"] for x in top]

@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run test docs test-unit test-containers test-cluster cluster-build cluster-up cluster-down lint fetch images submit status logs kind-up kind-load kind-down bench clean
+.PHONY: help venv run test docs test-unit test-containers test-cluster cluster-build cluster-up cluster-down lint fetch images submit status logs kind-up kind-load kind-down bench quality clean
 
 help: ## Show the targets.
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,10 @@ test-unit: $(STAMP) ## Fast unit tests only.
 BENCH_ARGS ?=
 bench: $(STAMP) ## Speed beside the course recipe: bench/results.{json,md} (TASK=ner for one task, BENCH_ARGS="--quick").
 	$(BIN)/python -m bench $(if $(filter command line environment,$(origin TASK)),--task $(TASK)) --out bench $(BENCH_ARGS)
+
+QUALITY_ARGS ?=
+quality: $(STAMP) ## Quality at full scale beside the course Trainer (NER, all of CoNLL-2003; ~45 min on 2 cores): bench/quality.{json,md}.
+	$(BIN)/python -m bench.quality --out bench $(QUALITY_ARGS)
 
 FLAVOR ?= cpu
 TASKS ?= ner qa mlm translation summarization clm

@@ -146,7 +146,9 @@ def markdown_table(records: Sequence[Record]) -> str:
 
 
 def write_results(out_dir: Path, records: Sequence[Record], machine_lines: Sequence[str], header: str = "") -> None:
-    """Write ``results.json`` (the records) and ``results.md`` (machine description + table)."""
+    """Write ``results.json`` (the records) and ``results.md`` (machine description + table, then the full-scale
+    quality figure of ``quality.md`` where ``make quality`` has written one: its runs take most of an hour and
+    are not repeated with every speed run)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps([r.to_json() for r in records], indent=2) + "\n")
     md = ["# nlpjobs benchmark", ""]
@@ -156,4 +158,7 @@ def write_results(out_dir: Path, records: Sequence[Record], machine_lines: Seque
            "Medians of the repeated runs; ratio = how many times better nlpjobs is than the baseline "
            "(> 1: nlpjobs better; times: baseline / nlpjobs, throughputs: nlpjobs / baseline).", "",
            markdown_table(records), ""]
+    quality = out_dir / "quality.md"
+    if quality.is_file():
+        md += [quality.read_text()]
     (out_dir / "results.md").write_text("\n".join(md))

@@ -14,12 +14,12 @@ from bench.records import aggregate, write_results
 def test_the_table_puts_each_run_beside_the_course() -> None:
     runs = [QualityRun("course Trainer", [], [0.8653, 0.8726], 1000.0, 10),
             QualityRun("nlpjobs (defaults)", [], [0.86, 0.8513], 500.0, 10),
-            QualityRun("nlpjobs (ungrouped)", ["train.group_by_length=false"], [0.8724], 1250.0, 10)]
+            QualityRun("nlpjobs (grouped)", ["train.group_by_length=true"], [0.8724], 1250.0, 10)]
     md = markdown(runs, "header")
     assert md.startswith("## Quality at full scale\n\nheader\n")
     assert "| course Trainer | 0.8653 | 0.8726 | **0.8726** | — | 1,000 s | — |" in md
     assert "| nlpjobs (defaults) | 0.8600 | 0.8513 | **0.8513** | -0.0213 | 500 s | 2.00× |" in md
-    assert "| nlpjobs (ungrouped) | 0.8724 | — | **0.8724** | -0.0002 | 1,250 s | 0.80× |" in md
+    assert "| nlpjobs (grouped) | 0.8724 | — | **0.8724** | -0.0002 | 1,250 s | 0.80× |" in md
 
 
 def test_results_md_carries_the_last_quality_figure(tmp_path: Path) -> None:

@@ -143,11 +143,16 @@ class TrainConfig:
     natively, AVX512-BF16 or AMX; `nlpjobs doctor` says), while fp16 trains in fp32 there."""
     num_workers: int = 0
     """DataLoader worker processes."""
-    group_by_length: bool = True
+    group_by_length: bool | None = None
     """Batch rows of similar length together to cut padding: each epoch shuffles the rows, sorts them by
     length within windows of 50 batches, then shuffles the batches (the longest batch first, so a memory
-    limit shows at step 1). Lengths count real (attended) tokens, so QA windows stored padded group too. No
-    effect where every row has the same length (packed MLM/CLM blocks)."""
+    limit shows at step 1). Lengths count real (attended) tokens, so QA windows stored padded group too. Where
+    the loss is a mean over labelled positions (NER tags, seq2seq targets), each batch's loss is rescaled to
+    its positions' sum over the split's average positions per batch, so every position weighs what it would
+    in a random batch. Unset: the task's default, on everywhere but NER: on all of CoNLL-2003 (MiniLM, the
+    course's hyperparameters) grouping cost F1 (0.863 unweighted, 0.867 weighted, against 0.871 for the
+    course's random batches) for 1.6x the speed. No effect where every row has the same length (packed
+    MLM/CLM blocks)."""
     cpu_kernels: bool = True
     """On CPU (fp32 or bf16), train with faster versions of three operations computing the same functions: dropout
     (attention's included) with masks drawn four per 64-bit random word (attention with dropout with its own

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datasets
 import numpy as np
 import pytest
+import torch
 
-from nlpjobs.train.sampling import EpochSampler, row_lengths
+from nlpjobs.train.sampling import EpochSampler, TokenWeight, labelled_tokens, row_lengths
 
 
 def padded_tokens(order: list[int], lengths: np.ndarray, batch_size: int) -> int:
@@ -74,3 +75,49 @@ def test_rows_padded_to_one_width_are_grouped_by_their_attended_tokens() -> None
     assert row_lengths(padded).tolist() == [3, 1, 4]  # QA windows stored padded to max_length
     assert row_lengths(padded.select([2, 1])).tolist() == [4, 1]
     assert EpochSampler(3, 1, row_lengths(padded), 1).grouped
+
+
+def test_labelled_tokens_count_the_positions_the_loss_sees() -> None:
+    ner = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3, 4], [1, 2]], "labels": [[-100, 1, -100, 0], [-100, -100]]})
+    assert labelled_tokens(ner).tolist() == [2, 0]
+    assert labelled_tokens(ner.select([1, 0])).tolist() == [0, 2]  # an indices mapping is honoured
+    qa = datasets.Dataset.from_dict({"input_ids": [[1, 2]], "start_positions": [0], "end_positions": [1]})
+    assert labelled_tokens(qa) is None
+    assert TokenWeight.for_split(qa, 8) is None
+    classification = datasets.Dataset.from_dict({"input_ids": [[1, 2]], "labels": [1]})
+    assert labelled_tokens(classification) is None  # one label per row: nothing to weigh
+    assert TokenWeight.for_split(ner, 4).tokens_per_batch == 4.0  # 1 labelled position per row, 4 rows
+    assert TokenWeight.for_split(ner.select([1]), 4) is None  # nothing labelled at all
+
+
+def epoch_objectives(order: list[int], token_losses: list[torch.Tensor], batch_size: int,
+                     weight: TokenWeight | None) -> list[float]:
+    """Each micro-batch's loss as the engine backpropagates it: the mean over its tokens, then weighted."""
+    values = []
+    for start in range(0, len(order), batch_size):
+        rows = [token_losses[i] for i in order[start:start + batch_size]]
+        flat = torch.cat(rows)
+        labels = torch.zeros(len(flat), dtype=torch.long)
+        mean = flat.mean()
+        values.append(float(weight(mean, {"labels": labels}) if weight else mean))
+    return values
+
+
+def test_token_weight_gives_grouped_batches_the_weights_of_random_ones(lengths: np.ndarray) -> None:
+    # Short rows have their own (here: low) loss, as CoNLL's one-word lines do: grouping puts them together.
+    token_losses = [torch.full((int(n),), 0.1 if n < 10 else 1.0) + torch.rand(int(n)) * 0.01 for n in lengths]
+    ds = datasets.Dataset.from_dict({"input_ids": [[1] * int(n) for n in lengths],
+                                     "labels": [[0] * int(n) for n in lengths]})
+    weight = TokenWeight.for_split(ds, 8)
+    assert weight is not None
+    total = float(torch.cat(token_losses).sum())
+    plain = list(EpochSampler(len(lengths), seed=3))
+    grouped = list(EpochSampler(len(lengths), seed=3, lengths=lengths, batch_size=8))
+    # Weighted, every token counts once with the same weight, whatever the order: the epoch's sum is fixed.
+    for order in (plain, grouped):
+        assert sum(epoch_objectives(order, token_losses, 8, weight)) == pytest.approx(total / weight.tokens_per_batch,
+                                                                                       rel=1e-6)
+    # Unweighted means let the grouped order favour the short rows' tokens.
+    unweighted_plain = np.mean(epoch_objectives(plain, token_losses, 8, None))
+    unweighted_grouped = np.mean(epoch_objectives(grouped, token_losses, 8, None))
+    assert unweighted_grouped < unweighted_plain - 0.02

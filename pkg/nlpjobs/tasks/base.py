@@ -110,6 +110,8 @@ class Task:
     """Bump when the task's preprocessing output changes; it is part of the cache key."""
     headline_metric: ClassVar[str] = ""
     """The metric printed in summaries."""
+    groups_by_length: ClassVar[bool] = True
+    """train.group_by_length where the job leaves it unset."""
 
     # ---- configuration --------------------------------------------------------------------
     def validate_job(self, job: JobConfig) -> None:

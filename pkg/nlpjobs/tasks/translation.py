@@ -9,7 +9,7 @@ import datasets
 import pyarrow as pa
 
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, fresh_fingerprint
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values, fresh_fingerprint
 from nlpjobs.tasks.seq2seq import (
     Seq2SeqPreprocessConfig,
     Seq2SeqTask,
@@ -98,6 +98,18 @@ def bleu(predictions: list[str], references: list[str]) -> dict[str, Any]:
     return load_metric("sacrebleu").compute(predictions=predictions, references=[[r] for r in references])
 
 
+def copy_baseline(manifest: Any, references: list[str]) -> float | None:
+    """BLEU of the sources themselves scored as translations of the same rows: what a model that learned only
+    to copy its input would get (names, paths and numbers pass through untranslated). None for datasets
+    prepared without the raw eval texts."""
+    from nlpjobs.data.shards import load_split
+
+    if "eval_texts" not in manifest.splits or "source" not in manifest.splits["eval_texts"].get("columns", []):
+        return None
+    sources = [s.strip() for s in column_values(load_split(manifest, "eval_texts"), "source")[:len(references)]]
+    return float(bleu(sources, references)["score"])
+
+
 class TranslationTask(Seq2SeqTask):
     name = "translation"
     description = "Translation (en→fr) with Marian and sacreBLEU"
@@ -154,13 +166,17 @@ class TranslationTask(Seq2SeqTask):
     def evaluate(self, ctx: EvalContext, model: Any, loader: Any) -> dict[str, Any]:
         out = self.generate_and_score(ctx, model, loader)
         result = bleu(out["predictions"], out["references"])
-        return {"bleu": float(result["score"]), "eval_loss": out["eval_loss"], "gen_len": out["gen_len"],
+        copy = copy_baseline(ctx.manifest, out["references"])
+        return {"bleu": float(result["score"]), **({"copy_bleu": copy} if copy is not None else {}),
+                "eval_loss": out["eval_loss"], "gen_len": out["gen_len"],
                 "examples": out["examples"], **self.generation_report(ctx, out),
                 "samples": {str(i): {"prediction": p, "reference": r} for i, (p, r) in
                             enumerate(zip(out["predictions"][:3], out["references"][:3]))}}
 
     def summary(self, metrics: dict[str, Any]) -> str:
         parts = [f"BLEU={metrics['bleu']:.2f}"] if "bleu" in metrics else []
+        if parts and isinstance(metrics.get("copy_bleu"), float):
+            parts[0] += f" (copy baseline {metrics['copy_bleu']:.2f}, {metrics['bleu'] - metrics['copy_bleu']:+.2f})"
         if isinstance(metrics.get("eval_loss"), float):
             parts.append(f"eval_loss={metrics['eval_loss']:.4f}")
         if isinstance(metrics.get("gen_len"), float):

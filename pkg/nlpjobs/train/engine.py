@@ -33,7 +33,7 @@ from nlpjobs.train.checkpoint import CheckpointStore
 from nlpjobs.train.lease import LeaseHeld, RunLease
 from nlpjobs.train.protocol import EvalContext
 from nlpjobs.train.protocol import TrainTask as Task
-from nlpjobs.train.sampling import EpochSampler, row_lengths
+from nlpjobs.train.sampling import EpochSampler, TokenWeight, row_lengths
 from nlpjobs.train.stop import EvaluationInterrupted, TrainingInterrupted, detach_worker
 from nlpjobs.train.stop import current as stop_request
 
@@ -242,8 +242,10 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
     collate = task.collator(tokenizer, model)
     train_ds = model_inputs(task, load_split(manifest, "train"))
     eval_ds = model_inputs(task, load_split(manifest, "eval"))
-    sampler = EpochSampler(len(train_ds), cfg.seed, row_lengths(train_ds) if cfg.group_by_length else None,
-                           cfg.batch_size)
+    grouped = task.groups_by_length if cfg.group_by_length is None else cfg.group_by_length
+    sampler = EpochSampler(len(train_ds), cfg.seed, row_lengths(train_ds) if grouped else None, cfg.batch_size)
+    # Grouped batches keep every loss position's weight what a random batch gives it (see TokenWeight).
+    token_weight = TokenWeight.for_split(train_ds, cfg.batch_size) if sampler.grouped else None
     # A loader-owned generator: creating an iterator must not draw from the global RNG, or a run
     # resumed mid-epoch would see different dropout masks than the uninterrupted run.
     loader_rng = torch.Generator()
@@ -332,6 +334,7 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
             sync = contextlib.nullcontext() if boundary else acc.no_sync(model)
             with sync:
                 loss = step_loss(model, batch)
+                objective = token_weight(loss, batch) if token_weight is not None else loss
                 if not bool(torch.isfinite(loss.detach())):  # free on CPU; one scalar copy per micro-batch on GPU
                     raise _nonfinite("loss", float(loss.detach()), task, model, batch, acc, run_uri, step, micro,
                                      sampler, cfg.batch_size, epoch)
@@ -339,10 +342,10 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
                     # DeepSpeed steps (and clips) inside backward at the boundary we tell it, and divides
                     # the loss by grad_accum itself: rescale for a short last window of the epoch.
                     acc.gradient_state._set_sync_gradients(boundary)
-                    acc.backward(loss * cfg.grad_accum / window)
+                    acc.backward(objective * cfg.grad_accum / window)
                 else:
-                    acc.backward(loss / window)
-            loss_sum += loss.detach()
+                    acc.backward(objective / window)
+            loss_sum += objective.detach()
             loss_count += 1
             if step == 0 and micro == 1 and "initial_loss" not in history:  # one host sync, once per run
                 from nlpjobs.train.smoke import initial_loss_check

@@ -38,6 +38,8 @@ class TrainTask(Protocol):
     name: str
     model_columns: tuple[str, ...]
     headline_metric: str
+    groups_by_length: bool
+    """Whether batches are grouped by length where the job does not say."""
 
     def build_model(self, job: JobConfig, manifest: Manifest, tokenizer: Any) -> Any:
         """Fresh (or pretrained) weights with the task's head."""

@@ -4,6 +4,8 @@ the seeded bilingual mix, vocabulary checks and the offline en/es sentence split
 
 from __future__ import annotations
 
+from typing import Any
+
 import datasets
 import numpy as np
 import pytest
@@ -34,7 +36,7 @@ FR = ["Ouvrir le fichier", "Enregistrer le document", "Fermer la fenêtre", "Sup
 
 
 @pytest.fixture(scope="module")
-def marian() -> object:
+def marian() -> Any:
     return marian_tokenizer(EN * 20, FR * 20, vocab_size=120, max_length=64)
 
 
@@ -331,3 +333,11 @@ def test_lead3_of_a_long_article_matches_splitting_it_whole() -> None:
     body = " ".join([first, "Then Dr. Smith spoke.", "Markets rose.", *["More news here."] * 300])
     assert lead_n(body, 3, "en") == "\n".join(split_sentences(body, "en")[:3])
     assert lead_n(body, 3, "en").split("\n")[1:] == ["Then Dr. Smith spoke.", "Markets rose."]
+
+
+def test_a_joint_vocabulary_gives_a_string_the_same_ids_on_both_sides(marian: Any) -> None:
+    joint = marian_tokenizer(EN * 20, FR * 20, vocab_size=120, max_length=64, joint=True)
+    for text in ("Enregistrer le document", "Save the document"):
+        assert joint(text)["input_ids"] == joint(text_target=text)["input_ids"]
+    # per side, the French text is cut into the source model's (English) pieces on the source side
+    assert marian("Enregistrer le document")["input_ids"] != marian(text_target="Enregistrer le document")["input_ids"]

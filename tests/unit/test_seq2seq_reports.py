@@ -229,3 +229,15 @@ def test_predict_warns_of_a_collapsed_model(tmp_path: Path, caplog: pytest.LogCa
     assert [r.getMessage() for r in caplog.records if r.name.startswith("nlpjobs")] == [
         f"predict: 3 of 3 outputs are the same text {text!r}: the model has collapsed to one output whatever the "
         "input (undertrained); check the train loss"]
+
+
+def test_summarization_predict_checks_the_summaries_it_returns(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    model_dir, _, _ = _biased_model(tmp_path, None)
+    with caplog.at_level(logging.WARNING, logger="nlpjobs"):
+        out = get_task("summarization").predict(model_dir, EN[:3])
+    [text] = {o["summary_text"] for o in out}
+    assert text.strip()
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("nlpjobs")]
+    assert [m for m in messages if "empty" in m] == []  # the summaries are read, not a missing key
+    assert any(f"3 of 3 outputs are the same text {text!r}" in m for m in messages)

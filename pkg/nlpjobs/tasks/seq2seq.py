@@ -42,10 +42,10 @@ SCRATCH_SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "marian": {
         "tiny": {"d_model": 256, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
                  "decoder_attention_heads": 4, "encoder_ffn_dim": 1024, "decoder_ffn_dim": 1024,
-                 "max_position_embeddings": 512},
+                 "max_position_embeddings": 512, "scale_embedding": True},
         "small": {"d_model": 512, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 8,
                   "decoder_attention_heads": 8, "encoder_ffn_dim": 2048, "decoder_ffn_dim": 2048,
-                  "max_position_embeddings": 512},
+                  "max_position_embeddings": 512, "scale_embedding": True},
     },
     "mt5": {
         "tiny": {"d_model": 256, "d_kv": 32, "d_ff": 512, "num_layers": 2, "num_decoder_layers": 2, "num_heads": 4},
@@ -202,16 +202,21 @@ def _pieces(model: bytes) -> list[str]:
     return [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i))]
 
 
-def marian_tokenizer(sources: list[str], targets: list[str], vocab_size: int, max_length: int) -> Any:
+def marian_tokenizer(sources: list[str], targets: list[str], vocab_size: int, max_length: int,
+                     joint: bool = False) -> Any:
     """A MarianTokenizer with one SentencePiece model per side (source.spm on the source language,
     target.spm on the target language) and the shared vocab.json Marian uses: </s>=0, <unk>=1, the
-    pieces of both models, <pad> last (pad = decoder start, as in opus-mt)."""
+    pieces of both models, <pad> last (pad = decoder start, as in opus-mt). ``joint``: one model trained on
+    both sides serves as both, so a string written alike in both languages has the same ids on each side."""
     import json
 
     from transformers import AutoTokenizer, MarianTokenizer
 
-    source_model = train_sentencepiece(sources, vocab_size)
-    target_model = train_sentencepiece(targets, vocab_size)
+    if joint:
+        source_model = target_model = train_sentencepiece([*sources, *targets], vocab_size)
+    else:
+        source_model = train_sentencepiece(sources, vocab_size)
+        target_model = train_sentencepiece(targets, vocab_size)
     vocab: dict[str, int] = {"</s>": 0, "<unk>": 1}
     for piece in _pieces(source_model) + _pieces(target_model):
         vocab.setdefault(piece, len(vocab))
@@ -456,6 +461,8 @@ class Seq2SeqTask(Task):
     evaluate_config: ClassVar[type[EvaluateConfig]] = Seq2SeqEvaluateConfig
     scratch_archs: ClassVar[tuple[str, ...]] = ()
     """Architectures this task can build from a config ('scratch:<arch>-<size>')."""
+    output_key: ClassVar[str] = ""
+    """The key of the text in each answer of the task's pipeline ('translation_text', 'summary_text')."""
 
     def validate_job(self, job: JobConfig) -> None:
         super().validate_job(job)
@@ -605,7 +612,6 @@ class Seq2SeqTask(Task):
         pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=-1)
         long_inputs(pipe.tokenizer, texts)
         outputs = [pipe(text, truncation=True)[0] for text in texts]
-        key = f"{self.pipeline_task}_text"
-        for warning in output_checks([str(o.get(key, "")) for o in outputs], texts, "outputs")["warnings"]:
+        for warning in output_checks([str(o.get(self.output_key, "")) for o in outputs], texts, "outputs")["warnings"]:
             log.warning("predict: %s", warning)
         return outputs

@@ -40,6 +40,10 @@ class TranslationPreprocessConfig(Seq2SeqPreprocessConfig):
     data.train_split; data.max_eval_examples then caps the carved split. null: use data.eval_split as is."""
     split_seed: int = 20
     """Seed of the train/eval carve (the course uses 20)."""
+    joint_vocab: bool = False
+    """scratch: models only: one SentencePiece model trained on both languages (vocab_size pieces in all)
+    instead of one per side. Names, placeholders, markup and paths, which UI strings keep untranslated, then
+    have the same ids in the source and the target, so a model with tied embeddings can learn to copy them."""
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
@@ -116,6 +120,7 @@ class TranslationTask(Seq2SeqTask):
     preprocess_config = TranslationPreprocessConfig
     required_columns = ("translation",)
     pipeline_task = "translation"
+    output_key = "translation_text"
     preprocess_version = "2"  # 2: empty sides dropped; eval_texts split with the raw references
     headline_metric = "bleu"
     scratch_archs = ("marian",)
@@ -145,7 +150,7 @@ class TranslationTask(Seq2SeqTask):
         if tokenizer is None:  # scratch: model: SentencePiece per side, trained on the training pairs only
             n = cfg.tokenizer_max_sentences
             trained = marian_tokenizer(pairs["train"][SRC][:n], pairs["train"][TGT][:n], cfg.vocab_size,
-                                       max(cfg.max_source_length, cfg.max_target_length))
+                                       max(cfg.max_source_length, cfg.max_target_length), joint=cfg.joint_vocab)
             tokenizer = trained
         splits, truncated, detail = {}, {}, {}
         for split, ds in pairs.items():

@@ -241,3 +241,19 @@ def test_summarization_predict_checks_the_summaries_it_returns(tmp_path: Path,
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("nlpjobs")]
     assert [m for m in messages if "empty" in m] == []  # the summaries are read, not a missing key
     assert any(f"3 of 3 outputs are the same text {text!r}" in m for m in messages)
+
+
+def test_generation_options_are_stored_with_the_model_and_checked() -> None:
+    from nlpjobs.config import ConfigError
+    from nlpjobs.tasks.seq2seq import marian_tokenizer
+
+    tok = marian_tokenizer(EN * 20, FR * 20, vocab_size=120, max_length=64)
+    job = job_from_dict({"task": "translation", "data": {"source": "files:/nonexistent"},
+                         "model": {"name": "scratch:marian-tiny"},
+                         "evaluate": {"generation_max_length": 20, "num_beams": 3, "no_repeat_ngram_size": 2}})
+    generation = get_task("translation").build_model(job, None, tok).generation_config
+    assert (generation.max_length, generation.num_beams, generation.no_repeat_ngram_size) == (20, 3, 2)
+    assert job.evaluate.generation_options() == {"max_length": 20, "num_beams": 3, "no_repeat_ngram_size": 2}
+    with pytest.raises(ConfigError, match="evaluate.no_repeat_ngram_size: got -1"):
+        job_from_dict({"task": "translation", "data": {"source": "files:/nonexistent"},
+                       "evaluate": {"no_repeat_ngram_size": -1}})

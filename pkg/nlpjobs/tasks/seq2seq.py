@@ -89,6 +89,9 @@ class Seq2SeqEvaluateConfig(EvaluateConfig):
     """max_length passed to generate(); null keeps the model's generation config."""
     num_beams: int | None = None
     """Beam search width; null keeps the model's generation config (opus-mt: 4, models from config: 1)."""
+    no_repeat_ngram_size: int | None = None
+    """Never generate an n-gram of this many tokens twice in one output (e.g. 3 stops a small model's
+    'for the for the ...' loops); null keeps the model's generation config (0: off)."""
 
     def validate(self, prefix: str) -> None:
         super().validate(prefix)
@@ -96,6 +99,15 @@ class Seq2SeqEvaluateConfig(EvaluateConfig):
             raise ConfigError(f"{prefix}.generation_max_length: got {self.generation_max_length}, must be >= 2")
         if self.num_beams is not None and self.num_beams < 1:
             raise ConfigError(f"{prefix}.num_beams: got {self.num_beams}, must be >= 1")
+        if self.no_repeat_ngram_size is not None and self.no_repeat_ngram_size < 0:
+            raise ConfigError(f"{prefix}.no_repeat_ngram_size: got {self.no_repeat_ngram_size}, must be >= 0 "
+                              "(0 turns it off)")
+
+    def generation_options(self) -> dict[str, Any]:
+        """The options above that are set, as generate() and the model's generation config name them."""
+        options = {"max_length": self.generation_max_length, "num_beams": self.num_beams,
+                   "no_repeat_ngram_size": self.no_repeat_ngram_size}
+        return {k: v for k, v in options.items() if v is not None}
 
 
 def scratch_spec(name: str, allowed: tuple[str, ...]) -> tuple[str, str] | None:
@@ -502,10 +514,8 @@ class Seq2SeqTask(Task):
                               "DataCollatorForSeq2Seq cannot build decoder_input_ids")
         cfg: Seq2SeqEvaluateConfig = job.evaluate  # type: ignore[assignment]
         # stored with the model, so predict generates like evaluation does
-        if cfg.generation_max_length is not None:
-            model.generation_config.max_length = cfg.generation_max_length
-        if cfg.num_beams is not None:
-            model.generation_config.num_beams = cfg.num_beams
+        for key, value in cfg.generation_options().items():
+            setattr(model.generation_config, key, value)
         return model
 
     def scratch_model(self, arch: str, sizes: dict[str, Any], tokenizer: Any, manifest: Any) -> Any:
@@ -565,11 +575,7 @@ class Seq2SeqTask(Task):
         cfg: Seq2SeqEvaluateConfig = ctx.job.evaluate  # type: ignore[assignment]
         acc, tokenizer = ctx.accelerator, ctx.tokenizer
         pad = tokenizer.pad_token_id
-        gen_kwargs: dict[str, Any] = {}
-        if cfg.generation_max_length is not None:
-            gen_kwargs["max_length"] = cfg.generation_max_length
-        if cfg.num_beams is not None:
-            gen_kwargs["num_beams"] = cfg.num_beams
+        gen_kwargs = cfg.generation_options()
 
         def forward(wrapped: Any, batch: dict[str, Any]) -> dict[str, Any]:
             # generate() lives on the unwrapped model only

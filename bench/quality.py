@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{manifest.rows('eval'):,} validation sentences), MiniLM-L6, lr {COURSE_LR:g}, batch {COURSE_BATCH}, "
               f"{epochs} epoch(s), no warmup, clipping 1.0, seed {SEED}; validation F1 (seqeval) after each epoch; "
               "time: the whole training call, the per-epoch evaluations included. Variants: "
-              + "; ".join(f"{name}: {' '.join(o) or 'nlpjobs defaults'}" for name, o in VARIANTS.items()))
+              + "; ".join(f"{name}: {' '.join(VARIANTS[name]) or 'nlpjobs defaults'}" for name in variants))
     text = markdown(runs, header)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quality.json").write_text(json.dumps({"header": header, "runs": [

@@ -133,6 +133,6 @@ def test_summarization_on_s3_end_to_end(s3_env: str, tmp_path: Path) -> None:
     assert set(evaluated["beats_lead3"]) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
     assert evaluated["beats_lead3_all"] == all(evaluated["beats_lead3"].values())
 
-    cli("predict", "-c", str(job))  # the preset's two inputs (English and Spanish)
+    cli("predict", "-c", str(job))  # the preset's five inputs (English and Spanish)
     lines = storage.read_bytes(storage.join(run, "predictions.jsonl")).decode().splitlines()
-    assert len(lines) == 2 and all(isinstance(json.loads(x)["output"]["summary_text"], str) for x in lines)
+    assert len(lines) == 5 and all(isinstance(json.loads(x)["output"]["summary_text"], str) for x in lines)

@@ -405,19 +405,27 @@ def decode_pairs(tokenizer: Any, preds: list[np.ndarray], labels: list[np.ndarra
     return [p.strip() for p in decoded_preds], [r.strip() for r in decoded_labels]
 
 
+def eval_texts(manifest: Any, column: str) -> list[str] | None:
+    """A column of the 'eval_texts' split (the eval rows' texts as written in the data), stripped, row for row
+    with the eval features; None for datasets prepared before the column was kept."""
+    from nlpjobs.data.shards import load_split
+
+    if "eval_texts" not in manifest.splits or column not in manifest.splits["eval_texts"].get("columns", []):
+        return None
+    return [t.strip() for t in column_values(load_split(manifest, "eval_texts"), column)]
+
+
 def raw_references(manifest: Any, examples: int) -> list[str] | None:
     """The eval references as written in the data (the 'reference' column of the 'eval_texts' split), row for row
     with the eval features; None for datasets prepared before they were kept (their references are decoded
     from the truncated labels)."""
-    from nlpjobs.data.shards import DatasetError, load_split
+    from nlpjobs.data.shards import DatasetError
 
-    if "eval_texts" not in manifest.splits or "reference" not in manifest.splits["eval_texts"].get("columns", []):
-        return None
-    refs = column_values(load_split(manifest, "eval_texts"), "reference")
-    if len(refs) != examples:
+    refs = eval_texts(manifest, "reference")
+    if refs is not None and len(refs) != examples:
         raise DatasetError(f"dataset {manifest.uri}: {len(refs)} eval references for {examples} eval rows; rerun "
                            "`nlpjobs preprocess`")
-    return [r.strip() for r in refs]
+    return refs
 
 
 def eval_truncation(manifest: Any) -> dict[str, int]:

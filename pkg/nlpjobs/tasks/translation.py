@@ -9,13 +9,14 @@ import datasets
 import pyarrow as pa
 
 from nlpjobs.config import ConfigError, JobConfig
-from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, column_values, fresh_fingerprint
+from nlpjobs.tasks.base import EvalContext, Prepared, TaskDataError, fresh_fingerprint
 from nlpjobs.tasks.seq2seq import (
     Seq2SeqPreprocessConfig,
     Seq2SeqTask,
     check_pairs_left,
     check_text,
     describe,
+    eval_texts,
     is_blank,
     marian_tokenizer,
     preprocess_report,
@@ -106,12 +107,8 @@ def copy_baseline(manifest: Any, references: list[str]) -> float | None:
     """BLEU of the sources themselves scored as translations of the same rows: what a model that learned only
     to copy its input would get (names, paths and numbers pass through untranslated). None for datasets
     prepared without the raw eval texts."""
-    from nlpjobs.data.shards import load_split
-
-    if "eval_texts" not in manifest.splits or "source" not in manifest.splits["eval_texts"].get("columns", []):
-        return None
-    sources = [s.strip() for s in column_values(load_split(manifest, "eval_texts"), "source")[:len(references)]]
-    return float(bleu(sources, references)["score"])
+    sources = eval_texts(manifest, "source")
+    return None if sources is None else float(bleu(sources[:len(references)], references)["score"])
 
 
 class TranslationTask(Seq2SeqTask):

@@ -47,7 +47,7 @@ torch_version="$(basename "$torch_wheel" | cut -d- -f2)"
 # torch build), as wheels; sdists such as seqeval are built here.
 { cat constraints.txt; echo "torch==$torch_version"; } > "$stage/constraints.txt"
 PIP_CONSTRAINT= "$PYTHON" -m pip wheel -q -c "$stage/constraints.txt" --find-links "$stage/wheels" \
-  -w "$stage/wheels" ".[deepspeed]" 2>&1 | grep -v "is ignored" || true
+  -w "$stage/wheels" ".[deepspeed,track]" 2>&1 | grep -v "is ignored" || true
 if [ "$(ls "$stage"/wheels/torch-*.whl | wc -l)" != 1 ]; then
   echo "more than one torch wheel staged: $(ls "$stage"/wheels/torch-*.whl)" >&2; exit 1
 fi
@@ -60,6 +60,8 @@ base="${REGISTRY}nlpjobs-base:${VERSION}-${FLAVOR}"
 log "building $base on $BASE_IMAGE (LD_PRELOAD: ${PRELOAD:-none})"
 $DOCKER build -q -f images/base/Dockerfile --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg FLAVOR="$FLAVOR" \
   --build-arg VERSION="$VERSION" --build-arg PRELOAD="$PRELOAD" -t "$base" . >/dev/null
+# The wheels are in the base image now and are staged afresh by every build: free their space (~1 GB).
+rm -rf "$stage/wheels"
 
 for task in $TASKS; do
   dir="$stage/task/$task"

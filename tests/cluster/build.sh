@@ -36,7 +36,14 @@ if [[ "${1:-}" == "--print-dir" ]]; then
   exit 0
 fi
 
-export GOFLAGS="${GOFLAGS:--buildvcs=false}"
+export GOFLAGS="${GOFLAGS:--buildvcs=false -modcacherw}"
+# Go's build and module caches for Kubernetes take several GB: unless the caller chose them, they live
+# under WORK and go with it once the binaries are built (a rebuild happens only for new pinned versions).
+OWN_GO_CACHES=0
+if [[ -z "${GOCACHE:-}" && -z "${GOMODCACHE:-}" ]]; then
+  export GOCACHE="${WORK}/go-build" GOMODCACHE="${WORK}/go-mod"
+  OWN_GO_CACHES=1
+fi
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 export CGO_ENABLED="${CGO_ENABLED:-0}"
 GO="${GO:-go}"
@@ -241,4 +248,9 @@ timed "manifests (CRDs, webhooks, kwok stages)" extract_manifests
 
 have kube-apiserver kube-controller-manager kube-scheduler etcd kwok jobset kueue kustomize
 date -u +%Y-%m-%dT%H:%M:%SZ > "${OUT}/_SUCCESS"
+if [[ "${OWN_GO_CACHES}" == 1 ]]; then
+  log "removing the build's Go caches ($(du -sh "${WORK}" 2>/dev/null | cut -f1))"
+  chmod -R u+w "${WORK}" 2>/dev/null || true
+  rm -rf "${WORK}"
+fi
 log "all done in $(( $(date +%s) - T0 ))s -> ${OUT}"

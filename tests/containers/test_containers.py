@@ -74,6 +74,7 @@ def images(docker: Docker) -> dict[str, Any]:
                           env={**docker.env(), "TASKS": TASK, "FLAVOR": "cpu",
                                "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    docker("image", "prune", "-f", check=False)  # the base's build stage (its venv, GBs): the tier runs beside the suite
     sizes = {}
     for image in ("nlpjobs-os:bookworm", f"nlpjobs-base:{VERSION}-cpu", f"nlpjobs-{TASK}:{VERSION}-cpu"):
         sizes[image] = int(docker("image", "inspect", "-f", "{{.Size}}", image).stdout.strip())

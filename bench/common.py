@@ -104,6 +104,8 @@ class Sizes:
     """Approximate size of the shards read back in the storage figure."""
     generation_examples: int = 200
     """Eval examples generated for and scored by both engines in the seq2seq generation figure."""
+    batch_predict_rows: int = 2000
+    """CoNLL-2003 training sentences predicted by nlpjobs' batch prediction and by the plain pipeline loop."""
     matmul_size: int = 1024
     preprocess_min_seconds: float = 1.5
     """Each preprocessing implementation runs until this long has passed within a repeat (one call for the
@@ -114,4 +116,4 @@ class Sizes:
         return cls(repeats=1, ner_train_examples=1000, ner_eval_examples=200, qa_examples=50, mlm_reviews=100, translation_pairs=1000,
                    summarization_examples=500, clm_files=12,
                    qa_postproc_examples=100, train_steps=6, train_examples=200, eval_examples=50, storage_mb=8, scale_examples=400,
-                   generation_examples=32, matmul_size=512, preprocess_min_seconds=0.0)
+                   generation_examples=32, matmul_size=512, preprocess_min_seconds=0.0, batch_predict_rows=200)

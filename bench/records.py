@@ -162,3 +162,35 @@ def write_results(out_dir: Path, records: Sequence[Record], machine_lines: Seque
     if quality.is_file():
         md += [quality.read_text()]
     (out_dir / "results.md").write_text("\n".join(md))
+
+
+QUALITY_HEADING = "## Quality at full scale"
+
+
+def write_section(out_dir: Path, records: Sequence[Record], machine_lines: Sequence[str], header: str,
+                  title: str) -> None:
+    """Merge a run of some figures into an existing ``results.md`` and ``results.json`` instead of replacing them:
+    the run's header, machine and table become the section ``## <title>`` of ``results.md`` (replaced when it is
+    there, else placed before the quality section, else at the end), and its records replace those of the same
+    task and figure in ``results.json`` (the others are kept, in their order; new ones are appended)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_path = out_dir / "results.json"
+    kept = json.loads(data_path.read_text()) if data_path.is_file() else []
+    new = {(r.task, r.figure): r.to_json() for r in records}
+    merged = [new.pop((r["task"], r["figure"]), r) for r in kept]
+    data_path.write_text(json.dumps(merged + list(new.values()), indent=2) + "\n")
+    heading = f"## {title}"
+    section = "\n".join([heading, "", *([header, ""] if header else []), "Machine:", "",
+                         *[f"- {line}" for line in machine_lines], "", markdown_table(records), "", ""])
+    md_path = out_dir / "results.md"
+    text = md_path.read_text() if md_path.is_file() else "# nlpjobs benchmark\n\n"
+    if heading + "\n" in text:
+        start = text.index(heading + "\n")
+        following = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[following + 1:] if following != -1 else "")
+    elif QUALITY_HEADING in text:
+        at = text.index(QUALITY_HEADING)
+        text = text[:at] + section + text[at:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    md_path.write_text(text)

@@ -70,7 +70,8 @@ def s3_env(s3_server: SeaweedServer, monkeypatch: pytest.MonkeyPatch, request: p
 #: (xdist would otherwise start the files with the most tests first): starting these first keeps one of
 #: them from starting last and running alone while the other worker idles.
 SLOW_FILES_FIRST = ("test_pipeline.py", "test_storage_outage.py", "test_kill_resume.py", "test_mlm_e2e.py",
-                    "test_clm_e2e.py", "test_deepspeed.py", "test_seq2seq_e2e.py")  # ~540 s ... ~120 s per file
+                    "test_batch_predict_e2e.py", "test_clm_e2e.py", "test_deepspeed.py",
+                    "test_seq2seq_e2e.py")  # ~540 s ... ~120 s per file
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -116,7 +116,7 @@ def test_results_json_and_markdown(tmp_path) -> None:
 def test_plan_follows_the_task_filter() -> None:
     figures = list(cli.FIGURES)
     assert cli.plan("ner", figures) == [("preprocess", "ner"), ("storage", "ner"), ("train", "ner"),
-                                        ("scale", "ner"), ("allocator", "ner")]
+                                        ("scale", "ner"), ("batch-predict", "ner"), ("allocator", "ner")]
     assert cli.plan("qa", figures) == [("preprocess", "qa"), ("qa-postproc", "qa"), ("train", "qa"),
                                        ("allocator", "qa")]
     everything = cli.plan("all", figures)

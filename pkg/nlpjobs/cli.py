@@ -71,6 +71,10 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 _fail(f"bad data: {exc}", 3)
             if raised("storage:StorageError"):
                 _fail(f"storage: {exc}", 4)
+            if raised("publish:PublishError"):
+                _fail(f"hub: {exc}", 4)
+            if raised("train.tracking:TrackingError"):
+                _fail(f"tracking: {exc}", 4)
             if raised("k8s.cluster:ClusterError", "k8s.helm:HelmError"):
                 _fail(f"cluster: {exc}", 6)
             if raised("train.lease:LeaseHeld"):
@@ -152,7 +156,7 @@ def main(verbose: bool, debug: bool) -> None:
       nlpjobs status nlpjobs-clm                          stages, progress, failures
 
     \b
-    Exit codes: 0 ok, 2 invalid configuration, 3 bad data, 4 object storage, 5 launch/wait timeout,
+    Exit codes: 0 ok, 2 invalid configuration, 3 bad data, 4 object storage or the Hub, 5 launch/wait timeout,
     6 cluster/helm, 7 --overfit-batch failed, 8 non-finite loss/gradient, 143 stopped by SIGTERM after a checkpoint (rerun to resume).
     """
     _setup_logging(verbose)
@@ -226,7 +230,7 @@ def _do_evaluate(job: Any, quiet: bool) -> dict[str, Any]:
         _echo(f"  {'entity':<8} {'precision':>9} {'recall':>7} {'f1':>7} {'n':>6}")
         for name, v in sorted(per_entity.items()):
             _echo(f"  {name:<8} {v['precision']:>9.3f} {v['recall']:>7.3f} {v['f1']:>7.3f} {int(v['number']):>6}")
-    _echo(f"  written to {paths.run_uri(job)}/metrics.json")
+    _echo(f"  written to {paths.run_uri(job)}/metrics.json and the model card {paths.model_uri(job)}/README.md")
     return metrics
 
 
@@ -311,6 +315,7 @@ def train(config_path: str, overrides: tuple[str, ...], quiet: bool, launch_from
             _fail("the model cannot fit a single batch: check the labels, the collator and the learning rate "
                   "(--overfit-lr), or allow more steps", 7)
         return
+    _publishing(job)  # a run set to publish without a token fails before it trains
     if launch_from_env:
         from nlpjobs.train.launch import LAUNCH_FAILED, LaunchError, plan_from_env, run_torchrun
 
@@ -363,8 +368,56 @@ def wait(config_path: str, overrides: tuple[str, ...], quiet: bool, target: str,
 @job_options
 @handle_errors
 def evaluate(config_path: str, overrides: tuple[str, ...], quiet: bool) -> None:
-    """Score the run's trained model on the eval split with the task's metric; writes metrics.json."""
-    _do_evaluate(_load(config_path, overrides), quiet)
+    """Score the run's trained model on the eval split with the task's metric; writes metrics.json and the model
+    card (<run>/model/README.md); then publishes the model folder when publish.hub_model_id is set."""
+    job = _load(config_path, overrides)
+    publishing = _publishing(job)
+    _do_evaluate(job, quiet)
+    if publishing:
+        _do_publish(job)
+
+
+def _publishing(job: Any) -> bool:
+    """Whether the job publishes its model (publish.hub_model_id); when it does, the Hub token must be there now,
+    before any compute (else one `error:` line, exit 2)."""
+    if not job.publish.hub_model_id:
+        return False
+    from nlpjobs.publish import check_ready
+
+    check_ready(job)
+    return True
+
+
+def _do_publish(job: Any, dry_run: bool = False) -> None:
+    from nlpjobs import publish as hub
+
+    if not _is_main():
+        return
+    if dry_run:
+        for line in hub.plan(job).lines():
+            click.echo(line)
+        click.secho("publish: dry run, nothing uploaded", fg="green")
+        return
+    url, done = hub.publish(job)
+    _echo(f"publish: {len(done.files)} file(s) of {done.folder} to {done.repo_id} ({done.revision}): {url}", fg="green")
+
+
+@main.command()
+@job_options
+@click.option("--dry-run", is_flag=True, help="Print the repository and the exact files, with their sizes, that would "
+                                              "be uploaded; needs neither a token nor the Hub.")
+@handle_errors
+def publish(config_path: str, overrides: tuple[str, ...], quiet: bool, dry_run: bool) -> None:
+    """Upload the run's model folder to the Hugging Face Hub repository publish.hub_model_id, in one commit: weights,
+    config, tokenizer and the model card README.md (not nlpjobs' _SUCCESS marker). The token comes from HF_TOKEN
+    (the chart's hubToken.secretName) or `hf auth login`. `nlpjobs evaluate` and `run` publish after evaluating
+    when publish.hub_model_id is set."""
+    job = _load(config_path, overrides)
+    if not dry_run:
+        from nlpjobs.publish import check_ready
+
+        check_ready(job)
+    _do_publish(job, dry_run)
 
 
 @main.command()
@@ -443,17 +496,62 @@ def _read_input_file(source: str) -> list[tuple[str, Any]]:
     return out
 
 
+def _do_batch_predict(job: Any, quiet: bool, worker_index: int = 0, workers: int = 1) -> Any:
+    from nlpjobs import batch_predict
+
+    result = batch_predict.run(job, worker_index, workers, show_progress=not quiet, log=_echo)
+    _echo(batch_predict.summary(result), fg="green")
+    return result
+
+
+@main.command("batch-predict")
+@job_options
+@click.option("--worker-index", type=click.IntRange(min=0), default=0, envvar="JOB_COMPLETION_INDEX", show_envvar=True,
+              help="This worker's index among --workers: it predicts the parts p with p % workers == index (in "
+                   "the chart's predict pods, the Indexed Job's completion index).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, envvar="NLPJOBS_PREDICT_WORKERS", show_envvar=True,
+              help="Workers sharing the parts, each started with its own --worker-index (the chart sets "
+                   "predict.pods).")
+@handle_errors
+def batch_predict(config_path: str, overrides: tuple[str, ...], quiet: bool, worker_index: int,
+                  workers: int) -> None:
+    """Predict a whole dataset split with the run's trained model: predict.dataset (split, source, columns,
+    format, rows_per_shard, batch_size; `nlpjobs config reference`).
+
+    \b
+    Output: <storage>/runs/<name>/predictions/<predict.dataset.name or split>/
+      plan.json                    what the parts are predictions of (a rerun with other inputs is refused)
+      part-00000.jsonl, ...        rows_per_shard rows each, in row order, {"index", "input", "output"} per row
+      manifest.json, _SUCCESS      written by the worker that commits the last part
+
+    Each part is written whole (one object); a rerun after a kill skips the committed parts and predicts the
+    rest. Workers split the parts between them: worker i of N takes parts p with p % N == i. A progress bar
+    counts rows; the last line gives rows, parts written and skipped, rows/s and the output URI.
+
+    \b
+    Example:
+      nlpjobs batch-predict -c jobs/local/ner.yaml --set predict.dataset.split=test
+    """
+    _do_batch_predict(_load(config_path, overrides), quiet, worker_index, workers)
+
+
 @main.command()
 @job_options
 @handle_errors
 def run(config_path: str, overrides: tuple[str, ...], quiet: bool) -> None:
-    """All stages in order: preprocess, train, evaluate, predict; then a summary."""
+    """All stages in order: preprocess, train, evaluate, predict (and batch-predict when the job sets
+    predict.dataset.split), then publish when publish.hub_model_id is set; then a summary."""
     started = time.time()
     job = _load(config_path, overrides)
+    publishing = _publishing(job)
     _do_preprocess(job)
     _do_train(job, quiet)
     metrics = _do_evaluate(job, quiet)
     _do_predict(job)
+    if job.predict.dataset.split:  # batch prediction over a dataset, when the job names a split
+        _do_batch_predict(job, quiet)
+    if publishing:
+        _do_publish(job)
     from nlpjobs.tasks import get_task
 
     _echo(f"\nrun {job.name!r} ({job.task}) done in {time.time() - started:.0f}s: "
@@ -700,9 +798,10 @@ def status(release: str, namespace: str, context: str | None) -> None:
 @main.command()
 @click.argument("release")
 @_cluster_options
-@click.option("--stage", type=click.Choice(["preprocess", "train", "evaluate"]), default="train",
+@click.option("--stage", type=click.Choice(["preprocess", "train", "evaluate", "predict"]), default="train",
               help="Stage whose logs to show.")
-@click.option("--node", type=click.IntRange(min=0), default=0, help="Training node (completion index).")
+@click.option("--node", type=click.IntRange(min=0), default=0,
+              help="Training node, or predict pod (completion index).")
 @click.option("--tail", type=click.IntRange(min=1), default=200, help="Lines from the end.")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming new lines.")
 @handle_errors
@@ -713,7 +812,7 @@ def logs(release: str, namespace: str, context: str | None, stage: str, node: in
     from nlpjobs.k8s import cluster
 
     api = cluster.connect(context)
-    pods = cluster.stage_pods(api, release, namespace, stage, node if stage == "train" else None)
+    pods = cluster.stage_pods(api, release, namespace, stage, node if stage in ("train", "predict") else None)
     if not pods:
         _fail(f"no {stage} pod of release {release!r} in namespace {namespace!r} yet: the stage has not started "
               f"(`nlpjobs status {release} -n {namespace}` says why)", 6)

@@ -220,12 +220,97 @@ class EvaluateConfig:
         _positive(f"{prefix}.batch_size", self.batch_size)
 
 
+_OUTPUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass
+class PredictDatasetConfig:
+    """Batch prediction over a whole dataset split (`nlpjobs batch-predict`), written to
+    <storage>/runs/<name>/predictions/<output name>/ in parts, resumable part by part."""
+
+    source: str = ""
+    """Rows to predict: 'hub:<dataset id>', 'offline:<corpus>' or 'files:<dir or s3://prefix>' (one <split>.jsonl/
+    .json/.parquet/.csv file). Empty: data.source, with data.config_name, data.revision and data.columns."""
+    config_name: str | None = None
+    """Dataset configuration name (Hub sources; with an empty source, data.config_name)."""
+    revision: str | None = None
+    """Dataset revision to pin (Hub sources; with an empty source, data.revision)."""
+    split: str = ""
+    """Split (file) to predict, e.g. test. Empty: no batch prediction (`nlpjobs batch-predict` asks for it, and
+    `nlpjobs run` skips it)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Column mapping {task column: dataset column}, as data.columns (with an empty source, data.columns)."""
+    max_examples: int | None = None
+    """Predict only the first N rows of the split (in source order); null predicts all."""
+    name: str = ""
+    """Output folder under <run>/predictions/; empty: the split's name."""
+    format: Literal["jsonl", "parquet"] = "jsonl"
+    """Output parts: JSON lines (one object per input row) or Parquet (one record per input row; the output, and any
+    value that is not text, as JSON text)."""
+    rows_per_shard: int = 1000
+    """Rows per output part: the unit of resume (a rerun after a kill predicts only the parts not committed yet)
+    and of work sharing between workers (worker i of N takes parts p with p % N == i)."""
+    batch_size: int = 32
+    """Rows per forward pass of the pipeline on the device."""
+    keep_columns: list[str] = field(default_factory=list)
+    """Source columns copied into each output row beside index, input and output (e.g. [id])."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the model runs: auto = the first GPU when torch sees one, else the CPU."""
+
+    def validate(self, prefix: str) -> None:
+        if self.source:
+            scheme = self.source.split(":", 1)[0]
+            if scheme not in ("hub", "offline", "files") or ":" not in self.source:
+                raise ConfigError(f"{prefix}.source: got {self.source!r}; expected 'hub:<id>', 'offline:<corpus>', "
+                                  "'files:<dir or s3://bucket/prefix>', or empty for data.source")
+        _positive(f"{prefix}.max_examples", self.max_examples)
+        _positive(f"{prefix}.rows_per_shard", self.rows_per_shard)
+        _positive(f"{prefix}.batch_size", self.batch_size)
+        if self.name and not _OUTPUT_NAME.fullmatch(self.name):
+            raise ConfigError(f"{prefix}.name: got {self.name!r}; an output folder name is letters, digits, '.', '_' "
+                              "and '-', starting with a letter or digit, e.g. test-2024")
+        if self.split and ("/" in self.split or self.split.startswith(".")):
+            raise ConfigError(f"{prefix}.split: got {self.split!r}; a split name may not contain '/' or start with "
+                              "'.' (point predict.dataset.source at the folder holding the split's file)")
+
+
 @dataclass
 class PredictConfig:
     """Inference through the task's transformers pipeline."""
 
     inputs: list[Any] = field(default_factory=list)
     """Inputs for the pipeline: strings, or mappings for tasks with several fields (QA: question/context)."""
+    dataset: PredictDatasetConfig = field(default_factory=PredictDatasetConfig)
+
+
+_HUB_NAME = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9])?"
+_HUB_REPO_ID = re.compile(rf"(?:{_HUB_NAME}/)?{_HUB_NAME}")
+
+
+@dataclass
+class PublishConfig:
+    """Publishing the run's model folder (weights, tokenizer, model card) to the Hugging Face Hub after evaluation."""
+
+    hub_model_id: str | None = None
+    """Hub repository '<user or organisation>/<name>' (or '<name>' under the token's user) that `nlpjobs publish`,
+    and `nlpjobs evaluate`/`run` after evaluating, upload the model folder to; null = never publish. The token
+    comes from HF_TOKEN (the chart's hubToken.secretName); without one, train, evaluate, run and publish stop
+    before any compute."""
+    private: bool = True
+    """Create the repository private (an existing repository keeps its visibility)."""
+    revision: str = "main"
+    """Branch to commit to (created from main when missing). The branch then holds exactly the model folder:
+    files an earlier publish left there that the folder lacks are deleted (.gitattributes kept)."""
+    commit_message: str = ""
+    """Commit message; empty = 'nlpjobs <task> run <name>: <metrics>'."""
+
+    def validate(self, prefix: str) -> None:
+        repo = self.hub_model_id
+        if repo is not None and (not _HUB_REPO_ID.fullmatch(repo) or "--" in repo or ".." in repo):
+            raise ConfigError(f"{prefix}.hub_model_id: got {repo!r}; expected '<user or organisation>/<name>' (letters, "
+                              "digits, '-', '_', '.', at most 96 each, no '--' or '..'), e.g. my-org/bert-finetuned-ner")
+        if not self.revision.strip() or self.revision.startswith(("/", "refs/")) or " " in self.revision:
+            raise ConfigError(f"{prefix}.revision: got {self.revision!r}; expected a branch name, e.g. main")
 
 
 @dataclass
@@ -245,6 +330,12 @@ class JobConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    track: list[Literal["tensorboard", "mlflow"]] = field(default_factory=list)
+    """Experiment trackers the training loop logs to (from rank 0): tensorboard (event files synced to
+    <run>/tracking/tensorboard/ at every checkpoint commit) and/or mlflow (the server of MLFLOW_TRACKING_URI;
+    experiment MLFLOW_EXPERIMENT_NAME or nlpjobs-<task>, run named after the run id). Needs `pip install
+    nlpjobs[track]`; empty = no tracker, nothing imported."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

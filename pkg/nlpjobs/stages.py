@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nlpjobs import card as model_card
 from nlpjobs import paths, storage
 from nlpjobs.config import ConfigError, JobConfig
 from nlpjobs.data import location, shards, sources
@@ -158,6 +159,7 @@ def evaluate(job: JobConfig, show_progress: bool = True) -> dict[str, Any]:
     from nlpjobs.report import update_metrics
     from nlpjobs.train.engine import make_accelerator, model_inputs
     from nlpjobs.train.protocol import EvalContext
+    from nlpjobs.train.tracking import record_evaluation
 
     task = get_task(job.task)
     acc = make_accelerator(job, training=False)
@@ -174,6 +176,10 @@ def evaluate(job: JobConfig, show_progress: bool = True) -> dict[str, Any]:
     if acc.is_main_process:
         metrics["inputs"] = evaluation_inputs(job, manifest, len(eval_ds))
         update_metrics(paths.run_uri(job), "evaluate", metrics)
+        record_evaluation(job, paths.run_uri(job), metrics, metrics["inputs"].get("trained_steps") or 0,
+                          storage.cache_dir() / "scratch" / job.name)
+        # The model card's model-index becomes these metrics (docs/design.md, "The model card").
+        model_card.write_evaluation_card(job, task, manifest, metrics, acc.unwrap_model(model))
     return metrics
 
 

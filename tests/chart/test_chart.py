@@ -332,6 +332,7 @@ def test_options(helm: Path, tmp_path: Path) -> None:
         "storage": {"endpoint": "https://s3.example.com", "region": "eu-west-1", "bucket": "ml-runs", "prefix": "/team/a/",
                     "secretName": "s3-creds", "accessKeyIdKey": "id", "secretAccessKeyKey": "secret"},
         "hubToken": {"secretName": "hf", "key": "token"},
+        "tracking": {"mlflow": {"uri": "http://mlflow.mlops:5000", "experiment": "kde4", "secretName": "mlflow-creds"}},
         "kueue": {"queueName": "team-a", "priorityClassName": "research"},
         "nodeSelector": {"pool": "ml"},
         "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
@@ -378,6 +379,9 @@ def test_options(helm: Path, tmp_path: Path) -> None:
             assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "s3-creds", "key": "id"}}
             assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "s3-creds", "key": "secret"}}
             assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+            assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlops:5000" and env["MLFLOW_EXPERIMENT_NAME"] == "kde4"
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+                assert env[key] == {"secretKeyRef": {"name": "mlflow-creds", "key": key, "optional": True}}
             assert env["NCCL_DEBUG"] == "WARN"
             assert c["args"][c["args"].index("-c"):][:len(common)] == common
         volumes = {v["name"]: v["emptyDir"] for v in pod["volumes"]}
@@ -419,12 +423,52 @@ def test_stage_toggles_and_names(helm: Path) -> None:
         _render(helm, set_values={"train.enabled": False, "preprocess.enabled": False, "evaluate.enabled": False})
 
 
+def test_predict_stage(helm: Path, tmp_path: Path) -> None:
+    """Off by default; enabled, an Indexed Job of predict.pods pods after evaluate running `batch-predict` with the
+    stage's own overrides, each pod told the worker count (its index is JOB_COMPLETION_INDEX)."""
+    values = {"gpu": {"enabled": True}, "overrides": ["train.epochs=1"],
+              "predict": {"enabled": True, "pods": 3, "overrides": ["predict.dataset.split=test"],
+                          "nodeSelector": {"pool": "inference"}}}
+    jobset = _jobset(_render(helm, values, tmp_path))
+    _validate_run(jobset)
+    stages = _stages(jobset)
+    assert list(stages) == [*STAGES, "predict"]
+    assert stages["predict"]["dependsOn"] == [{"name": "evaluate", "status": "Complete"}]
+    job = _job(jobset, "predict")
+    spec, pod = job["spec"], _pod(job)
+    assert_restricted(pod, "predict")
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] == 3
+    assert spec["backoffLimit"] == 2
+    assert spec["podFailurePolicy"]["rules"][0]["onExitCodes"]["containerName"] == "predict"
+    main = pod["containers"][0]
+    assert main["name"] == "predict" and main["image"] == "nlpjobs-ner:0.1.0-cuda"
+    assert main["args"] == ["batch-predict", "-c", "/app/jobs/ner.yaml", "--set", "storage=s3://nlpjobs/ner", "--set",
+                            f"name={RELEASE}", "--set", "train.epochs=1", "--set", "predict.dataset.split=test"]
+    assert _env(main)["NLPJOBS_PREDICT_WORKERS"] == "3" and "NLPJOBS_NNODES" not in _env(main)
+    assert main["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"pool": "inference"}
+    assert [t["key"] for t in pod["tolerations"]] == ["nvidia.com/gpu"]
+    for other in STAGES:  # the stage's overrides are its own
+        assert "predict.dataset.split=test" not in _pod(_job(jobset, other))["containers"][0]["args"]
+
+    # a run of its own over a trained run: the other stages off, on CPU
+    alone = _jobset(_render(helm, set_values={"predict.enabled": True, "predict.gpus": 0, "gpu.enabled": True,
+                                               "preprocess.enabled": False, "train.enabled": False,
+                                               "evaluate.enabled": False}))
+    assert list(_stages(alone)) == ["predict"] and "dependsOn" not in _stages(alone)["predict"]
+    main = _pod(_job(alone, "predict"))["containers"][0]
+    assert main["image"] == "nlpjobs-ner:0.1.0-cpu" and "nvidia.com/gpu" not in main["resources"]["limits"]
+    assert _job(alone, "predict")["spec"]["completions"] == 1
+    _validate_run(alone)
+
+
 def test_restricted_by_default_without_secrets(helm: Path) -> None:
     """storage.secretName empty (workload identity): no credential variables at all."""
     jobset = _jobset(_render(helm, set_values={"storage.secretName": ""}))
     for stage in STAGES:
         for c in _pod(_job(jobset, stage))["containers"]:
             assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"} & set(_env(c))
+            assert not [name for name in _env(c) if name.startswith("MLFLOW_")]
 
 
 def test_kube_version_constraint(helm: Path) -> None:
@@ -459,6 +503,10 @@ BAD_VALUES = [
     pytest.param({"job": {"maxRestarts": -1}}, "/job/maxRestarts", id="negative-restarts"),
     pytest.param({"train": {"perProcess": {"cpu": 4, "memory": "16Gi"}}}, "'memory' not allowed", id="per-process-typo"),
     pytest.param({"runName": "a/b"}, "/runName", id="run-name-slash"),
+    pytest.param({"predict": {"pods": 0}}, "/predict/pods", id="zero-predict-pods"),
+    pytest.param({"predict": {"overrides": ["predict.dataset.split"]}}, "/predict/overrides/0",
+                 id="predict-override-without-value"),
+    pytest.param({"predict": {"gpu": 1}}, "additional properties 'gpu' not allowed", id="typo-predict"),
 ]
 
 

@@ -97,8 +97,8 @@ Usage: include "nlpjobs.image" (list $ "train")
 {{- end }}
 
 {{/*
-GPUs a stage's pod requests: processesPerNode for train and evaluate.gpus for evaluate when gpu.enabled;
-never for preprocess.
+GPUs a stage's pod requests: processesPerNode for train, evaluate.gpus for evaluate and predict.gpus for
+predict when gpu.enabled; never for preprocess.
 Usage: include "nlpjobs.gpus" (list $ "train")
 */}}
 {{- define "nlpjobs.gpus" -}}
@@ -107,6 +107,7 @@ Usage: include "nlpjobs.gpus" (list $ "train")
 {{- if not $root.Values.gpu.enabled }}0
 {{- else if eq $stage "train" }}{{ $root.Values.processesPerNode | int }}
 {{- else if eq $stage "evaluate" }}{{ $root.Values.evaluate.gpus | int }}
+{{- else if eq $stage "predict" }}{{ $root.Values.predict.gpus | int }}
 {{- else }}0
 {{- end }}
 {{- end }}
@@ -202,6 +203,27 @@ Environment shared by every container: storage, credentials from Secrets, writab
     secretKeyRef:
       name: {{ .Values.hubToken.secretName }}
       key: {{ .Values.hubToken.key }}
+{{- end }}
+{{- with .Values.tracking.mlflow }}
+{{- if .uri }}
+- name: MLFLOW_TRACKING_URI
+  value: {{ .uri | quote }}
+{{- end }}
+{{- if .experiment }}
+- name: MLFLOW_EXPERIMENT_NAME
+  value: {{ .experiment | quote }}
+{{- end }}
+{{- $secret := .secretName }}
+{{- if $secret }}
+{{- range list "MLFLOW_TRACKING_USERNAME" "MLFLOW_TRACKING_PASSWORD" "MLFLOW_TRACKING_TOKEN" }}
+- name: {{ . }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ . }}
+      optional: true
+{{- end }}
+{{- end }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
@@ -406,7 +428,8 @@ affinity:
 
 {{/*
 The main container of a stage: `nlpjobs <stage>` (train: `train --launch-from-env`, a static-rendezvous
-torchrun of processesPerNode workers whose exit code the pod keeps).
+torchrun of processesPerNode workers whose exit code the pod keeps; predict: `batch-predict`, one worker per pod
+of an Indexed Job, with the stage's own overrides).
 Usage: include "nlpjobs.stageContainer" (list $ "train" $masterAddress)
 */}}
 {{- define "nlpjobs.stageContainer" -}}
@@ -419,11 +442,17 @@ Usage: include "nlpjobs.stageContainer" (list $ "train" $masterAddress)
   {{- include "nlpjobs.command" $root | nindent 2 }}
   {{- end }}
   args:
-    - {{ $stage | quote }}
+    - {{ ternary "batch-predict" $stage (eq $stage "predict") | quote }}
     {{- if eq $stage "train" }}
     - "--launch-from-env"
     {{- end }}
     {{- include "nlpjobs.commonArgs" $root | nindent 4 }}
+    {{- if eq $stage "predict" }}
+    {{- range $root.Values.predict.overrides }}
+    - "--set"
+    - {{ . | quote }}
+    {{- end }}
+    {{- end }}
     {{- if and (eq $stage "train") $root.Values.deepspeed.enabled }}
     {{- include "nlpjobs.deepspeedArgs" $root | nindent 4 }}
     {{- end }}
@@ -450,6 +479,11 @@ Usage: include "nlpjobs.stageContainer" (list $ "train" $masterAddress)
     # the pod's grace period minus a margin for the upload's last request and the exit.
     - name: NLPJOBS_SHUTDOWN_TIMEOUT
       value: {{ max 5 (sub ($root.Values.job.terminationGracePeriodSeconds | int) 15) | toString | quote }}
+    {{- end }}
+    {{- if eq $stage "predict" }}
+    # With JOB_COMPLETION_INDEX (set by Kubernetes): pod i of N predicts the parts p with p % N == i.
+    - name: NLPJOBS_PREDICT_WORKERS
+      value: {{ $root.Values.predict.pods | int | toString | quote }}
     {{- end }}
     {{- include "nlpjobs.env" $root | nindent 4 }}
   resources:

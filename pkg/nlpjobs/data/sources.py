@@ -228,3 +228,54 @@ def load_raw(cfg: DataConfig, seed: int) -> datasets.DatasetDict:
             ds = ds.select(range(cfg.max_eval_examples))
         out[key] = ds
     return datasets.DatasetDict(out)
+
+
+def load_split(source: str, split: str, config_name: str | None = None, revision: str | None = None,
+               columns: dict[str, str] | None = None, key: str = "predict.dataset") -> datasets.Dataset:
+    """One split of a source ('hub:', 'offline:' or 'files:'), in source order, its columns renamed by
+    ``columns`` ({task column: dataset column}). Batch prediction reads its rows through this; ``key`` names the
+    settings in messages."""
+    scheme, name = source.split(":", 1)
+    if scheme == "hub":
+        try:
+            ds = datasets.load_dataset(name, config_name, split=split, revision=hub_commit(name, revision))
+        except ValueError as exc:
+            if "split" in str(exc).lower():
+                raise ConfigError(f"{key}.split: {split!r} is not a split of {name}: {exc}") from exc
+            raise
+    elif scheme == "offline":
+        from nlpjobs.data import offline
+
+        splits = offline._corpus(name).splits
+        if split not in splits:
+            raise ConfigError(f"{key}.split: offline corpus {name!r} has no split {split!r}; it has {list(splits)}")
+        ds = offline.load(name, [split])[split]
+    else:
+        if _split_file(name, split) is None:
+            raise ConfigError(f"{key}.split: no {split}.jsonl/.json/.parquet/.csv under {name} (the files: source)")
+        ds = _load_files(name, split)
+    columns = columns or {}
+    missing = [src for src in columns.values() if src not in ds.column_names]
+    if missing:
+        raise ConfigError(f"{key}.columns: column(s) {missing} not in split {split!r} of {source}; it has "
+                          f"{ds.column_names}")
+    renames = {src: dst for dst, src in columns.items() if src in ds.column_names and src != dst}
+    return ds.rename_columns(renames) if renames else ds
+
+
+def split_fingerprint(source: str, split: str, revision: str | None = None) -> dict[str, Any]:
+    """What one split's input is now, as :func:`input_fingerprint` says it for the train and eval splits: the Hub
+    commit, or the file's name, size and modification time (ETag on an object store); the corpus for offline."""
+    scheme, name = source.split(":", 1)
+    if scheme == "hub":
+        return {"hub_commit": hub_commit(name, revision)}
+    if scheme != "files":
+        return {"corpus": name}
+    found = _split_file(name, split)
+    if found is None:
+        raise ConfigError(f"split {split!r}: no {split}.jsonl/.json/.parquet/.csv under {name}")
+    uri = found[0]
+    fs, path = storage.resolve(uri)
+    info = storage.retry(lambda: fs.info(path), "stat", uri)
+    changed = info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created")
+    return {"file": uri, "size": info.get("size"), "changed": str(changed)}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-STAGES = ("preprocess", "train", "evaluate")
+STAGES = ("preprocess", "train", "evaluate", "predict")
 STAGE_LABEL = "app.kubernetes.io/component"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
@@ -28,7 +28,7 @@ EXIT_MEANINGS = {
     1: "crashed (Python traceback in the logs)",
     2: "invalid configuration",
     3: "bad data",
-    4: "object storage unreachable or refused",
+    4: "object storage (or the Hub when publishing, or a tracking server) unreachable or refused",
     5: "launch/rendezvous or wait timed out",
     6: "cluster or Helm error",
     7: "--overfit-batch smoke test failed",
@@ -360,7 +360,7 @@ def format_status(run: RunState) -> str:
         lines.append(f"  {s.stage:<10} {s.state}{counts}" + (f"  · {s.progress}" if s.progress else ""))
         for p in sorted(s.pods, key=lambda p: (p.index or 0, p.name)):
             if p.detail or p.restarts:
-                rank = f"node {p.index} " if p.index is not None else ""
+                rank = f"{'node' if s.stage == 'train' else 'pod'} {p.index} " if p.index is not None else ""
                 restarts = f", {p.restarts} restarts" if p.restarts else ""
                 lines.append(f"      {rank}{p.name}: {p.phase}{restarts}" + (f" · {p.detail}" if p.detail else ""))
     return "\n".join(lines)

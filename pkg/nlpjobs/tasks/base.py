@@ -6,7 +6,7 @@ engine, storage, config, CLI and checkpointing are shared.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -213,3 +213,27 @@ class Task:
 
         pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=-1)
         return [pipe(x) for x in inputs]
+
+    # ---- batch prediction over a dataset (`nlpjobs batch-predict`) ---------------------------
+    predict_columns: ClassVar[tuple[str, ...]] = ()
+    """Columns of a dataset's rows (after predict.dataset.columns) that make each row's pipeline input; empty: the
+    task has no batch prediction over datasets, and ``batch_predict_unsupported`` says why."""
+    batch_predict_unsupported: ClassVar[str] = "it has no batch prediction over datasets yet"
+
+    def dataset_inputs(self, job: JobConfig, columns: dict[str, list[Any]], first_row: int) -> list[Any]:
+        """Each row's pipeline input, in row order, from the rows' ``predict_columns`` (one Python list per column).
+        A row the pipeline cannot take is a TaskDataError naming its index (``first_row`` + its position). Here: the
+        text of the one column, as is (empty text included)."""
+        name = self.predict_columns[0]
+        for i, value in enumerate(columns[name]):
+            if not isinstance(value, str):
+                raise TaskDataError(f"{self.name}: row {first_row + i}: {name} is {value!r}, not text; map the column "
+                                    f"holding the text with predict.dataset.columns.{name}")
+        return list(columns[name])
+
+    def batch_predictor(self, model_dir: str, device: int, batch_size: int) -> Callable[[Iterable[Any]], Iterator[Any]]:
+        """The task's pipeline, loaded once on ``device`` (-1: the CPU, else a CUDA index): a function that runs an
+        iterable of inputs through it ``batch_size`` at a time and yields one output per input, in order, as
+        :meth:`predict` gives it for that input (up to float rounding in padded batches)."""
+        raise ConfigError(f"task {self.name}: batch prediction over a dataset is not supported: "
+                          f"{self.batch_predict_unsupported}")

@@ -376,6 +376,8 @@ class ClmTask(Task):
     required_columns = ("content",)
     model_columns = ("input_ids", "attention_mask", "labels")
     pipeline_task = "text-generation"
+    batch_predict_unsupported = ("its predictions sample with the seed reset before each prompt, which batches "
+                                 "would not reproduce; generate from chosen prompts with `nlpjobs predict --input-file`")
     preprocess_version = "1"
     headline_metric = "perplexity"
 

@@ -295,6 +295,8 @@ class MlmTask(Task):
     required_columns = ("text",)
     model_columns = ("input_ids", "attention_mask", "labels", "word_ids")
     pipeline_task = "fill-mask"
+    batch_predict_unsupported = ("fill-mask predicts the words behind [MASK] placeholders, which a dataset's texts do "
+                                 "not hold; predict chosen texts with `nlpjobs predict --input-file`")
     preprocess_version = "1"
     headline_metric = "perplexity"
 

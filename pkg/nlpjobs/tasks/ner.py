@@ -518,3 +518,27 @@ class NerTask(Task):
         pipe = pipeline("token-classification", model=model_dir, tokenizer=model_dir,
                         aggregation_strategy="simple", device=-1)
         return [[{**e, "score": float(e["score"])} for e in pipe(str(x))] for x in inputs]
+
+    predict_columns = ("tokens",)
+
+    def dataset_inputs(self, job: JobConfig, columns: dict[str, list[Any]], first_row: int) -> list[Any]:
+        """A row's words joined by single spaces: the text the pipeline takes (entity offsets point into it)."""
+        out = []
+        for i, words in enumerate(columns["tokens"]):
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise TaskDataError(f"ner: row {first_row + i}: tokens is {words!r}, not a list of words; map the "
+                                    "column holding each sentence's words with predict.dataset.columns.tokens")
+            out.append(" ".join(words))
+        return out
+
+    def batch_predictor(self, model_dir: str, device: int, batch_size: int) -> Any:
+        from transformers import pipeline
+
+        pipe = pipeline("token-classification", model=model_dir, tokenizer=model_dir,
+                        aggregation_strategy="simple", device=device)
+
+        def run(inputs: Any) -> Any:
+            for entities in pipe((x for x in inputs), batch_size=batch_size):
+                yield [{**e, "score": float(e["score"])} for e in entities]
+
+        return run

@@ -15,7 +15,15 @@ import numpy as np
 from nlpjobs.config import ConfigError, EvaluateConfig, JobConfig, PreprocessConfig
 from nlpjobs.data import squad_json
 from nlpjobs.tasks import qa_features
-from nlpjobs.tasks.base import EvalContext, Prepared, Task, TaskDataError, column_values, fresh_fingerprint
+from nlpjobs.tasks.base import (
+    EvalContext,
+    Prepared,
+    Task,
+    TaskDataError,
+    column_values,
+    fresh_fingerprint,
+    mapping_problem,
+)
 
 EXAMPLE_COLUMNS = ["id", "context", "question", "answers"]
 UNANSWERABLE_ATTR = "nlpjobs_unanswerable_questions"
@@ -360,3 +368,33 @@ class QaTask(Task):
             res = pipe(question=item["question"], context=item["context"], handle_impossible_answer=impossible)
             out.append({**res, "score": float(res["score"])})
         return out
+
+    predict_columns = ("question", "context")
+
+    def dataset_inputs(self, job: JobConfig, columns: dict[str, list[Any]], first_row: int) -> list[Any]:
+        """{question, context} per row, each non-empty text (as the pipeline needs)."""
+        out = []
+        for i, (question, context) in enumerate(zip(columns["question"], columns["context"])):
+            item = {"question": question, "context": context}
+            problem = mapping_problem(item, self.predict_columns, self.name)
+            if problem:
+                raise TaskDataError(f"row {first_row + i}: {problem}")
+            out.append(item)
+        return out
+
+    def batch_predictor(self, model_dir: str, device: int, batch_size: int) -> Any:
+        from transformers import pipeline
+
+        pipe = pipeline("question-answering", model=model_dir, tokenizer=model_dir, device=device)
+        impossible = bool(getattr(pipe.model.config, UNANSWERABLE_ATTR, 0))
+
+        def run(inputs: Any) -> Any:
+            import warnings
+
+            with warnings.catch_warnings():  # a stream of {question, context} is "a list of SQuAD examples" to 4.x
+                warnings.filterwarnings("ignore", message="Passing a list of SQuAD examples", category=FutureWarning)
+                results = pipe((x for x in inputs), batch_size=batch_size, handle_impossible_answer=impossible)
+            for res in results:
+                yield {**res, "score": float(res["score"])}
+
+        return run

@@ -629,3 +629,15 @@ class Seq2SeqTask(Task):
         for warning in output_checks([str(o.get(self.output_key, "")) for o in outputs], texts, "outputs")["warnings"]:
             log.warning("predict: %s", warning)
         return outputs
+
+    def batch_predictor(self, model_dir: str, device: int, batch_size: int) -> Any:
+        """The task's pipeline on ``device``, inputs truncated to the model's limit, as :meth:`predict`."""
+        from transformers import pipeline
+
+        pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=device)
+
+        def run(inputs: Any) -> Any:
+            for out in pipe((x for x in inputs), batch_size=batch_size, truncation=True):
+                yield out[0] if isinstance(out, list) else out
+
+        return run

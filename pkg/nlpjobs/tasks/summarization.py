@@ -139,6 +139,7 @@ class SummarizationTask(Seq2SeqTask):
     required_columns = ("body", "title")
     pipeline_task = "summarization"
     output_key = "summary_text"
+    predict_columns = ("body",)
     preprocess_version = "4"  # 4: empty pairs counted apart, raw references in eval_texts; 3: eval_texts split
     headline_metric = "rouge1"
     scratch_archs = ("mt5",)

@@ -118,6 +118,7 @@ class TranslationTask(Seq2SeqTask):
     required_columns = ("translation",)
     pipeline_task = "translation"
     output_key = "translation_text"
+    predict_columns = ("translation",)
     preprocess_version = "2"  # 2: empty sides dropped; eval_texts split with the raw references
     headline_metric = "bleu"
     scratch_archs = ("marian",)
@@ -174,6 +175,19 @@ class TranslationTask(Seq2SeqTask):
                 "examples": out["examples"], **self.generation_report(ctx, out),
                 "samples": {str(i): {"prediction": p, "reference": r} for i, (p, r) in
                             enumerate(zip(out["predictions"][:3], out["references"][:3]))}}
+
+    def dataset_inputs(self, job: JobConfig, columns: dict[str, list[Any]], first_row: int) -> list[Any]:
+        """The source side (preprocess.source_lang) of each row's translation object."""
+        lang = job.preprocess.source_lang  # type: ignore[attr-defined]
+        out = []
+        for i, pair in enumerate(columns["translation"]):
+            text = pair.get(lang) if isinstance(pair, dict) else None
+            if not isinstance(text, str):
+                raise TaskDataError(f"translation: row {first_row + i}: the translation column holds {describe(pair)}, "
+                                    f'expected an object with the source text under {lang!r} ({{"{lang}": "..."}}); '
+                                    "set preprocess.source_lang, or map the column with predict.dataset.columns.translation")
+            out.append(text)
+        return out
 
     def summary(self, metrics: dict[str, Any]) -> str:
         parts = [f"BLEU={metrics['bleu']:.2f}"] if "bleu" in metrics else []

@@ -16,6 +16,7 @@ import shutil
 import sysconfig
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from nlpjobs import card as model_card
 from nlpjobs import paths, storage
 from nlpjobs.config import ConfigError, JobConfig
 from nlpjobs.data import location
@@ -36,6 +38,7 @@ from nlpjobs.train.protocol import TrainTask as Task
 from nlpjobs.train.sampling import EpochSampler, TokenWeight, row_lengths
 from nlpjobs.train.stop import EvaluationInterrupted, TrainingInterrupted, detach_worker
 from nlpjobs.train.stop import current as stop_request
+from nlpjobs.train.tracking import Throughput, Tracking, scalars
 
 log = logging.getLogger(__name__)
 RESUME_SECTIONS = ("data", "model", "preprocess", "train", "deepspeed")
@@ -81,8 +84,9 @@ class TrainResult:
     already_done: bool = False
 
 
-def make_accelerator(job: JobConfig, training: bool = True) -> Any:
-    """The Accelerator of a stage: DDP/gloo on CPU, NCCL on GPUs, DeepSpeed when ``deepspeed.enabled``.
+def make_accelerator(job: JobConfig, training: bool = True, log_with: list[Any] | None = None) -> Any:
+    """The Accelerator of a stage: DDP/gloo on CPU, NCCL on GPUs, DeepSpeed when ``deepspeed.enabled``;
+    ``log_with``: the experiment trackers (``nlpjobs.train.tracking``).
 
     Only training uses DeepSpeed; evaluation loads the exported Hugging Face model.
     """
@@ -95,11 +99,12 @@ def make_accelerator(job: JobConfig, training: bool = True) -> Any:
     loader_config = DataLoaderConfiguration(even_batches=True)
     if training and job.deepspeed.enabled:
         return Accelerator(mixed_precision=job.train.mixed_precision, dataloader_config=loader_config,
-                           deepspeed_plugin=deepspeed_plugin(job),
+                           deepspeed_plugin=deepspeed_plugin(job), log_with=log_with,
                            kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout, backend=_deepspeed_backend())])
     # cpu=True lets Accelerate pick gloo for torchrun-launched CPU processes (it ignores them otherwise).
     return Accelerator(mixed_precision=job.train.mixed_precision, cpu=not torch.cuda.is_available(),
-                       dataloader_config=loader_config, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+                       dataloader_config=loader_config, kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)],
+                       log_with=log_with)
 
 
 def skip_cpu_shared_memory_op() -> None:
@@ -222,10 +227,12 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
     from transformers import get_scheduler
 
     cfg = job.train
-    acc = make_accelerator(job)
+    run_uri = paths.run_uri(job)
+    scratch = storage.cache_dir() / "scratch" / job.name
+    tracking = Tracking.for_job(job, run_uri, scratch)
+    acc = make_accelerator(job, log_with=tracking.trackers if tracking else None)
     deepspeed = job.deepspeed.enabled
     manifest = open_dataset(location.dataset_uri(job, task))
-    run_uri = paths.run_uri(job)
     if check_run(job, run_uri, acc.is_main_process):
         metrics = storage.read_json(storage.join(run_uri, "metrics.json"))
         return TrainResult(run_uri, paths.model_uri(job), metrics["train"]["steps"], metrics["train"]["steps"],
@@ -266,7 +273,6 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
     eval_every = _interval(cfg.eval_every, steps_per_epoch)
     save_every = _interval(cfg.save_every, steps_per_epoch)
 
-    scratch = storage.cache_dir() / "scratch" / job.name
     scratch.mkdir(parents=True, exist_ok=True)
     store = CheckpointStore(run_uri, scratch)
     history: dict[str, Any] = {"train_loss": [], "eval": [], "steps_per_epoch": steps_per_epoch,
@@ -279,6 +285,11 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
         acc.print(f"resumed from committed checkpoint step {step} of {total_steps}")
     if stop.agreed(acc):  # SIGTERM while loading: nothing new to save
         raise TrainingInterrupted(step, None, during="loading")
+    if tracking is not None:
+        tracking.start(acc)
+        cleanup.push(lambda kind, _exc, _tb: tracking.finish(  # type: ignore[union-attr]
+            "FINISHED" if kind is None else "KILLED" if issubclass(kind, TrainingInterrupted) else "FAILED"))
+    throughput = Throughput(history["effective_batch"], step)
     ctx = EvalContext(acc, job, manifest, tokenizer, show_progress, should_stop=lambda: stop.agreed(acc))
 
     def run_eval(at: int) -> dict[str, Any]:
@@ -299,12 +310,16 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
             raise TrainingInterrupted(at, uri, during="evaluation") from None
         history.pop("pending_eval", None)
         history["eval"].append({"step": at, **{k: v for k, v in metrics.items() if not isinstance(v, dict)}})
+        if tracking is not None:
+            tracking.log(scalars(metrics, "eval"), at)
         acc.print(f"step {at}/{total_steps} eval: {task.summary(metrics)}")
         model.train()
         return metrics
 
     def checkpoint(at: int) -> None:
         store.save(acc, at, {"step": at, "history": history}, cfg.keep_checkpoints)
+        if tracking is not None:
+            tracking.commit()
 
     bar = tqdm(total=total_steps, initial=step, desc=f"train {job.task}", unit="step",
                disable=not (show_progress and acc.is_main_process))
@@ -368,6 +383,9 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
             if step % cfg.log_every == 0 or step == total_steps:
                 mean = acc.reduce(loss_sum / max(loss_count, 1), reduction="mean").item()
                 history["train_loss"].append({"step": step, "loss": mean, "lr": scheduler.get_last_lr()[0]})
+                if tracking is not None:
+                    tracking.log({"train/loss": mean, "train/learning_rate": scheduler.get_last_lr()[0],
+                                  "train/samples_per_second": throughput(step)}, step)
                 bar.set_postfix(loss=f"{mean:.4f}")
                 loss_sum.zero_()
                 loss_count = 0
@@ -384,9 +402,12 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
     bar.close()
     if not final_eval and eval_every and history["eval"] and history["eval"][-1]["step"] == step:
         final_eval = history["eval"][-1]
-    model_out = export_model(acc, model, tokenizer, job, scratch)
+    # What trained it goes into metrics.json's train section and the model card (docs/design.md, "The model card").
+    record = {**history, "steps": step, "final_eval": final_eval, "environment": model_card.environment(acc)}
+    model_out = export_model(acc, model, tokenizer, job, scratch, card=lambda unwrapped: model_card.training_card(
+        job, task, manifest, {**record, "seconds": time.time() - started}, unwrapped))
     if acc.is_main_process:
-        record = {**history, "steps": step, "final_eval": final_eval, "seconds": time.time() - started}
+        record["seconds"] = time.time() - started
         write_train_report(run_uri, record, task, job.name)
     acc.wait_for_everyone()
     return TrainResult(run_uri, model_out, step, total_steps, resumed_from, time.time() - started,
@@ -416,8 +437,10 @@ def _window(micro_done: int, micro_per_epoch: int, grad_accum: int) -> int:
     return min(grad_accum, micro_per_epoch - micro_done) or grad_accum
 
 
-def export_model(acc: Any, model: Any, tokenizer: Any, job: JobConfig, scratch: Path) -> str:
-    """Save the final model + tokenizer in Hugging Face format to <run>/model/ and mark it complete."""
+def export_model(acc: Any, model: Any, tokenizer: Any, job: JobConfig, scratch: Path,
+                 card: Callable[[Any], Any] | None = None) -> str:
+    """Save the final model + tokenizer in Hugging Face format to <run>/model/ and mark it complete; ``card(model)``
+    is its model card (README.md, in the folder before _SUCCESS)."""
     target = paths.model_uri(job)
     acc.wait_for_everyone()
     unwrapped = acc.unwrap_model(model)
@@ -426,6 +449,11 @@ def export_model(acc: Any, model: Any, tokenizer: Any, job: JobConfig, scratch: 
         local = scratch / f"model-{uuid.uuid4().hex[:8]}"
         unwrapped.save_pretrained(str(local), state_dict=state_dict, save_function=acc.save)
         tokenizer.save_pretrained(str(local))
+        if card is not None:
+            try:
+                (local / model_card.README).write_text(str(card(unwrapped)), encoding="utf-8")
+            except Exception as exc:  # noqa: BLE001 - a card must not cost the trained model; evaluate writes it
+                log.warning("model card not written (%s: %s); `nlpjobs evaluate` writes it", type(exc).__name__, exc)
         storage.remove(target)
         storage.upload(local, target)
         storage.write_bytes(storage.join(target, "_SUCCESS"), b"")

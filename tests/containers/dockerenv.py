@@ -44,6 +44,30 @@ class Docker:
             return False
 
 
+def remove_stale_workdirs(pattern: str = "/tmp/nlpjobs-dockerd-*") -> list[str]:
+    """Data roots of this tier's daemons that no longer run (a killed test session leaves its images behind:
+    tens of GB with the CUDA wheels of PyPI's torch). A folder whose dockerd is alive is left alone."""
+    import glob
+
+    removed = []
+    for folder in glob.glob(pattern):
+        pidfile = Path(folder) / "dockerd.pid"
+        try:
+            if time.time() - Path(folder).stat().st_mtime < 300:
+                continue  # just made: its daemon may not have written its pid yet
+            os.kill(int(pidfile.read_text().strip()), 0)
+            continue  # its daemon runs: another session's
+        except (OSError, ValueError):
+            pass
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                  if line.split()[1].startswith(f"{folder}/")]
+        for mount in sorted(mounts, key=len, reverse=True):  # a dead daemon's overlay and exec mounts
+            subprocess.run(["umount", "-l", mount], capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 def start_dockerd(workdir: Path) -> tuple[Docker, subprocess.Popen[bytes]]:
     """A private dockerd (own data root, exec root and socket), ready in a few seconds."""
     dockerd = shutil.which("dockerd")

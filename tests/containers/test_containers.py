@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from dockerenv import Docker, Pod, jobs_by_stage, start_dockerd
+from dockerenv import Docker, Pod, jobs_by_stage, remove_stale_workdirs, start_dockerd
 
 from nlpjobs.k8s.helm import render
 
@@ -46,6 +46,9 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Docker]:
         if os.environ.get("NLPJOBS_REQUIRE_CONTAINERS"):
             pytest.fail("the container tier needs root and dockerd (apt-get install -y docker.io mmdebstrap)")
         pytest.skip("container tier: needs root and dockerd (set DOCKER_HOST to use an existing daemon)")
+    stale = remove_stale_workdirs()
+    if stale:
+        print(f"\nremoved the data roots of {len(stale)} earlier daemon(s) that no longer run: {', '.join(stale)}")
     # A short path: unix socket paths are limited to 108 bytes.
     workdir = Path(f"/tmp/nlpjobs-dockerd-{uuid.uuid4().hex[:8]}")
     client, proc = start_dockerd(workdir)

@@ -206,6 +206,11 @@ def _do_train(job: Any, quiet: bool) -> Any:
     if res.final_eval:
         _echo(f"  eval: {task.summary(res.final_eval)}")
     _echo(f"  model:   {res.model_uri}\n  metrics: {res.run_uri}/metrics.json   curve: {res.run_uri}/loss_curve.png")
+    if job.track:
+        from nlpjobs.train.tracking import where
+
+        for line in where(job, res.run_uri):
+            _echo(f"  {line}")
     return res
 
 

@@ -96,6 +96,9 @@ def test_tensorboard_and_mlflow_continue_across_a_kill(job: Path, mlflow_server:
     runs = client.search_runs([experiment.experiment_id], "tags.mlflow.runName = 'tracked'")
     assert len(runs) == 1
     flow = runs[0]
+    summary = resumed.stdout + resumed.stderr  # the train summary says where the curves are
+    assert f"mlflow: {mlflow_server.uri}/#/experiments/{experiment.experiment_id}/runs/{flow.info.run_id}" in summary
+    assert f"tensorboard: file://{run}/tracking/tensorboard" in summary
     assert flow.info.status == "FINISHED"
     assert flow.data.params["train.max_steps"] == str(STEPS)
     assert flow.data.params["task"] == "ner"

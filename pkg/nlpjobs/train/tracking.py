@@ -193,6 +193,21 @@ class Tracking:
                 log.warning("closing the %s tracker failed: %s", tracker.name, exc)
 
 
+def where(job: JobConfig, run_uri: str) -> list[str]:
+    """Where the run's trackers put its curves, for the end-of-stage summary (reads only the run's records)."""
+    lines = []
+    if "tensorboard" in job.track:
+        lines.append(f"tensorboard: {storage.join(tracking_uri(run_uri), 'tensorboard')}")
+    record = storage.join(tracking_uri(run_uri), "mlflow.json")
+    if "mlflow" in job.track and storage.exists(record):
+        info = storage.read_json(record)
+        server = (info.get("tracking_uri") or "").rstrip("/")
+        link = (f"{server}/#/experiments/{info['experiment_id']}/runs/{info['run_id']}"
+                if server.startswith("http") else f"run {info['run_id']} in {server}")
+        lines.append(f"mlflow: {link}")
+    return lines
+
+
 class Throughput:
     """Training samples per second between two logged steps."""
 

@@ -333,9 +333,9 @@ def test_a_model_trained_with_unanswerable_questions_predicts_with_handle_imposs
         def __init__(self, model: Any) -> None:
             self.model = model
 
-        def __call__(self, **kwargs: Any) -> dict[str, Any]:
+        def __call__(self, inputs: Any, **kwargs: Any) -> Any:  # a stream of {question, context}, as predict sends
             calls.append(kwargs)
-            return {"answer": "", "score": 0.5, "start": 0, "end": 0}
+            return [{"answer": "", "score": 0.5, "start": 0, "end": 0} for _ in inputs]
 
     for trained in (model, v1):
         monkeypatch.setattr(transformers, "pipeline", lambda *a, trained=trained, **k: Pipe(trained))

@@ -147,18 +147,23 @@ def input_fingerprint(cfg: DataConfig) -> dict[str, Any]:
         found = _split_file(name, split)
         if found is None:
             continue  # loading says which file is missing
-        uri = found[0]
-        fs, path = storage.resolve(uri)
-        info = storage.retry(lambda fs=fs, path=path: fs.info(path), "stat", uri)
-        changed = info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created")
-        out[split] = {"file": uri.rsplit("/", 1)[-1], "size": info.get("size"), "changed": str(changed)}
+        out[split] = {**file_version(found[0]), "file": found[0].rsplit("/", 1)[-1]}
     return out
 
 
-def _load_files(location: str, split: str) -> datasets.Dataset:
+def file_version(uri: str) -> dict[str, Any]:
+    """A data file's version as the cache keys see it: its size and modification time (local) or ETag (object
+    store)."""
+    fs, path = storage.resolve(uri)
+    info = storage.retry(lambda: fs.info(path), "stat", uri)
+    changed = info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created")
+    return {"file": uri, "size": info.get("size"), "changed": str(changed)}
+
+
+def _load_files(location: str, split: str, key: str = "data") -> datasets.Dataset:
     found = _split_file(location, split)
     if found is None:
-        raise ConfigError(f"data.source: no {split}.jsonl/.json/.parquet/.csv under {location}")
+        raise ConfigError(f"{key}.source: no {split}.jsonl/.json/.parquet/.csv under {location}")
     uri, ext, builder = found
     if storage.size(uri) == 0:
         raise TaskDataError(f"split {split!r}: {uri} is empty (0 bytes); nothing to train or evaluate on. "
@@ -190,38 +195,10 @@ def _load_files(location: str, split: str) -> datasets.Dataset:
 
 def load_raw(cfg: DataConfig, seed: int) -> datasets.DatasetDict:
     """The train and eval splits as a DatasetDict keyed 'train'/'eval', columns mapped, subsampled."""
-    scheme, name = cfg.source.split(":", 1)
-    wanted = {TRAIN: cfg.train_split, EVAL: cfg.eval_split}
     out: dict[str, datasets.Dataset] = {}
-    if scheme == "hub":
-        revision = hub_commit(name, cfg.revision)  # the commit the cache key names, even if main moved since
-        for key, split in wanted.items():
-            try:
-                out[key] = datasets.load_dataset(name, cfg.config_name, split=split, revision=revision)
-            except ValueError as exc:
-                if "split" in str(exc).lower():
-                    raise ConfigError(f"data.{key}_split: {split!r} is not a split of {name}: {exc}") from exc
-                raise
-    elif scheme == "offline":
-        from nlpjobs.data import offline
-
-        raw = offline.load(name)
-        for key, split in wanted.items():
-            if split not in raw:
-                raise ConfigError(f"data.{'train' if key == TRAIN else 'eval'}_split: offline corpus {name!r} "
-                                  f"has no split {split!r}; it has {sorted(raw)}")
-            out[key] = raw[split]
-    else:
-        for key, split in wanted.items():
-            out[key] = _load_files(name, split)
-
-    for key, ds in out.items():
-        renames = {src: dst for dst, src in cfg.columns.items() if src in ds.column_names and src != dst}
-        missing = [src for src in cfg.columns.values() if src not in ds.column_names]
-        if missing:
-            raise ConfigError(f"data.columns: column(s) {missing} not in the {key} split; it has {ds.column_names}")
-        if renames:
-            ds = ds.rename_columns(renames)
+    for key, split in ((TRAIN, cfg.train_split), (EVAL, cfg.eval_split)):
+        ds = load_split(cfg.source, split, cfg.config_name, cfg.revision, cfg.columns, key="data",
+                        split_key=f"data.{'train' if key == TRAIN else 'eval'}_split")
         if key == TRAIN and cfg.max_train_examples and cfg.max_train_examples < len(ds):
             ds = ds.shuffle(seed=seed).select(range(cfg.max_train_examples))
         if key == EVAL and cfg.max_eval_examples and cfg.max_eval_examples < len(ds):
@@ -231,29 +208,30 @@ def load_raw(cfg: DataConfig, seed: int) -> datasets.DatasetDict:
 
 
 def load_split(source: str, split: str, config_name: str | None = None, revision: str | None = None,
-               columns: dict[str, str] | None = None, key: str = "predict.dataset") -> datasets.Dataset:
+               columns: dict[str, str] | None = None, key: str = "predict.dataset",
+               split_key: str | None = None) -> datasets.Dataset:
     """One split of a source ('hub:', 'offline:' or 'files:'), in source order, its columns renamed by
-    ``columns`` ({task column: dataset column}). Batch prediction reads its rows through this; ``key`` names the
-    settings in messages."""
+    ``columns`` ({task column: dataset column}). Training (through :func:`load_raw`) and batch prediction read
+    their rows through this; ``key`` names the settings in messages (``split_key``: the split's setting, default
+    ``<key>.split``)."""
+    split_key = split_key or f"{key}.split"
     scheme, name = source.split(":", 1)
     if scheme == "hub":
-        try:
+        try:  # the commit the cache key names, even if main moved since
             ds = datasets.load_dataset(name, config_name, split=split, revision=hub_commit(name, revision))
         except ValueError as exc:
             if "split" in str(exc).lower():
-                raise ConfigError(f"{key}.split: {split!r} is not a split of {name}: {exc}") from exc
+                raise ConfigError(f"{split_key}: {split!r} is not a split of {name}: {exc}") from exc
             raise
     elif scheme == "offline":
         from nlpjobs.data import offline
 
         splits = offline._corpus(name).splits
         if split not in splits:
-            raise ConfigError(f"{key}.split: offline corpus {name!r} has no split {split!r}; it has {list(splits)}")
+            raise ConfigError(f"{split_key}: offline corpus {name!r} has no split {split!r}; it has {sorted(splits)}")
         ds = offline.load(name, [split])[split]
     else:
-        if _split_file(name, split) is None:
-            raise ConfigError(f"{key}.split: no {split}.jsonl/.json/.parquet/.csv under {name} (the files: source)")
-        ds = _load_files(name, split)
+        ds = _load_files(name, split, key)
     columns = columns or {}
     missing = [src for src in columns.values() if src not in ds.column_names]
     if missing:
@@ -274,8 +252,4 @@ def split_fingerprint(source: str, split: str, revision: str | None = None) -> d
     found = _split_file(name, split)
     if found is None:
         raise ConfigError(f"split {split!r}: no {split}.jsonl/.json/.parquet/.csv under {name}")
-    uri = found[0]
-    fs, path = storage.resolve(uri)
-    info = storage.retry(lambda: fs.info(path), "stat", uri)
-    changed = info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("created")
-    return {"file": uri, "size": info.get("size"), "changed": str(changed)}
+    return file_version(found[0])

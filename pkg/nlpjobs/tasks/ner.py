@@ -513,11 +513,7 @@ class NerTask(Task):
         return line
 
     def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
-        from transformers import pipeline
-
-        pipe = pipeline("token-classification", model=model_dir, tokenizer=model_dir,
-                        aggregation_strategy="simple", device=-1)
-        return [[{**e, "score": float(e["score"])} for e in pipe(str(x))] for x in inputs]
+        return list(self.batch_predictor(model_dir, -1, 1)(str(x) for x in inputs))
 
     predict_columns = ("tokens",)
 

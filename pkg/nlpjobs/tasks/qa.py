@@ -359,15 +359,8 @@ class QaTask(Task):
         return f"{line}  [SQuAD v2: {', '.join(groups)}]" if groups else line
 
     def predict(self, model_dir: str, inputs: list[Any]) -> list[Any]:
-        from transformers import pipeline
-
-        pipe = pipeline("question-answering", model=model_dir, tokenizer=model_dir, device=-1)
-        impossible = bool(getattr(pipe.model.config, UNANSWERABLE_ATTR, 0))  # trained to say "no answer"
-        out = []
-        for item in inputs:
-            res = pipe(question=item["question"], context=item["context"], handle_impossible_answer=impossible)
-            out.append({**res, "score": float(res["score"])})
-        return out
+        items = ({"question": item["question"], "context": item["context"]} for item in inputs)
+        return list(self.batch_predictor(model_dir, -1, 1)(items))
 
     predict_columns = ("question", "context")
 
@@ -386,7 +379,7 @@ class QaTask(Task):
         from transformers import pipeline
 
         pipe = pipeline("question-answering", model=model_dir, tokenizer=model_dir, device=device)
-        impossible = bool(getattr(pipe.model.config, UNANSWERABLE_ATTR, 0))
+        impossible = bool(getattr(pipe.model.config, UNANSWERABLE_ATTR, 0))  # trained to say "no answer"
 
         def run(inputs: Any) -> Any:
             import warnings

@@ -405,6 +405,13 @@ def decode_pairs(tokenizer: Any, preds: list[np.ndarray], labels: list[np.ndarra
     return [p.strip() for p in decoded_preds], [r.strip() for r in decoded_labels]
 
 
+def generated(pipe: Any, texts: Any, batch_size: int) -> Any:
+    """One output dict per text from a translation/summarization pipeline, in order, inputs truncated to the
+    model's limit, ``batch_size`` texts per generate() call."""
+    for out in pipe((x for x in texts), batch_size=batch_size, truncation=True):
+        yield out[0] if isinstance(out, list) else out
+
+
 def eval_texts(manifest: Any, column: str) -> list[str] | None:
     """A column of the 'eval_texts' split (the eval rows' texts as written in the data), stripped, row for row
     with the eval features; None for datasets prepared before the column was kept."""
@@ -625,7 +632,7 @@ class Seq2SeqTask(Task):
         texts = list(inputs)
         pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=-1)
         long_inputs(pipe.tokenizer, texts)
-        outputs = [pipe(text, truncation=True)[0] for text in texts]
+        outputs = list(generated(pipe, texts, batch_size=1))
         for warning in output_checks([str(o.get(self.output_key, "")) for o in outputs], texts, "outputs")["warnings"]:
             log.warning("predict: %s", warning)
         return outputs
@@ -635,9 +642,4 @@ class Seq2SeqTask(Task):
         from transformers import pipeline
 
         pipe = pipeline(self.pipeline_task, model=model_dir, tokenizer=model_dir, device=device)
-
-        def run(inputs: Any) -> Any:
-            for out in pipe((x for x in inputs), batch_size=batch_size, truncation=True):
-                yield out[0] if isinstance(out, list) else out
-
-        return run
+        return lambda inputs: generated(pipe, inputs, batch_size)

@@ -83,7 +83,7 @@ bench: $(STAMP) ## Speed beside the course recipe: bench/results.{json,md} (TASK
 	$(BIN)/python -m bench $(if $(filter command line environment,$(origin TASK)),--task $(TASK)) --out bench $(BENCH_ARGS)
 
 QUALITY_ARGS ?=
-quality: $(STAMP) ## Quality at full scale beside the course Trainer (NER, all of CoNLL-2003; ~45 min on 2 cores): bench/quality.{json,md}.
+quality: $(STAMP) ## Quality at full scale beside the course Trainer (QUALITY_ARGS="--task ner|translation"; 45-60 min on 2 cores): bench/quality.{json,md}.
 	$(BIN)/python -m bench.quality --out bench $(QUALITY_ARGS)
 
 FLAVOR ?= cpu

@@ -80,6 +80,7 @@ class PrintedByTheLibrary(logging.Filter):
 
 
 NOISY_LOGGERS = ("transformers.modeling_utils", "transformers.configuration_utils", "transformers.pipelines.base",
+                 "transformers.pipelines.text2text_generation",
                  "transformers.generation.utils", "transformers.generation.configuration_utils",
                  "transformers.tokenization_utils_base", "transformers.tokenization_utils_fast",
                  "transformers.models.gpt2.tokenization_gpt2_fast", "transformers.models.roberta.tokenization_roberta_fast",

@@ -61,8 +61,8 @@ def test_results_md_carries_the_last_quality_figure(tmp_path: Path) -> None:
 
 
 def test_unknown_variants_are_refused_per_task() -> None:
-    with pytest.raises(SystemExit, match="grouped"):
-        quality.main(["--task", "translation", "--variants", "grouped", "--out", "/nonexistent"])
+    with pytest.raises(SystemExit, match="sorted"):
+        quality.main(["--task", "translation", "--variants", "grouped,sorted", "--out", "/nonexistent"])
 
 
 @pytest.mark.parametrize(("task", "steps"), [("ner", 38), ("translation", 17)])

@@ -82,6 +82,7 @@ def test_translation_on_s3_end_to_end(s3_env: str, tmp_path: Path) -> None:
 
     out = cli("train", "-q", "-c", str(job)).stdout
     assert "2/2 optimizer steps" in out and "eval before training: BLEU=" in out
+    assert "batches: grouped by length (train.group_by_length)" in out  # the CPU preset opts in
     run = storage.join(s3_env, "runs", "translation-e2e")
     before = storage.read_json(storage.join(run, "metrics.json"))["train"]["before_training"]
     assert before["examples"] == 6 and 0.0 <= before["bleu"] <= 100.0 and before["eval_loss"] > 0
@@ -122,7 +123,9 @@ def test_summarization_on_s3_end_to_end(s3_env: str, tmp_path: Path) -> None:
     assert manifest["tokenizer"]["class"] == "T5TokenizerFast"
     assert manifest["splits"]["eval_texts"]["rows"] == 12 and "lead_baseline" not in info
 
-    assert "2/2 optimizer steps" in cli("train", "-q", "-c", str(job)).stdout
+    out = cli("train", "-q", "-c", str(job)).stdout
+    assert "2/2 optimizer steps" in out
+    assert "batches: random rows (the task's default)" in out  # grouping cost BLEU at equal epochs
     out = cli("evaluate", "-q", "-c", str(job)).stdout
     assert "rouge1=" in out and "lead-3" in out and "gate:" in out
     run = storage.join(s3_env, "runs", "summarization-e2e")

@@ -488,6 +488,7 @@ class Seq2SeqTask(Task):
     evaluate_config: ClassVar[type[EvaluateConfig]] = Seq2SeqEvaluateConfig
     scratch_archs: ClassVar[tuple[str, ...]] = ()
     """Architectures this task can build from a config ('scratch:<arch>-<size>')."""
+    groups_by_length = False  # batches of like-length KDE strings halved BLEU at equal epochs (bench/quality.md)
     output_key: ClassVar[str] = ""
     """The key of the text in each answer of the task's pipeline ('translation_text', 'summary_text')."""
 

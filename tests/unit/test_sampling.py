@@ -121,3 +121,12 @@ def test_token_weight_gives_grouped_batches_the_weights_of_random_ones(lengths: 
     unweighted_plain = np.mean(epoch_objectives(plain, token_losses, 8, None))
     unweighted_grouped = np.mean(epoch_objectives(grouped, token_losses, 8, None))
     assert unweighted_grouped < unweighted_plain - 0.02
+
+
+def test_the_train_log_names_the_batch_order_and_where_it_came_from() -> None:
+    from nlpjobs.train.engine import batch_order
+
+    assert batch_order(False, False, True).startswith("batches: random rows (the task's default)")
+    assert batch_order(True, True, False).startswith("batches: grouped by length (train.group_by_length)")
+    # packed blocks: grouping asked for, but every row has one length
+    assert batch_order(True, False, True) == "batches: random rows (every row has the same length: nothing to group)"

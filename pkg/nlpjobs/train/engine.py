@@ -44,9 +44,11 @@ log = logging.getLogger(__name__)
 RESUME_SECTIONS = ("data", "model", "preprocess", "train", "deepspeed")
 
 
-def batch_order(grouped: bool, task_default: bool) -> str:
+def batch_order(requested: bool, grouped: bool, task_default: bool) -> str:
     """The train log's line on how batches are drawn (length grouping changes quality as well as speed)."""
     source = "the task's default" if task_default else "train.group_by_length"
+    if requested and not grouped:
+        return "batches: random rows (every row has the same length: nothing to group)"
     if grouped:
         return f"batches: grouped by length ({source}): less padding; at equal steps the metric can be lower"
     return f"batches: random rows ({source}); train.group_by_length=true cuts padding at some cost in quality"
@@ -259,7 +261,7 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
     eval_ds = model_inputs(task, load_split(manifest, "eval"))
     grouped = task.groups_by_length if cfg.group_by_length is None else cfg.group_by_length
     sampler = EpochSampler(len(train_ds), cfg.seed, row_lengths(train_ds) if grouped else None, cfg.batch_size)
-    acc.print(batch_order(sampler.grouped, cfg.group_by_length is None))
+    acc.print(batch_order(grouped, sampler.grouped, cfg.group_by_length is None))
     # Grouped batches keep every loss position's weight what a random batch gives it (see TokenWeight).
     token_weight = TokenWeight.for_split(train_ds, cfg.batch_size) if sampler.grouped else None
     # A loader-owned generator: creating an iterator must not draw from the global RNG, or a run

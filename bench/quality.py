@@ -96,25 +96,19 @@ def ner_job(store: Path, train_examples: int | None, eval_examples: int | None, 
 
 
 def nlpjobs_train(job: Any, init: str | None = None) -> tuple[Any, float]:
-    """``nlpjobs train`` under a fresh run name: (its TrainResult, seconds). ``init``: the fingerprint the engine's
-    freshly built model must have (the course's starting weights)."""
-    from unittest import mock
-
-    from bench.training import _check_init
+    """``nlpjobs train``: (its TrainResult, seconds); its scratch folder is removed afterwards. ``init``: the
+    fingerprint the engine's freshly built model must have (the course's starting weights)."""
+    from bench.training import checked_init
+    from nlpjobs import storage
     from nlpjobs.stages import train
     from nlpjobs.tasks import get_task
 
-    task_cls = type(get_task(job.task))
-    build_model = task_cls.build_model
-
-    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
-        model = build_model(self, *args, **kwargs)
-        _check_init(model, init, "nlpjobs")
-        return model
-
     started = time.perf_counter()
-    with mock.patch.object(task_cls, "build_model", checked), contextlib.redirect_stdout(sys.stderr):
-        result = train(job, show_progress=True)
+    try:
+        with checked_init(type(get_task(job.task)), init), contextlib.redirect_stdout(sys.stderr):
+            result = train(job, show_progress=True)
+    finally:
+        shutil.rmtree(storage.cache_dir() / "scratch" / job.name, ignore_errors=True)
     return result, time.perf_counter() - started
 
 

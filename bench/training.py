@@ -285,6 +285,23 @@ def fingerprint(model: Any) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def checked_init(task_cls: Any, init: str | None) -> Iterator[None]:
+    """While open, the task's freshly built model must have the fingerprint ``init`` (the course's starting
+    weights), or nlpjobs' training fails before its first step."""
+    from unittest import mock
+
+    build_model = task_cls.build_model
+
+    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        model = build_model(self, *args, **kwargs)
+        _check_init(model, init, "nlpjobs")
+        return model
+
+    with mock.patch.object(task_cls, "build_model", checked):
+        yield
+
+
 def _check_init(model: Any, expected: str | None, engine: str) -> None:
     if expected is not None and fingerprint(model) != expected:
         raise RuntimeError(f"{engine}: the initial weights differ from the shared init; the engines would not "
@@ -509,17 +526,12 @@ def run_nlpjobs(job: Any, steps: int, meter: Meter, manifest: Any = None, init: 
 
     recipe = RECIPES[job.task]
     task_cls = type(get_task(job.task))
-    collator, build_model = task_cls.collator, task_cls.build_model
+    collator = task_cls.collator
 
     def counting(self: Any, tokenizer: Any, model: Any) -> Any:
         return CountingCollator(collator(self, tokenizer, model), meter, recipe.count_labels)
 
-    def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
-        model = build_model(self, *args, **kwargs)
-        _check_init(model, init, "nlpjobs")
-        return model
-
-    with (mock.patch.object(task_cls, "collator", counting), mock.patch.object(task_cls, "build_model", checked),
+    with (mock.patch.object(task_cls, "collator", counting), checked_init(task_cls, init),
           contextlib.redirect_stdout(sys.stderr), step_clock(meter)):
         result = train(job, show_progress=False)
     if result.steps != steps:

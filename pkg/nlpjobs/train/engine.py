@@ -36,7 +36,7 @@ from nlpjobs.train.lease import LeaseHeld, RunLease
 from nlpjobs.train.protocol import EvalContext
 from nlpjobs.train.protocol import TrainTask as Task
 from nlpjobs.train.sampling import EpochSampler, TokenWeight, row_lengths
-from nlpjobs.train.stop import EvaluationInterrupted, TrainingInterrupted, detach_worker
+from nlpjobs.train.stop import EvaluationInterrupted, TrainingInterrupted, worker_options
 from nlpjobs.train.stop import current as stop_request
 from nlpjobs.train.tracking import Throughput, Tracking, scalars
 
@@ -267,7 +267,7 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
     # A loader-owned generator: creating an iterator must not draw from the global RNG, or a run
     # resumed mid-epoch would see different dropout masks than the uninterrupted run.
     loader_rng = torch.Generator()
-    workers = {"num_workers": cfg.num_workers, "worker_init_fn": detach_worker if cfg.num_workers else None}
+    workers = worker_options(cfg.num_workers)
     train_dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate,
                           drop_last=False, generator=loader_rng, **workers)
     eval_dl = DataLoader(eval_ds, batch_size=job.evaluate.batch_size, collate_fn=collate, **workers)

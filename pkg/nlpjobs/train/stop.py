@@ -10,13 +10,15 @@ exits with code 143:
 
 The handler is installed when the ``train`` command starts, before the heavy imports, so a SIGTERM that
 arrives while the process is still loading is not lost either. DataLoader worker processes leave the
-process group (see :func:`detach_worker`): a SIGTERM sent to the whole group must not kill them under the
-main process, which would turn a graceful stop into a crash.
+process group (see :func:`worker_options`): a SIGTERM sent to the whole group (what ``torchrun`` sends its
+workers) must not kill them under the main process, which would turn a graceful stop into a crash.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import threading
@@ -89,7 +91,43 @@ def current() -> StopRequest:
     return _CURRENT
 
 
+def worker_options(num_workers: int) -> dict[str, Any]:
+    """DataLoader keyword arguments for ``num_workers`` worker processes that a group-wide SIGTERM cannot kill.
+
+    Each worker moves to its own process group first thing (:func:`detach_worker`). Until then it shares the
+    main process's group, and PyTorch's worker handler dies on a SIGTERM that its parent did not send; a stop
+    that arrives while an evaluation forks its workers would kill them. So, where workers are forked, the
+    fork happens with SIGTERM blocked: the child holds such a signal pending, drops it once it has left the
+    group, and the main process receives its own copy as usual.
+    """
+    if not num_workers:
+        return {"num_workers": 0}
+    options: dict[str, Any] = {"num_workers": num_workers, "worker_init_fn": detach_worker}
+    if multiprocessing.get_start_method(allow_none=False) == "fork":
+        options["multiprocessing_context"] = _ShieldedForkContext()
+    return options
+
+
+class _ShieldedForkProcess(multiprocessing.context.ForkProcess):
+    """A forked process that starts with SIGTERM blocked (the parent's mask is restored at once)."""
+
+    def start(self) -> None:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _ShieldedForkContext(multiprocessing.context.ForkContext):
+    Process = _ShieldedForkProcess  # type: ignore[assignment]
+
+
 def detach_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: a worker in its own process group outlives a group-wide SIGTERM;
-    the main process still ends it (the loader's shutdown, or its watchdog when the main process dies)."""
+    the main process still ends it (the loader's shutdown, or its watchdog when the main process dies).
+    A worker forked with SIGTERM blocked drops the one it got while still in the group, then unblocks it."""
     os.setpgid(0, 0)
+    if signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set()):
+        signal.sigtimedwait({signal.SIGTERM}, 0)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

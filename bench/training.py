@@ -162,6 +162,8 @@ class Meter:
     samples: list[int] = field(default_factory=list)
     label_tokens: list[int] = field(default_factory=list)
     """Per batch, the label tokens included in ``tokens`` (0 where labels are not counted)."""
+    positions: list[int] = field(default_factory=list)
+    """Per batch, the positions the model computes over: the real tokens of ``tokens`` plus their padding."""
     started: float | None = None
     """When the first training batch was requested (set by CountingCollator); None: not recorded."""
     sync_at: int = 0
@@ -195,6 +197,12 @@ class Meter:
         tokens = self.timed(self.tokens, total_steps)
         return self.timed(self.label_tokens, total_steps) / tokens if tokens else 0.0
 
+    def padding_share(self, total_steps: int) -> float:
+        """Fraction of the positions of the timed steps that are padding (random batches differ between
+        engines, so over a few steps one engine may have drawn more of it)."""
+        positions = self.timed(self.positions, total_steps)
+        return 1 - self.timed(self.tokens, total_steps) / positions if positions else 0.0
+
 
 def count_tokens(batch: Any, count_labels: bool = False) -> tuple[int, int]:
     """(real input tokens, real label tokens) of a collated batch: the attention-mask sum (every position
@@ -203,6 +211,13 @@ def count_tokens(batch: Any, count_labels: bool = False) -> tuple[int, int]:
     real = int(mask.sum()) if mask is not None else int(np.prod(batch["input_ids"].shape))
     labels = batch.get("labels") if count_labels else None
     return real, int((labels != -100).sum()) if labels is not None else 0
+
+
+def padded_positions(batch: Any, count_labels: bool = False) -> int:
+    """The input positions of a collated batch, padding included (and with ``count_labels`` its label ones):
+    what :func:`count_tokens` counts before the padding is taken out."""
+    labels = batch.get("labels") if count_labels else None
+    return int(batch["input_ids"].numel()) + (int(labels.numel()) if labels is not None else 0)
 
 
 class CountingCollator:
@@ -222,6 +237,7 @@ class CountingCollator:
         self.meter.tokens.append(inputs + labels)
         self.meter.label_tokens.append(labels)
         self.meter.samples.append(int(batch["input_ids"].shape[0]))
+        self.meter.positions.append(padded_positions(batch, self.count_labels))
         return batch
 
 
@@ -756,10 +772,11 @@ def _measure(task: str, recipe: Recipe, sizes: Sizes, scratch: Path, store: Path
             for engine in (("nlpjobs", "course") if r % 2 == 0 else ("course", "nlpjobs")):
                 with run_precision(p):
                     meter, scores = run_engine(engine, run_job, manifest, sizes, scratch, store, init_dir, init)
-                run = results[engine, p] = Run(*meter.throughput(steps), meter.label_share(steps), scores)
+                run = results[engine, p] = Run(*meter.throughput(steps), meter.label_share(steps), scores,
+                                               meter.padding_share(steps))
                 log(f"{task} training repeat {r + 1}/{sizes.repeats}{' (bf16)' if p == 'bf16' else ''}: {engine}: "
                     f"{run.tokens:,.0f} real tokens/s, {run.samples:.1f} samples/s ({steps} steps in "
-                    f"{run.seconds:.1f}s), eval " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+                    f"{run.seconds:.1f}s, {100 * run.padding:.0f}% padding), eval " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
         for p in precisions:
             suffix = BF16 if p == "bf16" else ""
             samples += _compare(task, recipe, results["nlpjobs", p], results["course", p], suffix,
@@ -785,6 +802,8 @@ class Run:
     seconds: float
     label_share: float
     scores: dict[str, float]
+    padding: float = 0.0
+    """Fraction of the timed batches' positions that were padding (:meth:`Meter.padding_share`)."""
 
 
 ACCELERATE_PRECISION = "ACCELERATE_MIXED_PRECISION"
@@ -822,6 +841,7 @@ def _compare(task: str, recipe: Recipe, nl: Run, co: Run, suffix: str, text: str
              mixed: str, source_params: int, target_params: int) -> list[Sample]:
     """The tokens/s, samples/s and (given a peak) MFU samples of one repeat in one precision."""
     metric = scores_metric(recipe.metric, recipe.scores, nl.scores, co.scores)
+    text += f"; padding in the timed batches: nlpjobs {100 * nl.padding:.0f}%, course {100 * co.padding:.0f}%"
     samples = [Sample(task, TOKENS_FIGURE + suffix, "tokens/s", nl.tokens, co.tokens, True, metric=metric, note=text),
                Sample(task, SAMPLES_FIGURE + suffix, "samples/s", nl.samples, co.samples, True, metric=metric)]
     if not peak_gflops:

@@ -199,6 +199,8 @@ def test_counting_collator_and_step_clock() -> None:
     collate([{"input_ids": [5, 6, 7]}, {"input_ids": [8]}])
     collate([{"input_ids": [1, 2]}])
     assert meter.tokens == [4, 2] and meter.samples == [2, 1]
+    assert meter.positions == [6, 2]  # the second row of the first batch is padded to 3
+    assert meter.padding_share(2) == pytest.approx(1 - 6 / 8)  # both batches timed (the collator set `started`)
 
     opt = _sgd()
     with step_clock(meter):

@@ -12,7 +12,7 @@ import pytest
 # The patched torch hook runs inside each freshly forked worker, after PyTorch installed its worker
 # signal handlers and before the worker_init_fn: the moment `torchrun` stopping a rank can hit it.
 SCRIPT = textwrap.dedent("""
-    import os, signal
+    import multiprocessing, os, signal
     from torch.utils.data import DataLoader
     from torch.utils.data._utils import signal_handling
     from nlpjobs.train import stop
@@ -26,6 +26,7 @@ SCRIPT = textwrap.dedent("""
 
     signal_handling._set_worker_signal_handlers = sigterm_to_the_group_while_starting
     loader = DataLoader(list(range(8)), batch_size=2, **stop.worker_options({workers}))
+    print("start method fixed:", multiprocessing.get_start_method(allow_none=True))  # a library may still set it
     for epoch in range(2):  # a second iterator forks new workers, as each evaluation does
         print(sum(int(batch.sum()) for batch in loader), flush=True)
     print("stop requested:", stop.current().requested)
@@ -37,6 +38,7 @@ def test_a_group_sigterm_while_workers_start_stops_gracefully_instead_of_killing
     done = subprocess.run([sys.executable, "-c", SCRIPT.format(workers=workers)], capture_output=True, text=True,
                           timeout=120, start_new_session=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split() == ["28", "28", "stop", "requested:", "True"], done.stdout + done.stderr[-2000:]
+    assert done.stdout.split() == ["start", "method", "fixed:", "None", "28", "28", "stop", "requested:", "True"], \
+        done.stdout + done.stderr[-2000:]
     assert "exited unexpectedly" not in done.stderr
 

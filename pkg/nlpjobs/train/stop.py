@@ -103,7 +103,9 @@ def worker_options(num_workers: int) -> dict[str, Any]:
     if not num_workers:
         return {"num_workers": 0}
     options: dict[str, Any] = {"num_workers": num_workers, "worker_init_fn": detach_worker}
-    if multiprocessing.get_start_method(allow_none=False) == "fork":
+    # The start method the loader would use; asked without fixing it (get_start_method() would).
+    method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_all_start_methods()[0]
+    if method == "fork":
         options["multiprocessing_context"] = _ShieldedForkContext()
     return options
 

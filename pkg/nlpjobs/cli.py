@@ -80,7 +80,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if raised("train.lease:LeaseHeld"):
                 _fail(f"run in use: {exc}", 2)
             if raised("train.stop:TrainingInterrupted"):
-                _fail(str(exc), 143)
+                _fail(str(exc), exc.exit_code)  # type: ignore[attr-defined]
             if raised("train.sentinel:NonFiniteError"):
                 _fail(str(exc), 8)
             local = explain_local_os_error(exc)
@@ -157,7 +157,7 @@ def main(verbose: bool, debug: bool) -> None:
 
     \b
     Exit codes: 0 ok, 2 invalid configuration, 3 bad data, 4 object storage or the Hub, 5 launch/wait timeout,
-    6 cluster/helm, 7 --overfit-batch failed, 8 non-finite loss/gradient, 143 stopped by SIGTERM after a checkpoint (rerun to resume).
+    6 cluster/helm, 7 --overfit-batch failed, 8 non-finite loss/gradient, 130/143 stopped by Ctrl-C/SIGTERM after a checkpoint (rerun to resume).
     """
     _setup_logging(verbose)
     if debug:

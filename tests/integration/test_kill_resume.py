@@ -6,6 +6,7 @@ Each test chains several interruptions of one run, as a job preempted more than 
 - one process: SIGTERM while loading (exit 143, nothing to save), SIGTERM to the whole process group
   while training with a DataLoader worker (checkpoint at the next step, exit 143), SIGKILL of the tree
   after a later checkpoint (resume crosses an epoch boundary), then the finishing run;
+- one process, Ctrl-C to the whole foreground group: a checkpoint, exit 130, then the resuming run;
 - two processes (torchrun): SIGTERM to torchrun alone, as the pod's init forwards it, in the middle of
   an evaluation (the evaluation is abandoned, the step is committed with the evaluation pending and run
   first on resume), then SIGKILL of the tree, then the finishing run.
@@ -206,4 +207,27 @@ def test_two_processes_sigterm_during_evaluation_then_sigkill(job: Path) -> None
     last = Run(_cmd(job, "chain-2", 2), processes=2)
     assert last.finish() == 0, last.output
     assert "resumed from committed checkpoint step 6" in last.output
+    _assert_same_run(run, expected)
+
+
+def test_ctrl_c_commits_a_checkpoint_and_the_rerun_resumes_it(job: Path) -> None:
+    """A terminal's Ctrl-C (SIGINT to the foreground group: the trainer and its DataLoader worker) stops as
+    SIGTERM does, with the shell's code for Ctrl-C; before this, it lost every step since the last checkpoint."""
+    expected = _reference(job, 1)
+    run = _store(job) / "runs" / "ctrl-c"
+
+    first = Run(_cmd(job, "ctrl-c", 1))
+    first.wait_until(lambda: (run / "checkpoints/step-00000002/_COMMITTED").exists(), "checkpoint 2")
+    os.killpg(first.proc.pid, signal.SIGINT)
+    assert first.finish() == 130, first.output
+    assert "Ctrl-C again aborts without one" in first.output
+    assert "Traceback" not in first.output and "DataLoader worker" not in first.output
+    stopped = first.output.split("error: stopped by Ctrl-C (SIGINT) during ", 1)[1]
+    interrupted_at = int(stopped.split("at optimizer step ")[1].split(";")[0])
+    assert 2 < interrupted_at < STEPS and _committed(run)[-1] == f"step-{interrupted_at:08d}", first.output
+    assert "Rerun the same command to resume" in stopped
+
+    last = Run(_cmd(job, "ctrl-c", 1))
+    assert last.finish() == 0, last.output
+    assert f"resumed from committed checkpoint step {interrupted_at}" in last.output
     _assert_same_run(run, expected)

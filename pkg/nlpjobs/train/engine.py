@@ -295,7 +295,7 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
         step, history = state["step"], state["history"]
         acc.print(f"resumed from committed checkpoint step {step} of {total_steps}")
     if stop.agreed(acc):  # SIGTERM while loading: nothing new to save
-        raise TrainingInterrupted(step, None, during="loading")
+        raise TrainingInterrupted(step, None, during="loading", signum=stop.signum)
     if tracking is not None:
         tracking.start(acc)
         cleanup.push(lambda kind, _exc, _tb: tracking.finish(  # type: ignore[union-attr]
@@ -318,7 +318,7 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
                 checkpoint(at)
                 uri = storage.join(store.uri, f"step-{at:08d}")
             bar.close()
-            raise TrainingInterrupted(at, uri, during="evaluation") from None
+            raise TrainingInterrupted(at, uri, during="evaluation", signum=stop.signum) from None
         history.pop("pending_eval", None)
         history["eval"].append({"step": at, **{k: v for k, v in metrics.items() if not isinstance(v, dict)}})
         if tracking is not None:
@@ -407,7 +407,7 @@ def _train(job: JobConfig, task: Task, show_progress: bool, stop: Any, started: 
                 checkpoint(step)
             if stopping:
                 bar.close()
-                raise TrainingInterrupted(step, storage.join(store.uri, f"step-{step:08d}"))
+                raise TrainingInterrupted(step, storage.join(store.uri, f"step-{step:08d}"), signum=stop.signum)
             if step >= total_steps:
                 break
     bar.close()

@@ -1,7 +1,7 @@
-"""Graceful stop on SIGTERM (preemption, pod deletion, node drain).
+"""Graceful stop on SIGTERM (preemption, pod deletion, node drain) and on Ctrl-C (SIGINT).
 
 The handler only sets a flag; training looks at it at safe points and commits a checkpoint before it
-exits with code 143:
+exits with code 143 (SIGTERM) or 130 (Ctrl-C; a second Ctrl-C aborts at once, without a checkpoint):
 
 - at the next optimizer step (every process agrees through the loss all-reduce of ``log_every``);
 - inside an evaluation, after the current batch (one tiny all-reduce per evaluation batch when there
@@ -27,18 +27,26 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-class TrainingInterrupted(RuntimeError):
-    """Training stopped on SIGTERM; everything up to the committed checkpoint is kept."""
+SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
+EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
+"""The shell's code for a process ended by the signal (128 + its number), also when it stopped gracefully."""
 
-    def __init__(self, step: int, checkpoint_uri: str | None, during: str = "training") -> None:
+
+class TrainingInterrupted(RuntimeError):
+    """Training stopped on SIGTERM or Ctrl-C; everything up to the committed checkpoint is kept."""
+
+    def __init__(self, step: int, checkpoint_uri: str | None, during: str = "training",
+                 signum: int = signal.SIGTERM) -> None:
+        by = SIGNAL_NAMES[signal.Signals(signum)]
         if checkpoint_uri:
-            text = (f"stopped by SIGTERM during {during} at optimizer step {step}; checkpoint committed at "
+            text = (f"stopped by {by} during {during} at optimizer step {step}; checkpoint committed at "
                     f"{checkpoint_uri}. Rerun the same command to resume.")
         else:
-            text = (f"stopped by SIGTERM during {during}, before optimizer step {step + 1}; nothing new to save "
+            text = (f"stopped by {by} during {during}, before optimizer step {step + 1}; nothing new to save "
                     "(a rerun starts from the newest committed checkpoint, if any).")
         super().__init__(text)
         self.step, self.checkpoint_uri, self.during = step, checkpoint_uri, during
+        self.exit_code = EXIT_CODES[signal.Signals(signum)]
 
 
 class EvaluationInterrupted(RuntimeError):
@@ -46,28 +54,34 @@ class EvaluationInterrupted(RuntimeError):
 
 
 class StopRequest:
-    """The SIGTERM flag, and the collective checks that make every process stop at the same point."""
+    """The stop flag (SIGTERM or Ctrl-C), and the collective checks that make every process stop at the same
+    point."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
-        self._installed = False
+        self.signum: int = signal.SIGTERM
+        """The signal that asked this process to stop (SIGTERM when it was another process)."""
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        """Catch SIGTERM from now on (main thread only; a no-op elsewhere or when already installed)."""
-        if self._installed or threading.current_thread() is not threading.main_thread():
+        """Catch SIGTERM and SIGINT from now on (main thread only; a no-op elsewhere or when already installed)."""
+        if self._previous or threading.current_thread() is not threading.main_thread():
             return
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-        self._installed = True
+        self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNAL_NAMES}
 
     def restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._installed = False
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.requested:
+            raise KeyboardInterrupt  # a second Ctrl-C: abort now, without a checkpoint
         if not self.requested:
-            log.warning("SIGTERM received: stopping at the next safe point with a committed checkpoint")
+            self.signum = signum
+            again = "; Ctrl-C again aborts without one" if signum == signal.SIGINT else ""
+            log.warning("%s received: stopping at the next safe point with a committed checkpoint%s",
+                        "Ctrl-C" if signum == signal.SIGINT else "SIGTERM", again)
         self.requested = True
 
     def agreed(self, acc: Any, boundary: bool = True) -> bool:
@@ -97,8 +111,8 @@ def worker_options(num_workers: int) -> dict[str, Any]:
     Each worker moves to its own process group first thing (:func:`detach_worker`). Until then it shares the
     main process's group, and PyTorch's worker handler dies on a SIGTERM that its parent did not send; a stop
     that arrives while an evaluation forks its workers would kill them. So, where workers are forked, the
-    fork happens with SIGTERM blocked: the child holds such a signal pending, drops it once it has left the
-    group, and the main process receives its own copy as usual.
+    fork happens with SIGTERM and SIGINT blocked: the child holds such a signal pending, drops it once it
+    has left the group, and the main process receives its own copy as usual.
     """
     if not num_workers:
         return {"num_workers": 0}
@@ -110,11 +124,14 @@ def worker_options(num_workers: int) -> dict[str, Any]:
     return options
 
 
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 class _ShieldedForkProcess(multiprocessing.context.ForkProcess):
-    """A forked process that starts with SIGTERM blocked (the parent's mask is restored at once)."""
+    """A forked process that starts with SIGTERM and SIGINT blocked (the parent's mask is restored at once)."""
 
     def start(self) -> None:
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             super().start()
         finally:
@@ -128,8 +145,11 @@ class _ShieldedForkContext(multiprocessing.context.ForkContext):
 def detach_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: a worker in its own process group outlives a group-wide SIGTERM;
     the main process still ends it (the loader's shutdown, or its watchdog when the main process dies).
-    A worker forked with SIGTERM blocked drops the one it got while still in the group, then unblocks it."""
+    A worker forked with the stop signals blocked drops those it got while still in the group (a terminal's
+    Ctrl-C reaches its whole foreground group too), then unblocks them."""
     os.setpgid(0, 0)
-    if signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, set()):
-        signal.sigtimedwait({signal.SIGTERM}, 0)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    blocked = STOP_SIGNALS & signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    if blocked:
+        while signal.sigtimedwait(blocked, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)

@@ -123,6 +123,32 @@ def test_a_run_goes_through_its_stages_in_order_under_restricted_pod_security(
     assert "complete: every stage completed" in _status(nlpjobs, namespace)
 
 
+
+def test_the_predict_stage_runs_its_indexed_pods_after_evaluate(kube: Any, namespace: str, nlpjobs: CLI,
+                                                                 tmp_path: Path) -> None:
+    small = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"memory": "1Gi"}}
+    _submit(nlpjobs, namespace, _values(tmp_path, predict__enabled=True, predict__pods=2, predict__resources=small,
+                                        predict__overrides=["predict.dataset.split=validation"]), release="pred")
+    wait_for("the run to complete", lambda: _condition(_jobset(kube, namespace, "pred-nlpjobs"), "Completed"),
+             timeout=240)
+    jobs = _jobs(kube, namespace)
+    assert set(jobs) == {f"pred-nlpjobs-{s}-0" for s in ("preprocess", "train", "evaluate", "predict")}
+    ev, pred = jobs["pred-nlpjobs-evaluate-0"], jobs["pred-nlpjobs-predict-0"]
+    assert pred.metadata.creation_timestamp >= ev.status.completion_time  # after evaluate, as the stages before it
+    assert (pred.spec.completion_mode, pred.spec.completions, pred.spec.parallelism) == ("Indexed", 2, 2)
+    assert pred.status.succeeded == 2
+    pods = _pods(kube, namespace, "predict")
+    assert sorted(p.metadata.labels["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1"]
+    container = pods[0].spec.containers[0]
+    command = " ".join([*(container.command or []), *(container.args or [])])
+    assert "batch-predict" in command and "predict.dataset.split=validation" in command, command
+    env = {e.name: e.value for e in container.env or []}
+    assert env.get("NLPJOBS_PREDICT_WORKERS") == "2", env
+    status = _status(nlpjobs, namespace, "pred")
+    assert "complete: every stage completed" in status, status
+    assert "pods 0 running, 2/2 done, 0 failed" in next(line for line in status.splitlines()
+                                                        if line.strip().startswith("predict")), status
+
 def test_a_failed_rank_restarts_the_whole_gang_and_counts(kube: Any, namespace: str, nlpjobs: CLI,
                                                           tmp_path: Path) -> None:
     _submit(nlpjobs, namespace, _values(tmp_path, nodes=2, podAnnotations={

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from nlpjobs.config import ConfigError, JobConfig
 from nlpjobs.data import sources
 from nlpjobs.tasks import get_task
 from nlpjobs.tasks.base import Task, TaskDataError
+from nlpjobs.train.stop import EXIT_CODES, SIGNAL_NAMES, StopRequest
+from nlpjobs.train.stop import current as stop_request
 
 PLAN, MANIFEST, SUCCESS = "plan.json", "manifest.json", "_SUCCESS"
 EXTENSIONS = {"jsonl": "jsonl", "parquet": "parquet"}
@@ -340,13 +343,35 @@ def write_manifest(uri: str, plan: dict[str, Any], sizes: dict[str, int], worker
 # ------------------------------------------------------------------------------------------------ the run
 
 
+class PredictionInterrupted(RuntimeError):
+    """SIGTERM or Ctrl-C stopped batch prediction once the part in progress was committed; a rerun predicts
+    the parts still missing."""
+
+    def __init__(self, result: BatchResult, signum: int) -> None:
+        super().__init__(f"stopped by {SIGNAL_NAMES[signal.Signals(signum)]} after {result.written} part(s) written "
+                         f"by this run: {result.committed} of {result.parts} part(s) committed at {result.uri}. "
+                         "Rerun the same command to predict the rest.")
+        self.result = result
+        self.exit_code = EXIT_CODES[signal.Signals(signum)]
+
+
 def run(job: JobConfig, worker_index: int = 0, workers: int = 1, show_progress: bool = True,
         log: Callable[[str], None] | None = None) -> BatchResult:
-    """Predict this worker's uncommitted parts; the worker that sees every part committed writes the manifest."""
+    """Predict this worker's uncommitted parts; the worker that sees every part committed writes the manifest.
+    SIGTERM or Ctrl-C stops it once the part in progress is committed (:class:`PredictionInterrupted`)."""
+    stop = stop_request()
+    stop.install("once the part in progress is committed")
+    try:
+        return _run(job, worker_index, workers, show_progress, log or (lambda message: None), stop)
+    finally:
+        stop.restore()
+
+
+def _run(job: JobConfig, worker_index: int, workers: int, show_progress: bool, say: Callable[[str], None],
+         stop: StopRequest) -> BatchResult:
     from nlpjobs import stages
 
     started = time.time()
-    say = log or (lambda message: None)
     check_worker(worker_index, workers)
     cfg = job.predict.dataset
     task = get_task(job.task)
@@ -394,6 +419,9 @@ def run(job: JobConfig, worker_index: int = 0, workers: int = 1, show_progress: 
         predict_started = time.time()
         try:
             for p in todo:
+                if stop.requested:
+                    result.committed = _committed_count(uri, cfg.format, len(ranges))
+                    raise PredictionInterrupted(result, stop.signum)
                 first, end = ranges[p]
                 values = table[first:end].to_pydict()
                 inputs = task.dataset_inputs(job, {c: values[c] for c in task.predict_columns}, first)
@@ -409,12 +437,17 @@ def run(job: JobConfig, worker_index: int = 0, workers: int = 1, show_progress: 
             bar.close()
             result.predict_seconds = time.time() - predict_started
     done = committed_parts(uri, cfg.format)
-    result.committed = sum(1 for p in range(len(ranges)) if part_name(p, cfg.format) in done)
+    result.committed = _committed_count(uri, cfg.format, len(ranges), done)
     if result.committed == len(ranges):
         write_manifest(uri, plan, done, workers)
         result.complete = True
     result.seconds = time.time() - started
     return result
+
+
+def _committed_count(uri: str, fmt: str, parts: int, done: dict[str, int] | None = None) -> int:
+    done = committed_parts(uri, fmt) if done is None else done
+    return sum(1 for p in range(parts) if part_name(p, fmt) in done)
 
 
 def summary(result: BatchResult) -> str:

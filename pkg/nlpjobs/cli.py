@@ -79,7 +79,7 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 _fail(f"cluster: {exc}", 6)
             if raised("train.lease:LeaseHeld"):
                 _fail(f"run in use: {exc}", 2)
-            if raised("train.stop:TrainingInterrupted"):
+            if raised("train.stop:TrainingInterrupted", "batch_predict:PredictionInterrupted"):
                 _fail(str(exc), exc.exit_code)  # type: ignore[attr-defined]
             if raised("train.sentinel:NonFiniteError"):
                 _fail(str(exc), 8)
@@ -530,7 +530,8 @@ def batch_predict(config_path: str, overrides: tuple[str, ...], quiet: bool, wor
       manifest.json, _SUCCESS      written by the worker that commits the last part
 
     Each part is written whole (one object); a rerun after a kill skips the committed parts and predicts the
-    rest. Workers split the parts between them: worker i of N takes parts p with p % N == i. A progress bar
+    rest. SIGTERM or Ctrl-C stops it once the part in progress is committed (exit 143 or 130; Ctrl-C twice
+    stops at once, losing that part). Workers split the parts between them: worker i of N takes parts p with p % N == i. A progress bar
     counts rows; the last line gives rows, parts written and skipped, rows/s and the output URI.
 
     \b

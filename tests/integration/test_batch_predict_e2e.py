@@ -1,7 +1,8 @@
 """Batch prediction over 10,000 CoNLL-2003 sentences through the CLI, as a user runs it: a NER model trained for a
-few steps, `nlpjobs batch-predict` killed (SIGKILL) once its first parts are committed, then run again. The rerun
-predicts only the parts that were not committed (those are left byte for byte as they were), and the output holds
-every input row once, in order, with the pipeline's own predictions."""
+few steps, `nlpjobs batch-predict` killed (SIGKILL) once its first parts are committed, then stopped by SIGTERM
+after one more, then run again. The rerun predicts only the parts that were not committed (those are left byte
+for byte as they were), and the output holds every input row once, in order, with the pipeline's own
+predictions."""
 
 from __future__ import annotations
 
@@ -65,6 +66,30 @@ def test_ten_thousand_sentences_killed_and_resumed(job: Path) -> None:
     assert 2 <= len(committed) < ROWS // PER_PART, log.read_text()
     assert not (folder / "manifest.json").exists() and not (folder / "_SUCCESS").exists()
     assert list(committed) == [f"part-{i:05d}.jsonl" for i in range(len(committed))]  # in order, whole
+
+    # SIGTERM (a preemption) once one more part is committed: the run stops when the part in progress is
+    # committed, with the code of a run to be resumed, and says where the output stands.
+    killed = len(committed)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "nlpjobs", "batch-predict", "-c", str(job)], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 600
+            while len(_parts(folder)) <= killed and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert proc.poll() is None, f"batch-predict ended before SIGTERM:\n{log.read_text()}"
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=300)
+        finally:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    committed = _parts(folder)
+    assert code == 143 and "Traceback" not in text, text
+    assert killed < len(committed) < ROWS // PER_PART, text
+    assert (f"error: stopped by SIGTERM after {len(committed) - killed} part(s) written by this run: "
+            f"{len(committed)} of 10 part(s) committed at file://{folder}. Rerun the same command") in text, text
+    assert list(committed) == [f"part-{i:05d}.jsonl" for i in range(len(committed))]
 
     rerun = cli("batch-predict", "-c", str(job))
     skipped = len(committed)

@@ -220,7 +220,7 @@ def test_ctrl_c_commits_a_checkpoint_and_the_rerun_resumes_it(job: Path) -> None
     first.wait_until(lambda: (run / "checkpoints/step-00000002/_COMMITTED").exists(), "checkpoint 2")
     os.killpg(first.proc.pid, signal.SIGINT)
     assert first.finish() == 130, first.output
-    assert "Ctrl-C again aborts without one" in first.output
+    assert "Ctrl-C again aborts at once" in first.output
     assert "Traceback" not in first.output and "DataLoader worker" not in first.output
     stopped = first.output.split("error: stopped by Ctrl-C (SIGINT) during ", 1)[1]
     interrupted_at = int(stopped.split("at optimizer step ")[1].split(";")[0])

@@ -81,4 +81,4 @@ def test_ctrl_c_asks_for_a_graceful_stop_with_exit_130_and_a_second_ctrl_c_abort
     assert lines[0] == "requested: True True" and lines[1] == "exit: 130", done.stdout
     assert lines[2].startswith("stopped by Ctrl-C (SIGINT) during training at optimizer step 3; checkpoint committed")
     assert lines[3:] == ["second: aborted", "restored: True"], done.stdout
-    assert "Ctrl-C again aborts without one" in done.stderr  # the first Ctrl-C says what a second one does
+    assert "Ctrl-C again aborts at once" in done.stderr  # the first Ctrl-C says what a second one does

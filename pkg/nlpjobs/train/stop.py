@@ -61,12 +61,18 @@ class StopRequest:
         self.requested = False
         self.signum: int = signal.SIGTERM
         """The signal that asked this process to stop (SIGTERM when it was another process)."""
+        self.stops = "at the next safe point with a committed checkpoint"
+        """Where the caller stops, for the line a stop signal prints."""
         self._previous: dict[int, Any] = {}
 
-    def install(self) -> None:
-        """Catch SIGTERM and SIGINT from now on (main thread only; a no-op elsewhere or when already installed)."""
+    def install(self, stops: str | None = None) -> None:
+        """Catch SIGTERM and SIGINT from now on, with no stop requested yet (main thread only; a no-op elsewhere
+        or when already installed). ``stops``: where the caller stops, in words, for the line a signal prints."""
         if self._previous or threading.current_thread() is not threading.main_thread():
             return
+        self.requested, self.signum = False, signal.SIGTERM
+        if stops:
+            self.stops = stops
         self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNAL_NAMES}
 
     def restore(self) -> None:
@@ -79,9 +85,9 @@ class StopRequest:
             raise KeyboardInterrupt  # a second Ctrl-C: abort now, without a checkpoint
         if not self.requested:
             self.signum = signum
-            again = "; Ctrl-C again aborts without one" if signum == signal.SIGINT else ""
-            log.warning("%s received: stopping at the next safe point with a committed checkpoint%s",
-                        "Ctrl-C" if signum == signal.SIGINT else "SIGTERM", again)
+            again = "; Ctrl-C again aborts at once" if signum == signal.SIGINT else ""
+            log.warning("%s received: stopping %s%s", "Ctrl-C" if signum == signal.SIGINT else "SIGTERM",
+                        self.stops, again)
         self.requested = True
 
     def agreed(self, acc: Any, boundary: bool = True) -> bool:

@@ -9,7 +9,8 @@ exits with code 143 (SIGTERM) or 130 (Ctrl-C; a second Ctrl-C aborts at once, wi
 - while the dataset, the model or a checkpoint is being loaded, before the first step.
 
 The handler is installed when the ``train`` command starts, before the heavy imports, so a SIGTERM that
-arrives while the process is still loading is not lost either. DataLoader worker processes leave the
+arrives while the process is still loading is not lost either. ``batch-predict`` uses the same flag between
+the parts it commits. DataLoader worker processes leave the
 process group (see :func:`worker_options`): a SIGTERM sent to the whole group (what ``torchrun`` sends its
 workers) must not kill them under the main process, which would turn a graceful stop into a crash.
 """
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 SIGNAL_NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C (SIGINT)"}
+STOP_SIGNALS = set(SIGNAL_NAMES)
+TRAINING_STOPS = "at the next safe point with a committed checkpoint"
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 """The shell's code for a process ended by the signal (128 + its number), also when it stopped gracefully."""
 
@@ -61,18 +64,16 @@ class StopRequest:
         self.requested = False
         self.signum: int = signal.SIGTERM
         """The signal that asked this process to stop (SIGTERM when it was another process)."""
-        self.stops = "at the next safe point with a committed checkpoint"
+        self.stops = TRAINING_STOPS
         """Where the caller stops, for the line a stop signal prints."""
         self._previous: dict[int, Any] = {}
 
-    def install(self, stops: str | None = None) -> None:
+    def install(self, stops: str = TRAINING_STOPS) -> None:
         """Catch SIGTERM and SIGINT from now on, with no stop requested yet (main thread only; a no-op elsewhere
         or when already installed). ``stops``: where the caller stops, in words, for the line a signal prints."""
         if self._previous or threading.current_thread() is not threading.main_thread():
             return
-        self.requested, self.signum = False, signal.SIGTERM
-        if stops:
-            self.stops = stops
+        self.requested, self.signum, self.stops = False, signal.SIGTERM, stops
         self._previous = {signum: signal.signal(signum, self._handle) for signum in SIGNAL_NAMES}
 
     def restore(self) -> None:
@@ -129,8 +130,6 @@ def worker_options(num_workers: int) -> dict[str, Any]:
         options["multiprocessing_context"] = _ShieldedForkContext()
     return options
 
-
-STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 class _ShieldedForkProcess(multiprocessing.context.ForkProcess):

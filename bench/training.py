@@ -217,7 +217,7 @@ def padded_positions(batch: Any, count_labels: bool = False) -> int:
     """The input positions of a collated batch, padding included (and with ``count_labels`` its label ones):
     what :func:`count_tokens` counts before the padding is taken out."""
     labels = batch.get("labels") if count_labels else None
-    return int(batch["input_ids"].numel()) + (int(labels.numel()) if labels is not None else 0)
+    return int(np.prod(batch["input_ids"].shape)) + (int(np.prod(labels.shape)) if labels is not None else 0)
 
 
 class CountingCollator:
